@@ -1,0 +1,61 @@
+//! Per-flow counters: the `FLOWS` map (5-tuple -> packets, bytes, first/last seen, TCP flags).
+
+/// IP protocol numbers the dataplane distinguishes.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// One direction of a flow: the IPv4 5-tuple as the packet carries it.
+///
+/// Addresses are the four bytes as on the wire (`Ipv4Addr::from(addr)`); ports are in host
+/// byte order (0 for protocols without ports and for non-first IP fragments).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+crate::assert_size!(FlowKey, 16);
+
+/// Counters of one flow direction. Times are `CLOCK_BOOTTIME` nanoseconds
+/// (`bpf_ktime_get_boot_ns`), so they keep counting across suspend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    /// Packets on the wire: a GSO super-packet counts as its segments.
+    pub packets: u64,
+    /// Bytes of the packets including the Ethernet header (`skb->len`).
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// OR of every TCP flag byte seen (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20).
+    /// Only the low byte is used; the field is 32 bits wide because eBPF atomics are.
+    pub tcp_flags: u32,
+    pub _pad: u32,
+}
+crate::assert_size!(FlowStats, 40);
+
+impl FlowKey {
+    pub const fn new(src: [u8; 4], dst: [u8; 4], src_port: u16, dst_port: u16, proto: u8) -> Self {
+        Self {
+            src_addr: src,
+            dst_addr: dst,
+            src_port,
+            dst_port,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding fields:
+    // every bit pattern is valid and there are no implicit holes.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+}

@@ -1,0 +1,135 @@
+//! The `netctl` command line: argument parsing, logging set-up and dispatch. Each command
+//! lives in its own file and returns an exit code; errors print as one readable message.
+
+mod down;
+mod flows;
+mod status;
+mod up;
+mod validate;
+
+use std::{io::Write, process::ExitCode};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    controller::state::{self, State},
+    topology::plan::instance_name,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netctl",
+    version,
+    about = "eBPF container networking for one Linux host: namespaces, bridges, TC programs",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Name prefix of the platform instance to act on (overrides the topology's
+    /// platform.prefix); needed only when several platforms are up.
+    #[arg(long, global = true, env = "NETCTL_PREFIX", value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the platform's network and attach the eBPF dataplane (idempotent).
+    Up(up::Args),
+    /// Remove everything `up` made.
+    Down(down::Args),
+    /// Show what is up, checked against the kernel.
+    Status(status::Args),
+    /// Per-flow counters from the eBPF flow map.
+    Flows(flows::Args),
+    /// Check a topology file without changing anything (no root needed).
+    Validate(validate::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let prefix = cli.prefix.as_deref();
+    match cli.command {
+        Command::Up(args) => up::run(args, prefix).await,
+        Command::Down(args) => down::run(args, prefix).await,
+        Command::Status(args) => status::run(args, prefix).await,
+        Command::Flows(args) => flows::run(args, prefix),
+        Command::Validate(args) => validate::run(args, prefix),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The instance a command acts on: the one `--prefix` names, or the only one that is up.
+/// `None` when nothing is up.
+fn resolve_instance(prefix: Option<&str>) -> anyhow::Result<Option<String>> {
+    if let Some(p) = prefix {
+        return Ok(Some(instance_name(p)));
+    }
+    let all = state::instances();
+    match all.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => bail!(
+            "several platforms are up ({}); choose one with --prefix",
+            many.join(", ")
+        ),
+    }
+}
+
+/// The state of the instance a read-only command acts on.
+fn load_state(prefix: Option<&str>) -> anyhow::Result<Option<State>> {
+    match resolve_instance(prefix)? {
+        None => Ok(None),
+        Some(instance) => {
+            State::load(&instance).with_context(|| format!("reading the state of {instance}"))
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `netctl up [-f FILE]`
+
+use std::{path::PathBuf, process::ExitCode, time::Instant};
+
+use crate::{
+    controller::{preflight, up},
+    output,
+    topology::{Plan, Source},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Topology file (TOML); the embedded reference platform when omitted.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+    let plan = plan_from(args.file.as_deref(), prefix)?;
+    preflight::require_root("up")?;
+    let started = Instant::now();
+    let report = up::up(&plan).await?;
+    let took = started.elapsed();
+    if !report.changed() {
+        output::print_line(&format!(
+            "{} (instance {}) is up; nothing to change",
+            plan.platform,
+            plan.instance()
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    output::print_line(&format!(
+        "{} (instance {}) is up: {} networks, {} namespaces ({} created, {} removed in {:.2}s)",
+        plan.platform,
+        plan.instance(),
+        plan.networks.len(),
+        plan.endpoints.len(),
+        report.created.len(),
+        report.removed.len(),
+        took.as_secs_f64()
+    ))?;
+    let mut t = output::table(&["name", "namespace", "address", "network", "bridge"]);
+    for e in &plan.endpoints {
+        t.add_row(vec![
+            e.name.clone(),
+            e.netns.clone(),
+            format!("{}/{}", e.address, e.prefix_len),
+            e.network.clone(),
+            e.bridge.clone(),
+        ]);
+    }
+    output::print_table(&t)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads and validates the topology (a file or the embedded default).
+pub fn plan_from(file: Option<&std::path::Path>, prefix: Option<&str>) -> anyhow::Result<Plan> {
+    let source = match file {
+        Some(path) => Source::read(path)?,
+        None => Source::embedded_default(),
+    };
+    Ok(source.plan(prefix)?)
+}

@@ -1,0 +1,297 @@
+//! Everything `up` creates, as data: each resource knows how to create itself (undoing its
+//! own partial work on failure), delete itself (treating "already gone" as success), tell
+//! whether it exists, and whether an object of its name exists that netctl did not make.
+
+use std::{fmt, net::Ipv4Addr};
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dataplane::{Hook, Pins, loader},
+    net::{nat, netlink::Netlink, netns},
+    topology::{Plan, plan::ENDPOINT_IFNAME},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Resource {
+    /// A bridge with the network's gateway address.
+    Bridge { name: String, address: Ipv4Net },
+    /// A namespace with a veth: `host_ifname` on `bridge`, `eth0` inside with `address`,
+    /// loopback up and a default route via `gateway`.
+    Endpoint {
+        netns: String,
+        host_ifname: String,
+        bridge: String,
+        address: Ipv4Net,
+        gateway: Ipv4Addr,
+    },
+    /// The nftables table that masquerades traffic leaving through the uplink.
+    Masquerade {
+        table: String,
+        subnets: Vec<Ipv4Net>,
+        bridges: Vec<String>,
+    },
+    /// The eBPF object loaded with programs and maps pinned under `pins`.
+    Dataplane { pins: Pins },
+    /// A pinned TCX link of a program on one direction of a host-side veth.
+    TcHook {
+        ifname: String,
+        hook: Hook,
+        pins: Pins,
+    },
+}
+
+/// What every resource operation needs.
+pub struct Ctx {
+    pub host: Netlink,
+}
+
+impl Resource {
+    /// The resources of a plan, in creation order.
+    pub fn for_plan(plan: &Plan, pins: &Pins) -> Vec<Resource> {
+        let mut out = Vec::new();
+        for n in &plan.networks {
+            out.push(Resource::Bridge {
+                name: n.bridge.clone(),
+                address: Ipv4Net::new(n.gateway, n.subnet.prefix_len()).unwrap_or(n.subnet),
+            });
+        }
+        for e in &plan.endpoints {
+            out.push(Resource::Endpoint {
+                netns: e.netns.clone(),
+                host_ifname: e.host_ifname.clone(),
+                bridge: e.bridge.clone(),
+                address: Ipv4Net::new(e.address, e.prefix_len).unwrap_or_default(),
+                gateway: e.gateway,
+            });
+        }
+        if plan.masquerade {
+            out.push(Resource::Masquerade {
+                table: nat::table_name(&plan.instance()),
+                subnets: plan.networks.iter().map(|n| n.subnet).collect(),
+                bridges: plan.networks.iter().map(|n| n.bridge.clone()).collect(),
+            });
+        }
+        out.push(Resource::Dataplane { pins: pins.clone() });
+        for e in &plan.endpoints {
+            for hook in Hook::BOTH {
+                out.push(Resource::TcHook {
+                    ifname: e.host_ifname.clone(),
+                    hook,
+                    pins: pins.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Bridge { .. } => "bridge",
+            Resource::Endpoint { .. } => "namespace",
+            Resource::Masquerade { .. } => "nat",
+            Resource::Dataplane { .. } => "dataplane",
+            Resource::TcHook { .. } => "tc-hook",
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Resource::Bridge { name, .. } => name.clone(),
+            Resource::Endpoint { netns, .. } => netns.clone(),
+            Resource::Masquerade { table, .. } => format!("ip {table}"),
+            Resource::Dataplane { pins } => pins.root.display().to_string(),
+            Resource::TcHook { ifname, hook, .. } => format!("{ifname}/{}", hook.as_str()),
+        }
+    }
+
+    /// A short description of the resource's settings.
+    pub fn detail(&self) -> String {
+        match self {
+            Resource::Bridge { address, .. } => address.to_string(),
+            Resource::Endpoint {
+                host_ifname,
+                bridge,
+                address,
+                gateway,
+                ..
+            } => format!("{address} via {gateway}, {host_ifname} on {bridge}"),
+            Resource::Masquerade { subnets, .. } => {
+                let s: Vec<String> = subnets.iter().map(ToString::to_string).collect();
+                format!("masquerade {}", s.join(" "))
+            }
+            Resource::Dataplane { .. } => "programs + maps pinned".into(),
+            Resource::TcHook { pins, ifname, hook } => {
+                pins.link(ifname, *hook).display().to_string()
+            }
+        }
+    }
+
+    /// True when `self` cannot exist without `other` (and must be remade with it).
+    pub fn depends_on(&self, other: &Resource) -> bool {
+        match (self, other) {
+            (Resource::Endpoint { bridge, .. }, Resource::Bridge { name, .. }) => bridge == name,
+            (Resource::TcHook { ifname, .. }, Resource::Endpoint { host_ifname, .. }) => {
+                ifname == host_ifname
+            }
+            (Resource::TcHook { pins: a, .. }, Resource::Dataplane { pins: b }) => a == b,
+            _ => false,
+        }
+    }
+
+    pub async fn create(&self, ctx: &Ctx) -> anyhow::Result<()> {
+        match self {
+            Resource::Bridge { name, address } => {
+                let index = ctx.host.create_bridge(name).await?;
+                let addr = ctx.host.add_address(index, address.addr(), address.prefix_len());
+                if let Err(e) = addr.await {
+                    let _ = ctx.host.delete_link(name).await;
+                    return Err(e);
+                }
+                Ok(())
+            }
+            Resource::Endpoint { .. } => {
+                let made = self.create_endpoint(ctx).await;
+                if made.is_err() {
+                    let _ = self.delete(ctx).await;
+                }
+                made
+            }
+            Resource::Masquerade {
+                table,
+                subnets,
+                bridges,
+            } => nat::apply(&nat::MasqueradeSpec {
+                table: table.clone(),
+                subnets: subnets.clone(),
+                bridges: bridges.clone(),
+            }),
+            Resource::Dataplane { pins } => {
+                let loaded = loader::load_and_pin(pins);
+                if loaded.is_err() {
+                    let _ = loader::unpin_all(pins);
+                }
+                loaded
+            }
+            Resource::TcHook { ifname, hook, pins } => loader::attach(pins, ifname, *hook),
+        }
+    }
+
+    async fn create_endpoint(&self, ctx: &Ctx) -> anyhow::Result<()> {
+        let Resource::Endpoint {
+            netns: ns,
+            host_ifname,
+            bridge,
+            address,
+            gateway,
+        } = self
+        else {
+            return Ok(());
+        };
+        netns::create(ns)?;
+        let ns_file = netns::open(ns)?;
+        let bridge_index = ctx.host.index_of(bridge).await?;
+        let index = ctx
+            .host
+            .create_veth_into(host_ifname, ENDPOINT_IFNAME, std::os::fd::AsFd::as_fd(&ns_file))
+            .await?;
+        ctx.host.attach_to_bridge(index, bridge_index).await?;
+
+        let inside = Netlink::in_netns(ns)?;
+        let lo = inside.index_of("lo").await?;
+        inside.set_up(lo).await?;
+        let eth = inside.index_of(ENDPOINT_IFNAME).await?;
+        inside
+            .add_address(eth, address.addr(), address.prefix_len())
+            .await?;
+        inside.set_up(eth).await?;
+        inside
+            .add_default_route(*gateway)
+            .await
+            .with_context(|| format!("in namespace {ns}"))?;
+        Ok(())
+    }
+
+    /// Removes the resource; succeeds when it is already gone.
+    pub async fn delete(&self, ctx: &Ctx) -> anyhow::Result<()> {
+        match self {
+            Resource::Bridge { name, .. } => ctx.host.delete_link(name).await.map(drop),
+            Resource::Endpoint {
+                netns: ns,
+                host_ifname,
+                ..
+            } => {
+                // Deleting the host end destroys the pair now, even if some process still
+                // holds the namespace open.
+                let link = ctx.host.delete_link(host_ifname).await;
+                let ns = netns::delete(ns);
+                link.map(drop).and(ns.map(drop))
+            }
+            Resource::Masquerade { table, .. } => nat::delete(table).map(drop),
+            Resource::Dataplane { pins } => loader::unpin_all(pins).map(drop),
+            Resource::TcHook { ifname, hook, pins } => {
+                loader::detach(pins, ifname, *hook).map(drop)
+            }
+        }
+    }
+
+    /// True when the resource is present in the kernel.
+    pub async fn exists(&self, ctx: &Ctx) -> anyhow::Result<bool> {
+        Ok(match self {
+            Resource::Bridge { name, .. } => ctx
+                .host
+                .link(name)
+                .await?
+                .is_some_and(|l| l.kind.as_deref() == Some("bridge")),
+            Resource::Endpoint {
+                netns: ns,
+                host_ifname,
+                ..
+            } => netns::exists(ns) && ctx.host.link(host_ifname).await?.is_some(),
+            Resource::Masquerade { table, .. } => nat::exists(table)?,
+            Resource::Dataplane { pins } => loader::is_loaded(pins),
+            Resource::TcHook { ifname, hook, pins } => loader::is_attached(pins, ifname, *hook),
+        })
+    }
+
+    /// Describes an object that occupies this resource's name but is not netctl's.
+    /// Only called for resources the state does not record.
+    pub async fn conflict(&self, ctx: &Ctx) -> anyhow::Result<Option<String>> {
+        Ok(match self {
+            Resource::Bridge { name, .. } => ctx
+                .host
+                .link(name)
+                .await?
+                .map(|_| format!("a link named {name} already exists")),
+            Resource::Endpoint {
+                netns: ns,
+                host_ifname,
+                ..
+            } => {
+                if netns::path(ns).exists() {
+                    Some(format!("network namespace {ns} already exists"))
+                } else if ctx.host.link(host_ifname).await?.is_some() {
+                    Some(format!("a link named {host_ifname} already exists"))
+                } else {
+                    None
+                }
+            }
+            Resource::Masquerade { table, .. } => nat::exists(table)?
+                .then(|| format!("nftables table ip {table} already exists")),
+            Resource::Dataplane { pins } => pins
+                .root
+                .exists()
+                .then(|| format!("{} already exists", pins.root.display())),
+            Resource::TcHook { .. } => None,
+        })
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind(), self.name())
+    }
+}

@@ -1,0 +1,212 @@
+//! The state file `/run/netctl/<instance>.json`: the plan an instance was brought up with
+//! and the journal of resources made for it. `/run` is a tmpfs, like the namespaces and
+//! pins it describes, so a reboot clears both together.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::Resource;
+use crate::topology::Plan;
+
+pub const STATE_DIR: &str = "/run/netctl";
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub instance: String,
+    pub plan: Plan,
+    /// In creation order; `done == false` means creation started and may be partial.
+    pub resources: Vec<Record>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub resource: Resource,
+    pub done: bool,
+}
+
+/// Host-wide settings netctl changed for its platforms (`/run/netctl/host.json`). They are
+/// shared by every instance and restored when the last instance goes down.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostChanges {
+    /// Value of net.ipv4.ip_forward before netctl set it to 1, when it was not 1.
+    pub ip_forward_before: Option<String>,
+    /// netctl mounted bpffs on /sys/fs/bpf.
+    pub mounted_bpffs: bool,
+}
+
+impl HostChanges {
+    fn path() -> PathBuf {
+        Path::new(STATE_DIR).join("host.json")
+    }
+
+    pub fn load() -> anyhow::Result<Self> {
+        let path = Self::path();
+        match fs::read_to_string(&path) {
+            Ok(t) => serde_json::from_str(&t)
+                .with_context(|| format!("{} is not a netctl host file", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self) -> anyhow::Result<()> {
+        if *self == Self::default() {
+            return self.remove();
+        }
+        let text = serde_json::to_string_pretty(self).context("encoding host settings")?;
+        write_private(&Self::path(), text.as_bytes())
+    }
+
+    pub fn remove(&self) -> anyhow::Result<()> {
+        remove_if_exists(&Self::path())
+    }
+}
+
+impl State {
+    pub fn new(plan: Plan) -> Self {
+        Self {
+            version: FORMAT_VERSION,
+            instance: plan.instance(),
+            plan,
+            resources: Vec::new(),
+        }
+    }
+
+    pub fn path(instance: &str) -> PathBuf {
+        Path::new(STATE_DIR)
+            .join("instances")
+            .join(format!("{instance}.json"))
+    }
+
+    /// The state of `instance`, or `None` when it is not up.
+    pub fn load(instance: &str) -> anyhow::Result<Option<Self>> {
+        let path = Self::path(instance);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let state: State = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a netctl state file", path.display()))?;
+        if state.version != FORMAT_VERSION {
+            bail!(
+                "{} has format version {}, this netctl reads {FORMAT_VERSION}",
+                path.display(),
+                state.version
+            );
+        }
+        Ok(Some(state))
+    }
+
+    /// Writes atomically (temp file + rename), readable by root only.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self).context("encoding state")?;
+        write_private(&Self::path(&self.instance), text.as_bytes())
+    }
+
+    pub fn remove(&self) -> anyhow::Result<()> {
+        remove_if_exists(&Self::path(&self.instance))
+    }
+
+    pub fn push(&mut self, resource: Resource) -> anyhow::Result<()> {
+        self.resources.push(Record {
+            resource,
+            done: false,
+        });
+        self.save()
+    }
+
+    pub fn mark_done(&mut self, resource: &Resource) -> anyhow::Result<()> {
+        if let Some(r) = self.resources.iter_mut().find(|r| &r.resource == resource) {
+            r.done = true;
+        }
+        self.save()
+    }
+
+    pub fn forget(&mut self, resource: &Resource) -> anyhow::Result<()> {
+        self.resources.retain(|r| &r.resource != resource);
+        self.save()
+    }
+}
+
+/// Instances with a state file, sorted.
+pub fn instances() -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(Path::new(STATE_DIR).join("instances"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+        .collect();
+    out.sort();
+    out
+}
+
+fn ensure_dir() -> anyhow::Result<()> {
+    fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+    fs::set_permissions(STATE_DIR, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {STATE_DIR} to root"))?;
+    Ok(())
+}
+
+/// Atomic write (temp file + rename) of a file only root can read.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        ensure_dir()?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_data())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Exclusive lock for the length of an `up` or `down`: a `flock` on the state directory
+/// itself, so there is no lock file to leave behind. It is host-wide rather than per
+/// instance; both operations take about a second.
+pub struct StateLock {
+    _lock: Flock<File>,
+}
+
+impl StateLock {
+    pub fn acquire() -> anyhow::Result<Self> {
+        ensure_dir()?;
+        let dir = File::open(STATE_DIR).with_context(|| format!("opening {STATE_DIR}"))?;
+        let lock = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((dir, _)) => {
+                tracing::info!("waiting for another netctl up/down to finish");
+                Flock::lock(dir, FlockArg::LockExclusive)
+                    .map_err(|(_, e)| e)
+                    .with_context(|| format!("locking {STATE_DIR}"))?
+            }
+        };
+        Ok(Self { _lock: lock })
+    }
+}

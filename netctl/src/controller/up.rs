@@ -1,0 +1,241 @@
+//! `netctl up`: reconcile the kernel with a plan.
+//!
+//! 1. decide, from the state journal and the kernel, what to remove (partial leftovers of
+//!    a crash, resources no longer wanted or changed, resources that vanished, and whatever
+//!    depends on those) and what to create;
+//! 2. refuse, before any change, names taken by objects netctl did not make;
+//! 3. remove, then create in order, journaling each resource before creating it;
+//! 4. on a failure, remove what this run created and report both.
+//!
+//! A second `up` with the same plan finds nothing to do and changes nothing.
+
+use anyhow::{Context, anyhow, bail};
+
+use super::{
+    Resource, preflight,
+    resource::Ctx,
+    state::{HostChanges, State, StateLock},
+};
+use crate::{
+    dataplane::Pins,
+    net::{bpffs, netlink::Netlink, sysctl},
+    topology::Plan,
+};
+
+/// Test hook: `fail-after:N` makes the creation after the N-th fail, `abort-after:N` kills
+/// the process there (as a crash would), so tests can check rollback and recovery.
+pub const FAILPOINT_ENV: &str = "NETCTL_FAILPOINT";
+
+#[derive(Debug, Default)]
+pub struct UpReport {
+    pub created: Vec<Resource>,
+    pub removed: Vec<Resource>,
+    pub unchanged: usize,
+}
+
+impl UpReport {
+    pub fn changed(&self) -> bool {
+        !self.created.is_empty() || !self.removed.is_empty()
+    }
+}
+
+pub async fn up(plan: &Plan) -> anyhow::Result<UpReport> {
+    let _lock = StateLock::acquire()?;
+    let ctx = Ctx {
+        host: Netlink::current()?,
+    };
+    preflight::check_routes(&ctx.host, plan).await?;
+
+    let instance = plan.instance();
+    let pins = Pins::for_instance(&instance);
+    let desired = Resource::for_plan(plan, &pins);
+    let mut state = State::load(&instance)?.unwrap_or_else(|| State::new(plan.clone()));
+
+    let remove = stale(&state, &desired, &ctx).await?;
+    let kept: Vec<&Resource> = state
+        .resources
+        .iter()
+        .map(|r| &r.resource)
+        .filter(|r| !remove.contains(r))
+        .collect();
+    let create: Vec<Resource> = desired
+        .iter()
+        .filter(|r| !kept.contains(r))
+        .cloned()
+        .collect();
+    let mut report = UpReport {
+        unchanged: kept.len(),
+        ..UpReport::default()
+    };
+    if remove.is_empty() && create.is_empty() {
+        return Ok(report);
+    }
+
+    check_conflicts(&state, &create, &ctx).await?;
+    prepare_host()?;
+    state.plan = plan.clone();
+    state.save()?;
+
+    // Remove in reverse creation order: dependents before what they depend on.
+    let recorded: Vec<Resource> = state.resources.iter().map(|r| r.resource.clone()).collect();
+    for r in recorded.iter().rev().filter(|r| remove.contains(r)) {
+        r.delete(&ctx)
+            .await
+            .with_context(|| format!("removing {r} (changed or left over)"))?;
+        state.forget(r)?;
+        report.removed.push(r.clone());
+    }
+
+    let failpoint = Failpoint::from_env();
+    for r in create {
+        let outcome = match failpoint.check(report.created.len()) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                state.push(r.clone())?;
+                r.create(&ctx).await.with_context(|| format!("creating {r}"))
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                state.mark_done(&r)?;
+                report.created.push(r);
+            }
+            Err(e) => {
+                let mut undo = report.created.clone();
+                if state.resources.iter().any(|x| x.resource == r) {
+                    undo.push(r);
+                }
+                return Err(rollback(&mut state, &undo, &ctx, e).await);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Records to remove before creating: partial, unwanted, vanished, and their dependents.
+async fn stale(state: &State, desired: &[Resource], ctx: &Ctx) -> anyhow::Result<Vec<Resource>> {
+    let mut remove = Vec::new();
+    for rec in &state.resources {
+        let r = &rec.resource;
+        if !rec.done || !desired.contains(r) || !r.exists(ctx).await? {
+            remove.push(r.clone());
+        }
+    }
+    loop {
+        let dependents: Vec<Resource> = state
+            .resources
+            .iter()
+            .map(|rec| &rec.resource)
+            .filter(|r| !remove.contains(r) && remove.iter().any(|x| r.depends_on(x)))
+            .cloned()
+            .collect();
+        if dependents.is_empty() {
+            return Ok(remove);
+        }
+        remove.extend(dependents);
+    }
+}
+
+/// Names the state does not account for must be free.
+async fn check_conflicts(state: &State, create: &[Resource], ctx: &Ctx) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for r in create {
+        let recorded = state
+            .resources
+            .iter()
+            .any(|rec| rec.resource.kind() == r.kind() && rec.resource.name() == r.name());
+        if recorded {
+            continue;
+        }
+        if let Some(p) = r.conflict(ctx).await? {
+            problems.push(p);
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "not changing anything: names this platform needs are taken by objects netctl \
+             did not make (remove them, or choose another platform.prefix / --prefix):\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+    Ok(())
+}
+
+/// bpffs mounted and IPv4 forwarding on, remembering what to restore.
+fn prepare_host() -> anyhow::Result<()> {
+    let mut host = HostChanges::load()?;
+    if bpffs::ensure_mounted()? {
+        host.mounted_bpffs = true;
+    }
+    let forward = sysctl::read(sysctl::IP_FORWARD)?;
+    if forward != "1" {
+        sysctl::write(sysctl::IP_FORWARD, "1")?;
+        host.ip_forward_before.get_or_insert(forward);
+    }
+    host.save()
+}
+
+/// Removes what this run created; the returned error carries the cause and any problem met
+/// while undoing.
+async fn rollback(
+    state: &mut State,
+    created: &[Resource],
+    ctx: &Ctx,
+    cause: anyhow::Error,
+) -> anyhow::Error {
+    let mut problems = Vec::new();
+    for r in created.iter().rev() {
+        match r.delete(ctx).await {
+            Ok(()) => {
+                if let Err(e) = state.forget(r) {
+                    problems.push(format!("{e:#}"));
+                }
+            }
+            Err(e) => problems.push(format!("{r}: {e:#}")),
+        }
+    }
+    if state.resources.is_empty() {
+        if let Err(e) = super::down::finish_instance(state) {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    let mut msg = format!(
+        "{cause:#}\nrolled back the {} resource(s) this run had created",
+        created.len()
+    );
+    if !problems.is_empty() {
+        msg.push_str("; these could not be removed (run `netctl down` again):\n  - ");
+        msg.push_str(&problems.join("\n  - "));
+    }
+    anyhow!(msg)
+}
+
+enum Failpoint {
+    None,
+    FailAfter(usize),
+    AbortAfter(usize),
+}
+
+impl Failpoint {
+    fn from_env() -> Self {
+        let Ok(spec) = std::env::var(FAILPOINT_ENV) else {
+            return Self::None;
+        };
+        let parse = |n: &str| n.parse::<usize>().ok();
+        match spec.split_once(':') {
+            Some(("fail-after", n)) => parse(n).map_or(Self::None, Self::FailAfter),
+            Some(("abort-after", n)) => parse(n).map_or(Self::None, Self::AbortAfter),
+            _ => Self::None,
+        }
+    }
+
+    fn check(&self, created: usize) -> anyhow::Result<()> {
+        match *self {
+            Self::FailAfter(n) if created == n => {
+                Err(anyhow!("injected failure ({FAILPOINT_ENV}=fail-after:{n})"))
+            }
+            Self::AbortAfter(n) if created == n => std::process::abort(),
+            _ => Ok(()),
+        }
+    }
+}

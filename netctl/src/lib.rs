@@ -1,0 +1,14 @@
+//! netctl: an eBPF container-networking dataplane and its controller, for one Linux host.
+//!
+//! - [`topology`]: the topology file, validation and the resolved plan;
+//! - [`net`]: namespaces, links, routes, sysctls, NAT (Linux primitives);
+//! - [`dataplane`]: the embedded eBPF object, pins, attach, map readers;
+//! - [`controller`]: `up`/`down` as a journaled reconcile of resources;
+//! - [`cli`]: the `netctl` command line.
+
+pub mod cli;
+pub mod controller;
+pub mod dataplane;
+pub mod net;
+pub mod output;
+pub mod topology;

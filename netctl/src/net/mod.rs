@@ -1,0 +1,9 @@
+//! Linux networking primitives netctl builds with: named network namespaces, links,
+//! addresses and routes over rtnetlink, sysctls, the bpffs mount and the nftables NAT table.
+//! Nothing here knows about topologies; the controller composes these pieces.
+
+pub mod bpffs;
+pub mod nat;
+pub mod netlink;
+pub mod netns;
+pub mod sysctl;

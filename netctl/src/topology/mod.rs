@@ -1,0 +1,63 @@
+//! The topology file: networks (one bridge + subnet each) and the services that live in
+//! namespaces on them. Parsing is pure; [`validate`] turns a parsed file into a [`Plan`] of
+//! concrete names and addresses, or into every error it contains, before anything is touched.
+
+mod model;
+pub mod plan;
+mod validate;
+
+pub use model::{NatConfig, NetworkSpec, PlatformSpec, ServiceSpec, Topology};
+pub use plan::{Endpoint, Network, Plan};
+pub use validate::{TopologyError, ValidationErrors};
+
+use std::path::Path;
+
+use anyhow::Context;
+
+/// The reference e-commerce platform on three tiers, used when no file is given.
+pub const DEFAULT_TOPOLOGY: &str = include_str!("default.toml");
+/// Where the embedded default says it comes from in error messages.
+pub const DEFAULT_SOURCE: &str = "<embedded default topology>";
+
+/// A topology together with where it was read from, for error messages.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+impl Source {
+    pub fn embedded_default() -> Self {
+        Self {
+            name: DEFAULT_SOURCE.to_string(),
+            text: DEFAULT_TOPOLOGY.to_string(),
+        }
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading topology file {}", path.display()))?;
+        Ok(Self {
+            name: path.display().to_string(),
+            text,
+        })
+    }
+
+    /// Parses and validates: the only way to get a [`Plan`].
+    pub fn plan(&self, prefix_override: Option<&str>) -> Result<Plan, ValidationErrors> {
+        let mut topology = Topology::parse(&self.text).map_err(|e| ValidationErrors {
+            source_name: self.name.clone(),
+            errors: vec![e],
+        })?;
+        if let Some(prefix) = prefix_override {
+            topology.platform.prefix = prefix.to_string();
+        }
+        validate::validate(&topology).map_err(|errors| ValidationErrors {
+            source_name: self.name.clone(),
+            errors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! The topology file as written: serde types that mirror the TOML, nothing derived.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use super::validate::TopologyError;
+
+/// A whole topology file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default)]
+    pub platform: PlatformSpec,
+    /// Networks by name, in file order.
+    #[serde(default)]
+    pub networks: IndexMap<String, NetworkSpec>,
+    /// Services by name, in file order (addresses are handed out in this order).
+    #[serde(default)]
+    pub services: IndexMap<String, ServiceSpec>,
+    #[serde(default)]
+    pub nat: NatConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformSpec {
+    /// Shown by `status`; no effect on names.
+    #[serde(default = "default_platform_name")]
+    pub name: String,
+    /// Put in front of every namespace, bridge and veth name netctl creates, so that
+    /// several platforms (or test runs) can share one host. Also names the instance.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+impl Default for PlatformSpec {
+    fn default() -> Self {
+        Self {
+            name: default_platform_name(),
+            prefix: default_prefix(),
+        }
+    }
+}
+
+fn default_platform_name() -> String {
+    "netctl".to_string()
+}
+
+pub fn default_prefix() -> String {
+    "nc-".to_string()
+}
+
+/// One bridge and its subnet. The host owns the gateway address on the bridge and routes
+/// between networks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// IPv4 CIDR, e.g. `172.20.0.0/24`.
+    pub subnet: String,
+    /// The bridge's address and every namespace's default route; default: first host.
+    pub gateway: Option<String>,
+    /// Bridge name; default: prefix + network name.
+    pub bridge: Option<String>,
+}
+
+/// A service: one namespace per replica, each with one veth into `network`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub network: String,
+    /// Address of the first replica; later replicas take the following addresses.
+    /// Default: the next free addresses of the subnet.
+    pub address: Option<String>,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Ports the service listens on (used by load balancing and policy).
+    #[serde(default)]
+    pub ports: Vec<u32>,
+    /// Namespace (and host-side veth) name; default: prefix + service name, with
+    /// `-1`, `-2`, ... per replica when there are several.
+    pub namespace: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Masquerade for traffic that leaves the platform through the host's uplink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatConfig {
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        Self { masquerade: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Topology {
+    /// Parses TOML; unknown fields are errors so that typos do not pass silently.
+    pub fn parse(text: &str) -> Result<Self, TopologyError> {
+        toml::from_str(text).map_err(|e| TopologyError::Syntax(e.to_string().trim().to_string()))
+    }
+}

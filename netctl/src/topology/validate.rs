@@ -1,0 +1,531 @@
+//! Validation: every check runs before any change to the host, and every problem in the
+//! file is reported at once, each naming the field it is about.
+
+use std::{collections::HashMap, fmt, net::Ipv4Addr, str::FromStr};
+
+use ipnet::Ipv4Net;
+
+use super::{
+    model::{ServiceSpec, Topology},
+    plan::{Endpoint, Network, Plan},
+};
+
+/// Linux limit on interface names (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Replicas per service; far above what one host runs, low enough to catch typos.
+pub const MAX_REPLICAS: u32 = 256;
+
+/// One problem with a topology. `field` is the TOML path, e.g. `services.edge.address`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("the topology has no services: nothing to bring up")]
+    Empty,
+    #[error("{field}: {value:?} is not an IPv4 CIDR ({reason})")]
+    BadCidr {
+        field: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{field}: {value} has host bits set; the network is {network}")]
+    SubnetHostBits {
+        field: String,
+        value: String,
+        network: String,
+    },
+    #[error("{field}: {value} is too small for a network (at most /30)")]
+    SubnetTooSmall { field: String, value: String },
+    #[error("{field}: {value:?} is not an IPv4 address")]
+    BadAddress { field: String, value: String },
+    #[error("{field}: gateway {gateway} is not a host address of subnet {subnet}")]
+    GatewayNotInSubnet {
+        field: String,
+        gateway: Ipv4Addr,
+        subnet: Ipv4Net,
+    },
+    #[error("networks.{a}.subnet ({subnet_a}) overlaps networks.{b}.subnet ({subnet_b})")]
+    OverlappingSubnets {
+        a: String,
+        subnet_a: Ipv4Net,
+        b: String,
+        subnet_b: Ipv4Net,
+    },
+    #[error("{field}: {address} is outside network {network:?} ({subnet})")]
+    AddressOutsideSubnet {
+        field: String,
+        address: Ipv4Addr,
+        network: String,
+        subnet: Ipv4Net,
+    },
+    #[error("{field}: {address} is the {what} of network {network:?}")]
+    AddressReserved {
+        field: String,
+        address: Ipv4Addr,
+        what: &'static str,
+        network: String,
+    },
+    #[error("{field}: address {address} is already used by {other}")]
+    DuplicateAddress {
+        field: String,
+        address: Ipv4Addr,
+        other: String,
+    },
+    #[error("{field}: {kind} name {name:?} is already used by {other}")]
+    DuplicateName {
+        field: String,
+        kind: &'static str,
+        name: String,
+        other: String,
+    },
+    #[error(
+        "{field}: interface name {name:?} is {len} bytes; Linux allows at most 15 \
+         (shorten the name or the prefix)"
+    )]
+    NameTooLong {
+        field: String,
+        name: String,
+        len: usize,
+    },
+    #[error("{field}: {name:?} is not a valid name ({reason})")]
+    InvalidName {
+        field: String,
+        name: String,
+        reason: &'static str,
+    },
+    #[error("{field}: unknown network {network:?} (known: {known})")]
+    UnknownNetwork {
+        field: String,
+        network: String,
+        known: String,
+    },
+    #[error("{field}: {value} is not a port (1-65535)")]
+    BadPort { field: String, value: u32 },
+    #[error("{field}: {value} replicas (must be 1-{MAX_REPLICAS})")]
+    BadReplicas { field: String, value: u32 },
+    #[error("network {network:?} ({subnet}) has no free address left for {field}")]
+    SubnetExhausted {
+        field: String,
+        network: String,
+        subnet: Ipv4Net,
+    },
+}
+
+/// All the problems of one topology source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationErrors {
+    pub source_name: String,
+    pub errors: Vec<TopologyError>,
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "{}: {} problem{} in the topology",
+            self.source_name,
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+/// Checks `topology` and resolves it into a [`Plan`], or returns every error found.
+pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
+    let mut v = Validator::default();
+    let prefix = &topology.platform.prefix;
+    v.check_prefix(prefix);
+
+    let networks = v.networks(topology);
+    if topology.services.is_empty() {
+        v.errors.push(TopologyError::Empty);
+    }
+    let endpoints = v.endpoints(topology, &networks);
+
+    if v.errors.is_empty() {
+        Ok(Plan {
+            platform: topology.platform.name.clone(),
+            prefix: prefix.clone(),
+            networks,
+            endpoints,
+            masquerade: topology.nat.masquerade,
+        })
+    } else {
+        Err(v.errors)
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<TopologyError>,
+    /// Interface names on the host -> the field that claimed them.
+    ifnames: HashMap<String, String>,
+    /// Namespace names -> the field that claimed them.
+    netns_names: HashMap<String, String>,
+    /// Addresses -> what claimed them (a field, or a gateway).
+    addresses: HashMap<Ipv4Addr, String>,
+}
+
+impl Validator {
+    fn check_prefix(&mut self, prefix: &str) {
+        if let Some(reason) = name_problem(prefix, true) {
+            self.errors.push(TopologyError::InvalidName {
+                field: "platform.prefix".into(),
+                name: prefix.into(),
+                reason,
+            });
+        }
+    }
+
+    fn networks(&mut self, topology: &Topology) -> Vec<Network> {
+        let prefix = &topology.platform.prefix;
+        let mut out: Vec<Network> = Vec::new();
+        for (name, spec) in &topology.networks {
+            let field = format!("networks.{name}");
+            self.check_name(&format!("{field} (name)"), name);
+            let Some(subnet) = self.subnet(&format!("{field}.subnet"), &spec.subnet) else {
+                continue;
+            };
+            let gateway = match &spec.gateway {
+                Some(text) => match self.address(&format!("{field}.gateway"), text) {
+                    Some(gw) if is_host_of(subnet, gw) => gw,
+                    Some(gw) => {
+                        self.errors.push(TopologyError::GatewayNotInSubnet {
+                            field: format!("{field}.gateway"),
+                            gateway: gw,
+                            subnet,
+                        });
+                        continue;
+                    }
+                    None => continue,
+                },
+                None => first_host(subnet),
+            };
+            let bridge = spec
+                .bridge
+                .clone()
+                .unwrap_or_else(|| format!("{prefix}{name}"));
+            self.claim_ifname(&format!("{field}.bridge"), &bridge);
+            self.claim_address(&format!("{field}.gateway"), gateway);
+            out.push(Network {
+                name: name.to_string(),
+                bridge,
+                subnet,
+                gateway,
+            });
+        }
+        for (i, a) in out.iter().enumerate() {
+            for b in &out[i + 1..] {
+                if a.subnet.contains(&b.subnet) || b.subnet.contains(&a.subnet) {
+                    self.errors.push(TopologyError::OverlappingSubnets {
+                        a: a.name.clone(),
+                        subnet_a: a.subnet,
+                        b: b.name.clone(),
+                        subnet_b: b.subnet,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn endpoints(&mut self, topology: &Topology, networks: &[Network]) -> Vec<Endpoint> {
+        let prefix = &topology.platform.prefix;
+        // Explicit addresses first, so automatic ones never take an address a later
+        // service asked for.
+        let mut pending: Vec<(String, &ServiceSpec, &Network, Vec<Option<Ipv4Addr>>)> =
+            Vec::new();
+        for (name, spec) in &topology.services {
+            let field = format!("services.{name}");
+            self.check_name(&format!("{field} (name)"), name);
+            let replicas = spec.replicas;
+            if replicas == 0 || replicas > MAX_REPLICAS {
+                self.errors.push(TopologyError::BadReplicas {
+                    field: format!("{field}.replicas"),
+                    value: replicas,
+                });
+                continue;
+            }
+            for (i, port) in spec.ports.iter().enumerate() {
+                if *port == 0 || *port > u32::from(u16::MAX) {
+                    self.errors.push(TopologyError::BadPort {
+                        field: format!("{field}.ports[{i}]"),
+                        value: *port,
+                    });
+                }
+            }
+            let Some(network) = networks.iter().find(|n| n.name == spec.network) else {
+                // A network that failed its own checks is already reported.
+                if !topology.networks.contains_key(&spec.network) {
+                    self.errors.push(TopologyError::UnknownNetwork {
+                        field: format!("{field}.network"),
+                        network: spec.network.clone(),
+                        known: known_list(topology.networks.keys()),
+                    });
+                }
+                continue;
+            };
+            let mut addrs = vec![None; replicas as usize];
+            if let Some(text) = &spec.address {
+                let afield = format!("{field}.address");
+                if let Some(first) = self.address(&afield, text) {
+                    for (r, slot) in addrs.iter_mut().enumerate() {
+                        let Some(addr) = u32::from(first)
+                            .checked_add(r as u32)
+                            .map(Ipv4Addr::from)
+                        else {
+                            break;
+                        };
+                        let what = if r == 0 {
+                            afield.clone()
+                        } else {
+                            format!("{afield} (replica {})", r + 1)
+                        };
+                        if self.check_in_network(&what, addr, network) {
+                            self.claim_address(&what, addr);
+                            *slot = Some(addr);
+                        }
+                    }
+                }
+            }
+            pending.push((name.to_string(), spec, network, addrs));
+        }
+
+        let mut out = Vec::new();
+        for (name, spec, network, addrs) in pending {
+            let field = format!("services.{name}");
+            for (r, addr) in addrs.into_iter().enumerate() {
+                let replica = r as u32 + 1;
+                let address = match addr {
+                    Some(a) => a,
+                    None if spec.address.is_some() => continue, // reported above
+                    None => match self.next_free(network) {
+                        Some(a) => {
+                            self.claim_address(&format!("{field} (automatic)"), a);
+                            a
+                        }
+                        None => {
+                            self.errors.push(TopologyError::SubnetExhausted {
+                                field: field.clone(),
+                                network: network.name.clone(),
+                                subnet: network.subnet,
+                            });
+                            break;
+                        }
+                    },
+                };
+                let local = if spec.replicas > 1 {
+                    format!("{name}-{replica}")
+                } else {
+                    name.clone()
+                };
+                let netns = match &spec.namespace {
+                    Some(ns) if spec.replicas > 1 => format!("{ns}-{replica}"),
+                    Some(ns) => ns.clone(),
+                    None => format!("{}{local}", topology.platform.prefix),
+                };
+                let nsfield = format!("{field}.namespace");
+                self.claim_netns(&nsfield, &netns);
+                // The host-side veth carries the namespace's name: `ip link` then reads
+                // like the list of namespaces.
+                self.claim_ifname(&nsfield, &netns);
+                out.push(Endpoint {
+                    name: local,
+                    service: name.clone(),
+                    replica,
+                    netns: netns.clone(),
+                    host_ifname: netns,
+                    network: network.name.clone(),
+                    bridge: network.bridge.clone(),
+                    address,
+                    prefix_len: network.subnet.prefix_len(),
+                    gateway: network.gateway,
+                    ports: spec.ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
+                });
+            }
+        }
+        let _ = prefix;
+        out
+    }
+
+    fn subnet(&mut self, field: &str, text: &str) -> Option<Ipv4Net> {
+        let net = match Ipv4Net::from_str(text.trim()) {
+            Ok(net) => net,
+            Err(e) => {
+                self.errors.push(TopologyError::BadCidr {
+                    field: field.into(),
+                    value: text.into(),
+                    reason: e.to_string(),
+                });
+                return None;
+            }
+        };
+        if net.trunc() != net {
+            self.errors.push(TopologyError::SubnetHostBits {
+                field: field.into(),
+                value: text.into(),
+                network: net.trunc().to_string(),
+            });
+            return None;
+        }
+        if net.prefix_len() > 30 {
+            self.errors.push(TopologyError::SubnetTooSmall {
+                field: field.into(),
+                value: text.into(),
+            });
+            return None;
+        }
+        Some(net)
+    }
+
+    fn address(&mut self, field: &str, text: &str) -> Option<Ipv4Addr> {
+        match Ipv4Addr::from_str(text.trim()) {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.errors.push(TopologyError::BadAddress {
+                    field: field.into(),
+                    value: text.into(),
+                });
+                None
+            }
+        }
+    }
+
+    /// True when `addr` may be given to a namespace on `network`.
+    fn check_in_network(&mut self, field: &str, addr: Ipv4Addr, network: &Network) -> bool {
+        let subnet = network.subnet;
+        if !subnet.contains(&addr) {
+            self.errors.push(TopologyError::AddressOutsideSubnet {
+                field: field.into(),
+                address: addr,
+                network: network.name.clone(),
+                subnet,
+            });
+            return false;
+        }
+        let what = if addr == subnet.network() {
+            Some("network address")
+        } else if addr == subnet.broadcast() {
+            Some("broadcast address")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            self.errors.push(TopologyError::AddressReserved {
+                field: field.into(),
+                address: addr,
+                what,
+                network: network.name.clone(),
+            });
+            return false;
+        }
+        true
+    }
+
+    fn next_free(&self, network: &Network) -> Option<Ipv4Addr> {
+        network.subnet.hosts().find(|a| !self.addresses.contains_key(a))
+    }
+
+    fn claim_address(&mut self, field: &str, addr: Ipv4Addr) {
+        if let Some(other) = self.addresses.get(&addr) {
+            self.errors.push(TopologyError::DuplicateAddress {
+                field: field.into(),
+                address: addr,
+                other: other.clone(),
+            });
+        } else {
+            self.addresses.insert(addr, field.into());
+        }
+    }
+
+    fn claim_ifname(&mut self, field: &str, name: &str) {
+        if let Some(reason) = name_problem(name, false) {
+            self.errors.push(TopologyError::InvalidName {
+                field: field.into(),
+                name: name.into(),
+                reason,
+            });
+            return;
+        }
+        if name.len() > MAX_IFNAME_LEN {
+            self.errors.push(TopologyError::NameTooLong {
+                field: field.into(),
+                name: name.into(),
+                len: name.len(),
+            });
+            return;
+        }
+        if let Some(other) = self.ifnames.get(name) {
+            self.errors.push(TopologyError::DuplicateName {
+                field: field.into(),
+                kind: "interface",
+                name: name.into(),
+                other: other.clone(),
+            });
+        } else {
+            self.ifnames.insert(name.into(), field.into());
+        }
+    }
+
+    fn claim_netns(&mut self, field: &str, name: &str) {
+        if let Some(other) = self.netns_names.get(name) {
+            self.errors.push(TopologyError::DuplicateName {
+                field: field.into(),
+                kind: "namespace",
+                name: name.into(),
+                other: other.clone(),
+            });
+        } else {
+            self.netns_names.insert(name.into(), field.into());
+        }
+    }
+
+    fn check_name(&mut self, field: &str, name: &str) {
+        if let Some(reason) = name_problem(name, false) {
+            self.errors.push(TopologyError::InvalidName {
+                field: field.into(),
+                name: name.into(),
+                reason,
+            });
+        }
+    }
+}
+
+/// Names become interface names, namespace files and nft identifiers: keep them to
+/// lowercase letters, digits and `-`/`_`.
+fn name_problem(name: &str, may_be_empty: bool) -> Option<&'static str> {
+    if name.is_empty() {
+        return (!may_be_empty).then_some("empty");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Some("use lowercase letters, digits, '-' and '_'");
+    }
+    None
+}
+
+fn is_host_of(subnet: Ipv4Net, addr: Ipv4Addr) -> bool {
+    subnet.contains(&addr) && addr != subnet.network() && addr != subnet.broadcast()
+}
+
+fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+fn known_list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
