@@ -59,3 +59,48 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
 }
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{offset_of, size_of};
+
+    use super::*;
+
+    /// The layouts `bpf-maps.md` documents, field by field.
+    #[test]
+    fn flow_key_layout() {
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(offset_of!(FlowKey, src_addr), 0);
+        assert_eq!(offset_of!(FlowKey, dst_addr), 4);
+        assert_eq!(offset_of!(FlowKey, src_port), 8);
+        assert_eq!(offset_of!(FlowKey, dst_port), 10);
+        assert_eq!(offset_of!(FlowKey, proto), 12);
+    }
+
+    #[test]
+    fn flow_stats_layout() {
+        assert_eq!(size_of::<FlowStats>(), 40);
+        assert_eq!(offset_of!(FlowStats, packets), 0);
+        assert_eq!(offset_of!(FlowStats, bytes), 8);
+        assert_eq!(offset_of!(FlowStats, first_seen_ns), 16);
+        assert_eq!(offset_of!(FlowStats, last_seen_ns), 24);
+        assert_eq!(offset_of!(FlowStats, tcp_flags), 32);
+    }
+
+    #[test]
+    fn flow_key_new_zeroes_padding() {
+        let k = FlowKey::new([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, IPPROTO_UDP);
+        assert_eq!(k._pad, [0; 3]);
+        assert_eq!(
+            k,
+            FlowKey {
+                src_addr: [10, 0, 0, 1],
+                dst_addr: [10, 0, 0, 2],
+                src_port: 1,
+                dst_port: 2,
+                proto: 17,
+                _pad: [0; 3]
+            }
+        );
+    }
+}

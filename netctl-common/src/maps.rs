@@ -10,6 +10,10 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/netctl";
 pub const FLOWS: &str = "FLOWS";
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 
+/// Every map of the eBPF object. The loader pins exactly these (the object declares no
+/// pinning itself, so tests can load it without bpffs) and refuses an object with others.
+pub const ALL: &[&str] = &[FLOWS];
+
 /// Bit of `skb->mark` the TC program sets on a packet it counted at the ingress of a
 /// host-side veth, so that the egress hook of the destination veth does not count it again.
 /// Chosen clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0F00 ranges.

@@ -16,7 +16,8 @@ use netctl_common::{FlowKey, FlowStats, maps};
 use crate::{Hook, parse::Packet};
 
 #[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::pinned(maps::FLOWS_MAX_ENTRIES, 0);
+static FLOWS: LruHashMap<FlowKey, FlowStats> =
+    LruHashMap::with_max_entries(maps::FLOWS_MAX_ENTRIES, 0);
 
 #[inline(always)]
 pub fn account(ctx: &TcContext, pkt: &Packet, hook: Hook) {
@@ -30,7 +31,7 @@ pub fn account(ctx: &TcContext, pkt: &Packet, hook: Hook) {
             }
         }
     }
-    let segments = if skb.gso_segs > 1 { skb.gso_segs as u64 } else { 1 };
+    let segments = skb.gso_segs.max(1) as u64;
     let bytes = skb.len as u64;
     // SAFETY: plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -48,10 +49,10 @@ pub fn account(ctx: &TcContext, pkt: &Packet, hook: Hook) {
         _pad: 0,
     };
     // Another CPU may have created the entry since our lookup: then add to its entry.
-    if FLOWS.insert(pkt.key, fresh, BPF_NOEXIST as u64).is_err() {
-        if let Some(stats) = FLOWS.get_ptr_mut(pkt.key) {
-            add(stats, segments, bytes, pkt.tcp_flags, now);
-        }
+    if FLOWS.insert(pkt.key, fresh, BPF_NOEXIST as u64).is_err()
+        && let Some(stats) = FLOWS.get_ptr_mut(pkt.key)
+    {
+        add(stats, segments, bytes, pkt.tcp_flags, now);
     }
 }
 

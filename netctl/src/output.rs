@@ -53,7 +53,14 @@ pub fn human_bytes(n: u64) -> String {
 
 /// TCP flags as letters, `tcpdump` style: S(YN) A(CK) F(IN) R(ST) P(USH) U(RG).
 pub fn tcp_flags(flags: u8) -> String {
-    let names = [(0x02, 'S'), (0x10, 'A'), (0x08, 'P'), (0x01, 'F'), (0x04, 'R'), (0x20, 'U')];
+    let names = [
+        (0x02, 'S'),
+        (0x10, 'A'),
+        (0x08, 'P'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x20, 'U'),
+    ];
     names
         .iter()
         .filter(|(bit, _)| flags & bit != 0)

@@ -1,1 +1,149 @@
-fn main() {}
+//! `cargo xtask <task>`: everything around the build that cargo alone does not do.
+//!
+//! - `setup`: Debian packages, nightly rust-src, bpf-linker (idempotent, quiet when done)
+//! - `build-ebpf`: the eBPF object, into `target/bpf/`
+//! - `lint`: rustfmt + clippy -D warnings for the workspace and the eBPF crate
+//! - `test`: lint, then every test (unit, BPF_PROG_TEST_RUN, integration as root)
+
+mod ebpf;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "netctl's build, setup and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing netctl needs on a fresh machine (idempotent).
+    Setup,
+    /// Build the eBPF object (netctl's own build does this too).
+    BuildEbpf,
+    /// cargo fmt --check and clippy -D warnings on both crates sets.
+    Lint,
+    /// Lint, then run the whole test suite (needs root for the integration tests).
+    Test {
+        /// Skip the lint step.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for the test runner (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(&root()),
+        Task::BuildEbpf => build_ebpf(),
+        Task::Lint => lint(),
+        Task::Test { no_lint, args } => test(no_lint, &args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask's manifest lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
+    let root = root();
+    let obj = ebpf::build(&root, &root.join("target").join("bpf")).map_err(anyhow::Error::msg)?;
+    eprintln!("eBPF object: {}", obj.display());
+    Ok(())
+}
+
+fn lint() -> anyhow::Result<()> {
+    let root = root();
+    run(Command::new("cargo")
+        .args(["fmt", "--all", "--check"])
+        .current_dir(&root))?;
+    run(Command::new("cargo")
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(&root))?;
+    let ebpf_dir = root.join("netctl-ebpf");
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "fmt", "--check"])
+        .current_dir(&ebpf_dir)
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "clippy", "--release", "--quiet"])
+        .arg("--target-dir")
+        .arg(root.join("target").join("bpf"))
+        .args(["--", "-D", "warnings"])
+        .current_dir(&ebpf_dir)
+        .env_remove("RUSTUP_TOOLCHAIN"))
+}
+
+fn test(no_lint: bool, extra: &[String]) -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!(
+            "the integration tests create namespaces and load eBPF programs: run as root \
+             (sudo -E cargo xtask test)"
+        );
+    }
+    if !no_lint {
+        lint()?;
+    }
+    let root = root();
+    let nextest = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut cmd = Command::new("cargo");
+    if nextest {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    cmd.args(extra).current_dir(&root);
+    run(&mut cmd)
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}

@@ -55,7 +55,9 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             flow: f,
         })
         .filter(|r| match &args.service {
-            Some(s) => matches_service(plan, &r.src_name, s) || matches_service(plan, &r.dst_name, s),
+            Some(s) => {
+                matches_service(plan, &r.src_name, s) || matches_service(plan, &r.dst_name, s)
+            }
             None => true,
         })
         .collect();
@@ -69,7 +71,15 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    let mut t = output::table(&["source", "destination", "proto", "packets", "bytes", "flags", "last seen"]);
+    let mut t = output::table(&[
+        "source",
+        "destination",
+        "proto",
+        "packets",
+        "bytes",
+        "flags",
+        "last seen",
+    ]);
     for r in &rows {
         let f = r.flow;
         let (src, dst) = if args.numeric {
@@ -92,7 +102,10 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
 }
 
 fn endpoint(name: &str, port: u16, proto: u8) -> String {
-    if port == 0 && proto != netctl_common::flow::IPPROTO_TCP && proto != netctl_common::flow::IPPROTO_UDP {
+    if port == 0
+        && proto != netctl_common::flow::IPPROTO_TCP
+        && proto != netctl_common::flow::IPPROTO_UDP
+    {
         name.to_string()
     } else {
         format!("{name}:{port}")

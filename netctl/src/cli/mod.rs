@@ -89,6 +89,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
+    // `netctl flows | head` closing the pipe early is not an error worth a message.
+    let broken_pipe = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return ExitCode::SUCCESS;
+    }
     let _ = writeln!(std::io::stderr(), "error: {e:#}");
     ExitCode::FAILURE
 }

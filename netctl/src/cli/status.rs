@@ -83,7 +83,12 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
                 (true, false) => "partial",
                 (false, _) => "MISSING",
             };
-            t.add_row(vec![r.kind.to_string(), r.name.clone(), s.into(), r.detail.clone()]);
+            t.add_row(vec![
+                r.kind.to_string(),
+                r.name.clone(),
+                s.into(),
+                r.detail.clone(),
+            ]);
         }
         output::print_table(&t)?;
     }

@@ -146,7 +146,9 @@ impl Resource {
         match self {
             Resource::Bridge { name, address } => {
                 let index = ctx.host.create_bridge(name).await?;
-                let addr = ctx.host.add_address(index, address.addr(), address.prefix_len());
+                let addr = ctx
+                    .host
+                    .add_address(index, address.addr(), address.prefix_len());
                 if let Err(e) = addr.await {
                     let _ = ctx.host.delete_link(name).await;
                     return Err(e);
@@ -196,7 +198,11 @@ impl Resource {
         let bridge_index = ctx.host.index_of(bridge).await?;
         let index = ctx
             .host
-            .create_veth_into(host_ifname, ENDPOINT_IFNAME, std::os::fd::AsFd::as_fd(&ns_file))
+            .create_veth_into(
+                host_ifname,
+                ENDPOINT_IFNAME,
+                std::os::fd::AsFd::as_fd(&ns_file),
+            )
             .await?;
         ctx.host.attach_to_bridge(index, bridge_index).await?;
 
@@ -279,8 +285,9 @@ impl Resource {
                     None
                 }
             }
-            Resource::Masquerade { table, .. } => nat::exists(table)?
-                .then(|| format!("nftables table ip {table} already exists")),
+            Resource::Masquerade { table, .. } => {
+                nat::exists(table)?.then(|| format!("nftables table ip {table} already exists"))
+            }
             Resource::Dataplane { pins } => pins
                 .root
                 .exists()

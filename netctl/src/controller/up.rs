@@ -22,8 +22,9 @@ use crate::{
     topology::Plan,
 };
 
-/// Test hook: `fail-after:N` makes the creation after the N-th fail, `abort-after:N` kills
-/// the process there (as a crash would), so tests can check rollback and recovery.
+/// Test hook: `fail-after:N` makes the creation after the N-th fail; `abort-after:N` kills
+/// the process right after creating the next resource, before the journal says it is done
+/// (as a crash would), so tests can check rollback and recovery.
 pub const FAILPOINT_ENV: &str = "NETCTL_FAILPOINT";
 
 #[derive(Debug, Default)]
@@ -88,11 +89,16 @@ pub async fn up(plan: &Plan) -> anyhow::Result<UpReport> {
 
     let failpoint = Failpoint::from_env();
     for r in create {
-        let outcome = match failpoint.check(report.created.len()) {
+        let outcome = match failpoint.before_create(report.created.len()) {
             Err(e) => Err(e),
             Ok(()) => {
                 state.push(r.clone())?;
-                r.create(&ctx).await.with_context(|| format!("creating {r}"))
+                let made = r
+                    .create(&ctx)
+                    .await
+                    .with_context(|| format!("creating {r}"));
+                failpoint.after_create(report.created.len());
+                made
             }
         };
         match outcome {
@@ -194,10 +200,10 @@ async fn rollback(
             Err(e) => problems.push(format!("{r}: {e:#}")),
         }
     }
-    if state.resources.is_empty() {
-        if let Err(e) = super::down::finish_instance(state) {
-            problems.push(format!("{e:#}"));
-        }
+    if state.resources.is_empty()
+        && let Err(e) = super::down::finish_instance(state)
+    {
+        problems.push(format!("{e:#}"));
     }
     let mut msg = format!(
         "{cause:#}\nrolled back the {} resource(s) this run had created",
@@ -229,13 +235,18 @@ impl Failpoint {
         }
     }
 
-    fn check(&self, created: usize) -> anyhow::Result<()> {
+    fn before_create(&self, created: usize) -> anyhow::Result<()> {
         match *self {
             Self::FailAfter(n) if created == n => {
                 Err(anyhow!("injected failure ({FAILPOINT_ENV}=fail-after:{n})"))
             }
-            Self::AbortAfter(n) if created == n => std::process::abort(),
             _ => Ok(()),
+        }
+    }
+
+    fn after_create(&self, created: usize) {
+        if matches!(*self, Self::AbortAfter(n) if created == n) {
+            std::process::abort();
         }
     }
 }

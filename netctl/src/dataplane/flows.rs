@@ -32,8 +32,12 @@ pub struct Flow {
 /// Opens the pinned flow map of an instance.
 pub fn open(pins: &Pins) -> anyhow::Result<HashMap<MapData, FlowKey, FlowStats>> {
     let path = pins.map(FLOWS);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {} (is the platform up?)", path.display()))?;
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is the platform up?)",
+            path.display()
+        )
+    })?;
     HashMap::try_from(Map::LruHashMap(data)).context("FLOWS is not the expected LRU hash map")
 }
 

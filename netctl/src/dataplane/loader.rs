@@ -12,7 +12,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use netctl_common::maps::{PROG_TC_EGRESS, PROG_TC_INGRESS};
+use netctl_common::maps::{self, PROG_TC_EGRESS, PROG_TC_INGRESS};
 use serde::{Deserialize, Serialize};
 
 use super::{EBPF_OBJECT, Pins};
@@ -52,17 +52,40 @@ impl Hook {
     }
 }
 
-/// Loads the embedded object with its maps pinned under `pins` (reusing maps already pinned
-/// there) and returns it with every TC program loaded into the kernel.
-pub fn load(pins: &Pins) -> anyhow::Result<Ebpf> {
-    let links = pins.links_dir();
-    for dir in [pins.maps_dir(), pins.progs_dir(), links.join("ingress"), links.join("egress")] {
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+/// Loads the embedded object and every TC program in it into the kernel. With `pins`, each
+/// map is pinned under it, reusing a map already pinned there (so counters survive a
+/// reload); without, the maps are private to the returned object (tests).
+pub fn load(pins: Option<&Pins>) -> anyhow::Result<Ebpf> {
+    let map_paths: Vec<(&str, std::path::PathBuf)> = match pins {
+        Some(pins) => {
+            let links = pins.links_dir();
+            for dir in [
+                pins.maps_dir(),
+                pins.progs_dir(),
+                links.join("ingress"),
+                links.join("egress"),
+            ] {
+                fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            maps::ALL
+                .iter()
+                .map(|name| (*name, pins.map(name)))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pins.maps_dir())
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the eBPF object into the kernel")?;
+    if let Some((name, _)) = ebpf.maps().find(|(name, _)| !maps::ALL.contains(name)) {
+        return Err(anyhow!(
+            "the eBPF object has a map {name} that netctl_common::maps::ALL does not list"
+        ));
+    }
     for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
         classifier(&mut ebpf, name)?
             .load()
@@ -73,7 +96,7 @@ pub fn load(pins: &Pins) -> anyhow::Result<Ebpf> {
 
 /// Loads the object and pins its programs, replacing older pins of the same name.
 pub fn load_and_pin(pins: &Pins) -> anyhow::Result<()> {
-    let mut ebpf = load(pins)?;
+    let mut ebpf = load(Some(pins))?;
     for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
         let path = pins.prog(name);
         remove_pin(&path)?;
@@ -103,9 +126,13 @@ pub fn attach(pins: &Pins, ifname: &str, hook: Hook) -> anyhow::Result<()> {
     let prog_path = pins.prog(hook.program());
     let mut prog = SchedClassifier::from_pin(&prog_path)
         .with_context(|| format!("opening pinned program {}", prog_path.display()))?;
-    let id = prog
-        .attach(ifname, hook.attach_type())
-        .with_context(|| format!("attaching {} to {ifname} ({})", hook.program(), hook.as_str()))?;
+    let id = prog.attach(ifname, hook.attach_type()).with_context(|| {
+        format!(
+            "attaching {} to {ifname} ({})",
+            hook.program(),
+            hook.as_str()
+        )
+    })?;
     let link = prog.take_link(id).context("taking the TC link")?;
     let fd_link: FdLink = link
         .try_into()

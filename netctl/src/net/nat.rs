@@ -80,7 +80,10 @@ pub fn netctl_tables() -> anyhow::Result<Vec<String>> {
         .output()
         .context("running nft list tables")?;
     if !out.status.success() {
-        bail!("nft list tables: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "nft list tables: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -99,7 +102,9 @@ fn nft_stdin(script: &str) -> anyhow::Result<()> {
         .spawn()
         .context("running nft (install the nftables package: cargo xtask setup)")?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).context("writing to nft")?;
+        stdin
+            .write_all(script.as_bytes())
+            .context("writing to nft")?;
     }
     let out = child.wait_with_output().context("waiting for nft")?;
     if !out.status.success() {
@@ -116,7 +121,10 @@ mod tests {
     fn ruleset_masquerades_only_traffic_leaving_the_platform() {
         let spec = MasqueradeSpec {
             table: table_name("t1-x"),
-            subnets: vec!["10.1.0.0/24".parse().unwrap(), "10.2.0.0/24".parse().unwrap()],
+            subnets: vec![
+                "10.1.0.0/24".parse().unwrap(),
+                "10.2.0.0/24".parse().unwrap(),
+            ],
             bridges: vec!["t1-a".into(), "t1-b".into()],
         };
         let text = ruleset(&spec);

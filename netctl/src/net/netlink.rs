@@ -99,7 +99,12 @@ impl Netlink {
     }
 
     pub async fn link(&self, name: &str) -> anyhow::Result<Option<Link>> {
-        let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match stream.try_next().await {
             Ok(Some(msg)) => Ok(Some(to_link(&msg))),
             Ok(None) => Ok(None),
@@ -203,9 +208,8 @@ impl Netlink {
         {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-            Err(e) => {
-                Err(anyhow!(e)).with_context(|| format!("adding {addr}/{prefix_len} to link {index}"))
-            }
+            Err(e) => Err(anyhow!(e))
+                .with_context(|| format!("adding {addr}/{prefix_len} to link {index}")),
         }
     }
 
@@ -223,10 +227,10 @@ impl Netlink {
         let mut out = Vec::new();
         for msg in msgs {
             for attr in &msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
-                    if let Ok(net) = Ipv4Net::new(*a, msg.header.prefix_len) {
-                        out.push(net);
-                    }
+                if let AddressAttribute::Address(IpAddr::V4(a)) = attr
+                    && let Ok(net) = Ipv4Net::new(*a, msg.header.prefix_len)
+                {
+                    out.push(net);
                 }
             }
         }
@@ -235,11 +239,15 @@ impl Netlink {
 
     /// `ip route add default via GATEWAY`.
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> anyhow::Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-            Err(e) => Err(anyhow!(e)).with_context(|| format!("adding default route via {gateway}")),
+            Err(e) => {
+                Err(anyhow!(e)).with_context(|| format!("adding default route via {gateway}"))
+            }
         }
     }
 

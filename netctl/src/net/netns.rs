@@ -64,7 +64,12 @@ pub fn create(name: &str) -> anyhow::Result<()> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .with_context(|| format!("bind-mounting the new namespace on {}", mount_target.display()))
+        .with_context(|| {
+            format!(
+                "bind-mounting the new namespace on {}",
+                mount_target.display()
+            )
+        })
     })
     .join()
     .map_err(|_| anyhow!("namespace creation thread panicked"))

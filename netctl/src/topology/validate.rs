@@ -237,11 +237,9 @@ impl Validator {
     }
 
     fn endpoints(&mut self, topology: &Topology, networks: &[Network]) -> Vec<Endpoint> {
-        let prefix = &topology.platform.prefix;
         // Explicit addresses first, so automatic ones never take an address a later
         // service asked for.
-        let mut pending: Vec<(String, &ServiceSpec, &Network, Vec<Option<Ipv4Addr>>)> =
-            Vec::new();
+        let mut pending: Vec<(String, &ServiceSpec, &Network, Vec<Option<Ipv4Addr>>)> = Vec::new();
         for (name, spec) in &topology.services {
             let field = format!("services.{name}");
             self.check_name(&format!("{field} (name)"), name);
@@ -277,9 +275,7 @@ impl Validator {
                 let afield = format!("{field}.address");
                 if let Some(first) = self.address(&afield, text) {
                     for (r, slot) in addrs.iter_mut().enumerate() {
-                        let Some(addr) = u32::from(first)
-                            .checked_add(r as u32)
-                            .map(Ipv4Addr::from)
+                        let Some(addr) = u32::from(first).checked_add(r as u32).map(Ipv4Addr::from)
                         else {
                             break;
                         };
@@ -347,11 +343,14 @@ impl Validator {
                     address,
                     prefix_len: network.subnet.prefix_len(),
                     gateway: network.gateway,
-                    ports: spec.ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
+                    ports: spec
+                        .ports
+                        .iter()
+                        .filter_map(|p| u16::try_from(*p).ok())
+                        .collect(),
                 });
             }
         }
-        let _ = prefix;
         out
     }
 
@@ -430,7 +429,10 @@ impl Validator {
     }
 
     fn next_free(&self, network: &Network) -> Option<Ipv4Addr> {
-        network.subnet.hosts().find(|a| !self.addresses.contains_key(a))
+        network
+            .subnet
+            .hosts()
+            .find(|a| !self.addresses.contains_key(a))
     }
 
     fn claim_address(&mut self, field: &str, addr: Ipv4Addr) {

@@ -1,0 +1,238 @@
+//! Shared helpers of the integration tests: slots that give each test its own name prefix
+//! and subnets (so tests run in parallel, next to a real platform, and after a crashed
+//! run), the `netctl` binary, namespace-bound sockets, and host snapshots for leak checks.
+#![allow(dead_code)]
+
+pub mod packets;
+pub mod snapshot;
+pub mod traffic;
+
+use std::{
+    fs::{self, File, OpenOptions},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use ipnet::Ipv4Net;
+use netctl::topology::{DEFAULT_TOPOLOGY, Topology};
+use nix::fcntl::{Flock, FlockArg};
+
+pub const NETCTL: &str = env!("CARGO_BIN_EXE_netctl");
+const SLOT_DIR: &str = "/tmp/netctl-test-slots";
+const SLOTS: u32 = 48;
+
+/// Skips (returns early from) a test that needs root, with a note saying why.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (namespaces, links and eBPF programs)");
+            return;
+        }
+    };
+}
+
+/// One of [`SLOTS`] test identities, held with `flock` for the test's lifetime: prefix
+/// `tNN-`, subnets `10.(200+NN).x.0`. A slot left by a crashed test is cleaned on acquire.
+pub struct Slot {
+    pub n: u32,
+    _lock: Flock<File>,
+}
+
+impl Slot {
+    pub fn acquire() -> Slot {
+        fs::create_dir_all(SLOT_DIR).expect("creating the slot directory");
+        // Start at a pid-dependent slot so parallel tests rarely contend.
+        let start = std::process::id() % SLOTS;
+        for i in 0..SLOTS * 20 {
+            let n = (start + i) % SLOTS;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(Path::new(SLOT_DIR).join(format!("{n:02}.lock")))
+                .expect("opening a slot lock");
+            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                let slot = Slot { n, _lock: lock };
+                slot.clean_leftovers();
+                return slot;
+            }
+            if i % SLOTS == SLOTS - 1 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        panic!("no free test slot");
+    }
+
+    pub fn prefix(&self) -> String {
+        format!("t{:02}-", self.n)
+    }
+
+    pub fn instance(&self) -> String {
+        format!("t{:02}", self.n)
+    }
+
+    /// The /16 this slot's subnets come from.
+    pub fn block(&self) -> Ipv4Net {
+        Ipv4Net::new(Ipv4Addr::new(10, 200 + self.n as u8, 0, 0), 16).expect("valid block")
+    }
+
+    /// Runs `netctl` with this slot's prefix.
+    pub fn netctl(&self, args: &[&str]) -> Output {
+        self.netctl_env(args, &[])
+    }
+
+    pub fn netctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(NETCTL);
+        cmd.arg("--prefix").arg(self.prefix()).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("running netctl")
+    }
+
+    /// Whatever a crashed earlier holder of this slot left: its platform (through the
+    /// journal) and any extra namespace or link a test made with the prefix.
+    fn clean_leftovers(&self) {
+        let _ = self.netctl(&["down"]);
+        let prefix = self.prefix();
+        for ns in netctl::net::netns::list() {
+            if ns.starts_with(&prefix) {
+                let _ = netctl::net::netns::delete(&ns);
+            }
+        }
+        block_on(async {
+            let nl = netctl::net::netlink::Netlink::current().expect("netlink");
+            for link in nl.links().await.unwrap_or_default() {
+                if link.name.starts_with(&prefix) {
+                    let _ = nl.delete_link(&link.name).await;
+                }
+            }
+        });
+    }
+}
+
+/// A platform a test brought up; `netctl down` when dropped, even on panic.
+pub struct Platform<'a> {
+    pub slot: &'a Slot,
+    pub file: PathBuf,
+    pub plan: netctl::topology::Plan,
+    _dir: tempfile::TempDir,
+}
+
+impl<'a> Platform<'a> {
+    /// The embedded default topology, moved into the slot's prefix and subnets.
+    pub fn default_topology(slot: &'a Slot) -> Platform<'a> {
+        let mut topology = Topology::parse(DEFAULT_TOPOLOGY).expect("default parses");
+        relocate(&mut topology, slot.block());
+        Self::from_topology(slot, &topology)
+    }
+
+    pub fn from_topology(slot: &'a Slot, topology: &Topology) -> Platform<'a> {
+        let mut topology = topology.clone();
+        topology.platform.prefix = slot.prefix();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("topology.toml");
+        fs::write(&file, toml::to_string(&topology).expect("serializes")).expect("write");
+        let plan = netctl::topology::Source::read(&file)
+            .expect("read")
+            .plan(None)
+            .expect("relocated topology is valid");
+        Platform {
+            slot,
+            file,
+            plan,
+            _dir: dir,
+        }
+    }
+
+    pub fn up(&self) -> Output {
+        self.slot
+            .netctl(&["up", "-f", self.file.to_str().expect("utf-8 path")])
+    }
+
+    pub fn up_ok(&self) -> String {
+        let out = self.up();
+        assert_success(&out, "netctl up");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn endpoint(&self, name: &str) -> &netctl::topology::Endpoint {
+        self.plan
+            .endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no endpoint {name}"))
+    }
+}
+
+impl Drop for Platform<'_> {
+    fn drop(&mut self) {
+        let out = self.slot.netctl(&["down"]);
+        if !out.status.success() {
+            eprintln!(
+                "cleanup: netctl down failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Moves every network of `topology` into `block` (network i -> block + i*256), keeping
+/// each address's offset in its subnet. Networks must be /24 or smaller.
+pub fn relocate(topology: &mut Topology, block: Ipv4Net) {
+    let mut moves: Vec<(String, Ipv4Net, Ipv4Net)> = Vec::new();
+    for (i, (name, net)) in topology.networks.iter_mut().enumerate() {
+        let old: Ipv4Net = net.subnet.parse().expect("valid subnet");
+        assert!(old.prefix_len() >= 24, "relocate handles /24 or smaller");
+        let base = u32::from(block.network()) + (i as u32) * 256;
+        let new = Ipv4Net::new(Ipv4Addr::from(base), old.prefix_len()).expect("valid");
+        net.subnet = new.to_string();
+        if let Some(gw) = &net.gateway {
+            net.gateway = Some(shift(gw, old, new));
+        }
+        moves.push((name.clone(), old, new));
+    }
+    for svc in topology.services.values_mut() {
+        if let Some(addr) = &svc.address {
+            let (_, old, new) = moves
+                .iter()
+                .find(|(n, _, _)| *n == svc.network)
+                .expect("service network exists");
+            svc.address = Some(shift(addr, *old, *new));
+        }
+    }
+}
+
+fn shift(addr: &str, old: Ipv4Net, new: Ipv4Net) -> String {
+    let a: Ipv4Addr = addr.parse().expect("valid address");
+    let offset = u32::from(a) - u32::from(old.network());
+    Ipv4Addr::from(u32::from(new.network()) + offset).to_string()
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs an async block on a private runtime (netlink needs one).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// `netctl flows --json` of the slot's platform.
+pub fn flows(slot: &Slot) -> Vec<serde_json::Value> {
+    let out = slot.netctl(&["flows", "--json"]);
+    assert_success(&out, "netctl flows --json");
+    serde_json::from_slice(&out.stdout).expect("flows --json is JSON")
+}

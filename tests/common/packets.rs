@@ -1,0 +1,86 @@
+//! Hand-built Ethernet/IPv4/TCP/UDP frames for BPF_PROG_TEST_RUN.
+
+use std::net::Ipv4Addr;
+
+pub const ETH_LEN: usize = 14;
+pub const IPV4_LEN: usize = 20;
+pub const TCP_LEN: usize = 20;
+pub const UDP_LEN: usize = 8;
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+fn eth_ipv4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4_len: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_LEN + IPV4_LEN + l4_len);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]); // dst MAC
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // src MAC
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (IPV4_LEN + l4_len) as u16;
+    let mut ip = [0u8; IPV4_LEN];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f
+}
+
+pub fn tcp(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+    payload: usize,
+) -> Vec<u8> {
+    let mut f = eth_ipv4(6, src, dst, TCP_LEN + payload);
+    let mut tcp = [0u8; TCP_LEN];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    f.extend_from_slice(&tcp);
+    f.extend(std::iter::repeat_n(0x61, payload));
+    f
+}
+
+pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: usize) -> Vec<u8> {
+    let mut f = eth_ipv4(17, src, dst, UDP_LEN + payload);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((UDP_LEN + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no checksum (allowed for UDP over IPv4)
+    f.extend(std::iter::repeat_n(0x62, payload));
+    f
+}
+
+/// Internet checksum of a header.
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in bytes.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A `struct __sk_buff` prefix for `ctx_in`: the kernel takes `mark` and `gso_segs` from it
+/// (fields before `mark` must be zero).
+pub fn skb_ctx(mark: u32, gso_segs: u32) -> Vec<u8> {
+    const MARK: usize = 8;
+    const GSO_SEGS: usize = 164;
+    let mut ctx = vec![0u8; GSO_SEGS + 4];
+    ctx[MARK..MARK + 4].copy_from_slice(&mark.to_ne_bytes());
+    ctx[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
+    ctx
+}

@@ -1,0 +1,200 @@
+//! `cargo xtask setup`: a fresh machine of this kind has stable + nightly Rust and nothing
+//! else netctl needs. Each step checks first and does nothing when already done; only work
+//! actually done is reported.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, anyhow, bail};
+
+/// Debian packages netctl, its tests and benchmarks use.
+pub const PACKAGES: &[&str] = &[
+    "iproute2", // ip, for people and for test diagnostics (netctl itself uses netlink)
+    "iptables", // the iptables dataplane and its baseline
+    "nftables", // masquerade table of each instance
+    "bpftool",  // inspecting programs, maps and TCX links
+    "sudo",     // the README's `sudo netctl up`
+    "curl",
+];
+
+/// bpf-linker release that fits the nightly toolchain (see ../shared/TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run(_root: &Path) -> anyhow::Result<()> {
+    debian_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    quiet(as_root("apt-get")?.args(["update", "-qq"]))?;
+    quiet(
+        as_root("apt-get")?
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
+}
+
+/// `program` run as root: directly when we are root, through sudo otherwise.
+fn as_root(program: &str) -> anyhow::Result<Command> {
+    let is_root = output(Command::new("id").arg("-u"))?.trim() == "0";
+    if is_root {
+        return Ok(Command::new(program));
+    }
+    if !Command::new("sudo")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        bail!("installing Debian packages needs root or password-less sudo");
+    }
+    let mut cmd = Command::new("sudo");
+    cmd.arg("--preserve-env=DEBIAN_FRONTEND").arg(program);
+    Ok(cmd)
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the nightly toolchain");
+    quiet(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker links eBPF objects with LLVM; it must use the same LLVM as the nightly rustc
+/// that produces the bitcode, so it is built against the nightly's own `libLLVM.so`.
+fn bpf_linker() -> anyhow::Result<()> {
+    let sysroot = PathBuf::from(
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?
+            .trim(),
+    );
+    let version = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .ok_or_else(|| anyhow!("`rustc +nightly -vV` does not say its LLVM version"))?
+        .to_string();
+    let libllvm = fs::read_dir(sysroot.join("lib"))
+        .with_context(|| format!("reading {}", sysroot.join("lib").display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))
+            })
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "the nightly toolchain ships no libLLVM.so in {}",
+                sysroot.display()
+            )
+        })?;
+
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok_or_else(|| anyhow!("neither CARGO_HOME nor HOME is set"))?;
+    let prefix = cargo_home.join("netctl-llvm");
+    let marker = prefix.join("bpf-linker.built-for");
+    let wanted = format!("{} {}", BPF_LINKER_VERSION, libllvm.display());
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works && fs::read_to_string(&marker).is_ok_and(|m| m.trim() == wanted) {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (about a minute)"
+    );
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    // `libLLVM.so` for the build, and the library's own SONAME for running bpf-linker
+    // outside a rustup-launched rustc (which would otherwise set LD_LIBRARY_PATH for it).
+    let soname = libllvm.file_name().map(PathBuf::from).unwrap_or_default();
+    for name in [PathBuf::from("libLLVM.so"), soname] {
+        let link = lib.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
+    }
+    quiet(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--quiet",
+                "--locked",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix)
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )?;
+    fs::write(&marker, wanted).with_context(|| format!("writing {}", marker.display()))
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command, showing its output only if it fails.
+fn quiet(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
