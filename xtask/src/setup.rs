@@ -77,6 +77,7 @@ fn as_root(program: &str) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// rust-src for `-Z build-std=core`; rustfmt and clippy for `cargo xtask lint`.
 fn nightly_rust_src() -> anyhow::Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",
@@ -85,11 +86,22 @@ fn nightly_rust_src() -> anyhow::Result<()> {
         "--toolchain",
         "nightly",
     ]))?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+    let missing: Vec<&str> = ["rust-src", "rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("setup: adding rust-src to the nightly toolchain");
-    quiet(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    eprintln!(
+        "setup: adding {} to the nightly toolchain",
+        missing.join(", ")
+    );
+    quiet(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", "nightly"])
+            .args(&missing),
+    )
 }
 
 /// bpf-linker links eBPF objects with LLVM; it must use the same LLVM as the nightly rustc

@@ -49,6 +49,9 @@ enum Command {
     Flows(flows::Args),
     /// Check a topology file without changing anything (no root needed).
     Validate(validate::Args),
+    /// Run the controller of an instance in this process (`up` starts it in the background).
+    #[command(hide = true)]
+    Controller,
 }
 
 pub fn main() -> ExitCode {
@@ -85,6 +88,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args, prefix).await,
         Command::Flows(args) => flows::run(args, prefix),
         Command::Validate(args) => validate::run(args, prefix),
+        Command::Controller => {
+            crate::controller::preflight::require_root("controller")?;
+            let instance = resolve_instance(prefix)?
+                .ok_or_else(|| anyhow::anyhow!("no netctl platform is up"))?;
+            crate::controller::agent::run(&instance).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -111,6 +121,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -3,7 +3,10 @@
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use crate::{
-    controller::{preflight, up},
+    controller::{
+        preflight,
+        up::{self, ControllerMode},
+    },
     output,
     topology::{Plan, Source},
 };
@@ -13,13 +16,22 @@ pub struct Args {
     /// Topology file (TOML); the embedded reference platform when omitted.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
+    /// Run the controller in this process instead of in the background (for systemd);
+    /// returns on SIGTERM, leaving the platform up.
+    #[arg(long)]
+    foreground: bool,
 }
 
 pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let plan = plan_from(args.file.as_deref(), prefix)?;
     preflight::require_root("up")?;
     let started = Instant::now();
-    let report = up::up(&plan).await?;
+    let mode = if args.foreground {
+        ControllerMode::Foreground
+    } else {
+        ControllerMode::Background
+    };
+    let report = up::up(&plan, mode).await?;
     let took = started.elapsed();
     if !report.changed() {
         output::print_line(&format!(
@@ -27,8 +39,20 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             plan.platform,
             plan.instance()
         ))?;
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        print_summary(&plan, &report, took)?;
     }
+    if args.foreground {
+        up::become_controller(&plan).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(
+    plan: &Plan,
+    report: &up::UpReport,
+    took: std::time::Duration,
+) -> anyhow::Result<()> {
     output::print_line(&format!(
         "{} (instance {}) is up: {} networks, {} namespaces ({} created, {} removed in {:.2}s)",
         plan.platform,
@@ -50,7 +74,7 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         ]);
     }
     output::print_table(&t)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Reads and validates the topology (a file or the embedded default).

@@ -4,6 +4,9 @@
 //! is created, so that a failure (or a crash) half-way leaves a record of exactly what may
 //! exist, and `down` or the next `up` can remove it.
 
+pub mod agent;
+pub mod api;
+pub mod daemon;
 pub mod down;
 pub mod preflight;
 pub mod resource;

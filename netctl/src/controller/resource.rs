@@ -8,6 +8,7 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::daemon;
 use crate::{
     dataplane::{Hook, Pins, loader},
     net::{nat, netlink::Netlink, netns},
@@ -42,7 +43,12 @@ pub enum Resource {
         hook: Hook,
         pins: Pins,
     },
+    /// The background controller process (`netctl controller`).
+    Controller { instance: String, prefix: String },
 }
+
+/// How long the controller gets to stop after SIGTERM before it is killed.
+const CONTROLLER_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What every resource operation needs.
 pub struct Ctx {
@@ -50,8 +56,9 @@ pub struct Ctx {
 }
 
 impl Resource {
-    /// The resources of a plan, in creation order.
-    pub fn for_plan(plan: &Plan, pins: &Pins) -> Vec<Resource> {
+    /// The resources of a plan, in creation order. The controller comes last (and so goes
+    /// first); `with_controller` is false when the caller itself becomes the controller.
+    pub fn for_plan(plan: &Plan, pins: &Pins, with_controller: bool) -> Vec<Resource> {
         let mut out = Vec::new();
         for n in &plan.networks {
             out.push(Resource::Bridge {
@@ -85,6 +92,12 @@ impl Resource {
                 });
             }
         }
+        if with_controller {
+            out.push(Resource::Controller {
+                instance: plan.instance(),
+                prefix: plan.prefix.clone(),
+            });
+        }
         out
     }
 
@@ -95,6 +108,7 @@ impl Resource {
             Resource::Masquerade { .. } => "nat",
             Resource::Dataplane { .. } => "dataplane",
             Resource::TcHook { .. } => "tc-hook",
+            Resource::Controller { .. } => "controller",
         }
     }
 
@@ -105,6 +119,7 @@ impl Resource {
             Resource::Masquerade { table, .. } => format!("ip {table}"),
             Resource::Dataplane { pins } => pins.root.display().to_string(),
             Resource::TcHook { ifname, hook, .. } => format!("{ifname}/{}", hook.as_str()),
+            Resource::Controller { instance, .. } => instance.clone(),
         }
     }
 
@@ -127,6 +142,10 @@ impl Resource {
             Resource::TcHook { pins, ifname, hook } => {
                 pins.link(ifname, *hook).display().to_string()
             }
+            Resource::Controller { instance, .. } => match daemon::running(instance) {
+                Some(id) => format!("pid {}", id.pid),
+                None => "not running".into(),
+            },
         }
     }
 
@@ -179,6 +198,9 @@ impl Resource {
                 loaded
             }
             Resource::TcHook { ifname, hook, pins } => loader::attach(pins, ifname, *hook),
+            Resource::Controller { instance, prefix } => {
+                daemon::spawn(instance, prefix).await.map(drop)
+            }
         }
     }
 
@@ -241,6 +263,9 @@ impl Resource {
             Resource::TcHook { ifname, hook, pins } => {
                 loader::detach(pins, ifname, *hook).map(drop)
             }
+            Resource::Controller { instance, .. } => {
+                daemon::stop(instance, CONTROLLER_GRACE).await.map(drop)
+            }
         }
     }
 
@@ -260,6 +285,7 @@ impl Resource {
             Resource::Masquerade { table, .. } => nat::exists(table)?,
             Resource::Dataplane { pins } => loader::is_loaded(pins),
             Resource::TcHook { ifname, hook, pins } => loader::is_attached(pins, ifname, *hook),
+            Resource::Controller { instance, .. } => daemon::running(instance).is_some(),
         })
     }
 
@@ -293,6 +319,12 @@ impl Resource {
                 .exists()
                 .then(|| format!("{} already exists", pins.root.display())),
             Resource::TcHook { .. } => None,
+            Resource::Controller { instance, .. } => daemon::running(instance).map(|id| {
+                format!(
+                    "a controller of instance {instance} is running (pid {})",
+                    id.pid
+                )
+            }),
         })
     }
 }

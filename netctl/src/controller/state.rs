@@ -83,9 +83,7 @@ impl State {
     }
 
     pub fn path(instance: &str) -> PathBuf {
-        Path::new(STATE_DIR)
-            .join("instances")
-            .join(format!("{instance}.json"))
+        instance_dir(instance).join("state.json")
     }
 
     /// The state of `instance`, or `None` when it is not up.
@@ -114,8 +112,15 @@ impl State {
         write_private(&Self::path(&self.instance), text.as_bytes())
     }
 
+    /// Removes the state file and the instance's runtime directory.
     pub fn remove(&self) -> anyhow::Result<()> {
-        remove_if_exists(&Self::path(&self.instance))
+        remove_if_exists(&Self::path(&self.instance))?;
+        let dir = instance_dir(&self.instance);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
     }
 
     pub fn push(&mut self, resource: Resource) -> anyhow::Result<()> {
@@ -139,14 +144,19 @@ impl State {
     }
 }
 
+/// `/run/netctl/<instance>/`: state file, controller pid file and API socket.
+pub fn instance_dir(instance: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(instance)
+}
+
 /// Instances with a state file, sorted.
 pub fn instances() -> Vec<String> {
-    let mut out: Vec<String> = fs::read_dir(Path::new(STATE_DIR).join("instances"))
+    let mut out: Vec<String> = fs::read_dir(STATE_DIR)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("state.json").exists())
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
         .collect();
     out.sort();
     out

@@ -12,7 +12,7 @@
 use anyhow::{Context, anyhow, bail};
 
 use super::{
-    Resource, preflight,
+    Resource, daemon, preflight,
     resource::Ctx,
     state::{HostChanges, State, StateLock},
 };
@@ -40,7 +40,16 @@ impl UpReport {
     }
 }
 
-pub async fn up(plan: &Plan) -> anyhow::Result<UpReport> {
+/// Who runs the controller after `up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControllerMode {
+    /// A background `netctl controller` process (the default).
+    Background,
+    /// The calling process, which runs the controller itself afterwards (`--foreground`).
+    Foreground,
+}
+
+pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
     let _lock = StateLock::acquire()?;
     let ctx = Ctx {
         host: Netlink::current()?,
@@ -49,7 +58,7 @@ pub async fn up(plan: &Plan) -> anyhow::Result<UpReport> {
 
     let instance = plan.instance();
     let pins = Pins::for_instance(&instance);
-    let desired = Resource::for_plan(plan, &pins);
+    let desired = Resource::for_plan(plan, &pins, mode == ControllerMode::Background);
     let mut state = State::load(&instance)?.unwrap_or_else(|| State::new(plan.clone()));
 
     let remove = stale(&state, &desired, &ctx).await?;
@@ -64,6 +73,9 @@ pub async fn up(plan: &Plan) -> anyhow::Result<UpReport> {
         .filter(|r| !kept.contains(r))
         .cloned()
         .collect();
+    let controller_kept = kept
+        .iter()
+        .any(|r| matches!(r, Resource::Controller { .. }));
     let mut report = UpReport {
         unchanged: kept.len(),
         ..UpReport::default()
@@ -114,6 +126,10 @@ pub async fn up(plan: &Plan) -> anyhow::Result<UpReport> {
                 return Err(rollback(&mut state, &undo, &ctx, e).await);
             }
         }
+    }
+    // A controller that stays gets the new state; a new one read it at start.
+    if controller_kept {
+        daemon::reload(&instance)?;
     }
     Ok(report)
 }
@@ -249,4 +265,24 @@ impl Failpoint {
             std::process::abort();
         }
     }
+}
+
+/// `up --foreground`: records this process as the instance's controller and runs it here.
+pub async fn become_controller(plan: &Plan) -> anyhow::Result<()> {
+    let instance = plan.instance();
+    {
+        let _lock = StateLock::acquire()?;
+        let mut state = State::load(&instance)?
+            .ok_or_else(|| anyhow!("instance {instance} vanished before its controller started"))?;
+        let me = Resource::Controller {
+            instance: instance.clone(),
+            prefix: plan.prefix.clone(),
+        };
+        if !state.resources.iter().any(|r| r.resource == me) {
+            state.push(me.clone())?;
+        }
+        daemon::write_pid_file(&instance)?;
+        state.mark_done(&me)?;
+    }
+    super::agent::run(&instance).await
 }

@@ -1,0 +1,138 @@
+//! The long-running controller of one instance (`netctl controller`, or `up --foreground`).
+//!
+//! It holds the instance's state (re-read on SIGHUP, which `up` sends after a change),
+//! runs its components as tasks, and serves the API. SIGTERM or SIGINT stops it; the
+//! dataplane (pinned programs, links and maps) keeps forwarding without it.
+//!
+//! A component is an async function given an [`AgentCtx`]: it watches the state through
+//! `ctx.state`, publishes what it knows on `ctx.board`, and returns when
+//! `ctx.shutdown` is cancelled.
+
+use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc, time::SystemTime};
+
+use anyhow::Context;
+use serde_json::Value;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{RwLock, watch},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{api, daemon, state::State};
+
+/// What every component gets.
+#[derive(Clone)]
+pub struct AgentCtx {
+    pub instance: String,
+    /// The current state; changes when `up` reconciles and signals a reload.
+    pub state: watch::Receiver<Arc<State>>,
+    pub board: StatusBoard,
+    pub shutdown: CancellationToken,
+}
+
+/// Component name -> its latest status, served at `/v1/status`.
+#[derive(Clone, Default)]
+pub struct StatusBoard {
+    inner: Arc<RwLock<BTreeMap<String, Value>>>,
+    header: Arc<RwLock<Value>>,
+}
+
+impl StatusBoard {
+    pub async fn publish(&self, component: &str, status: Value) {
+        self.inner
+            .write()
+            .await
+            .insert(component.to_string(), status);
+    }
+
+    pub async fn snapshot(&self) -> Value {
+        let mut out = self.header.read().await.clone();
+        let components: serde_json::Map<String, Value> = self
+            .inner
+            .read()
+            .await
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Value::Object(map) = &mut out {
+            map.insert("components".into(), Value::Object(components));
+        }
+        out
+    }
+}
+
+pub type ComponentFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+/// A component: its name and how to start it.
+pub type Component = (&'static str, fn(AgentCtx) -> ComponentFuture);
+
+/// The components every controller runs (each issue's feature adds its own here).
+pub fn components() -> Vec<Component> {
+    Vec::new()
+}
+
+/// Runs the controller of `instance` until SIGTERM/SIGINT.
+pub async fn run(instance: &str) -> anyhow::Result<()> {
+    let state = State::load(instance)?
+        .with_context(|| format!("instance {instance} is not up (no state file)"))?;
+    daemon::write_pid_file(instance)?;
+    let (state_tx, state_rx) = watch::channel(Arc::new(state));
+    let shutdown = CancellationToken::new();
+    let board = StatusBoard::default();
+    *board.header.write().await = serde_json::json!({
+        "instance": instance,
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    let ctx = AgentCtx {
+        instance: instance.to_string(),
+        state: state_rx,
+        board: board.clone(),
+        shutdown: shutdown.clone(),
+    };
+
+    let mut tasks = JoinSet::new();
+    {
+        let (instance, board, shutdown) = (instance.to_string(), board.clone(), shutdown.clone());
+        tasks.spawn(async move { ("api", api::serve(&instance, board, shutdown).await) });
+    }
+    for (name, start) in components() {
+        let fut = start(ctx.clone());
+        tasks.spawn(async move { (name, fut.await) });
+    }
+    tracing::info!(instance, pid = std::process::id(), "controller running");
+
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match State::load(instance) {
+                Ok(Some(s)) => {
+                    tracing::info!("state reloaded");
+                    let _ = state_tx.send(Arc::new(s));
+                }
+                Ok(None) => break,
+                Err(e) => tracing::error!("reloading state: {e:#}"),
+            },
+            Some(done) = tasks.join_next() => match done {
+                Ok((name, Ok(()))) => tracing::info!(component = name, "finished"),
+                Ok((name, Err(e))) => {
+                    tracing::error!(component = name, "failed: {e:#}");
+                    board.publish(name, serde_json::json!({ "error": format!("{e:#}") })).await;
+                }
+                Err(e) => tracing::error!("component task panicked: {e}"),
+            },
+        }
+    }
+    tracing::info!("controller stopping");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    let _ = std::fs::remove_file(daemon::pid_file(instance));
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The controller process of an instance: started in the background by `up`, found again
+//! through its pid file, stopped by `down`. A pid file holds the pid and the process's start
+//! time, so a recycled pid is never mistaken for (or signalled as) the controller.
+
+use std::{
+    fs::{self, OpenOptions},
+    io,
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use super::{api, state::instance_dir};
+
+/// Where the controller and the services of an instance write their logs.
+pub fn log_dir(instance: &str) -> PathBuf {
+    PathBuf::from("/var/log/netctl").join(instance)
+}
+
+pub fn pid_file(instance: &str) -> PathBuf {
+    instance_dir(instance).join("controller.pid")
+}
+
+/// A process identity that survives pid reuse: pid + start time (clock ticks since boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessId {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    /// The identity of a live process (zombies, which only wait to be reaped, are dead).
+    pub fn of(pid: u32) -> Option<Self> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name (which may hold spaces): state is
+        // field 3, start time field 22.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = fields.next()?;
+        if state == "Z" || state == "X" {
+            return None;
+        }
+        let start_time = fields.nth(18)?.parse().ok()?;
+        Some(Self { pid, start_time })
+    }
+
+    pub fn current() -> Option<Self> {
+        Self::of(std::process::id())
+    }
+
+    pub fn is_alive(&self) -> bool {
+        Self::of(self.pid).is_some_and(|now| now == *self)
+    }
+}
+
+/// Records the calling process as the controller of `instance`.
+pub fn write_pid_file(instance: &str) -> anyhow::Result<()> {
+    let me = ProcessId::current().context("reading /proc/self/stat")?;
+    let path = pid_file(instance);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(&path, format!("{} {}\n", me.pid, me.start_time))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The running controller of `instance`, if any.
+pub fn running(instance: &str) -> Option<ProcessId> {
+    let text = fs::read_to_string(pid_file(instance)).ok()?;
+    let mut parts = text.split_whitespace();
+    let id = ProcessId {
+        pid: parts.next()?.parse().ok()?,
+        start_time: parts.next()?.parse().ok()?,
+    };
+    id.is_alive().then_some(id)
+}
+
+/// Starts `netctl controller` for `instance` in its own session, logging to the instance's
+/// log directory, and waits until its API answers.
+pub async fn spawn(instance: &str, prefix: &str) -> anyhow::Result<ProcessId> {
+    let exe = std::env::current_exe().context("finding the netctl binary")?;
+    let logs = log_dir(instance);
+    fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let log_path = logs.join("controller.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--prefix")
+        .arg(prefix)
+        .arg("controller")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("duplicating the log file")?)
+        .stderr(log)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    // SAFETY: setsid is async-signal-safe; it detaches the controller from our terminal
+    // and process group so that it outlives `netctl up`.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+    }
+    let mut child = cmd.spawn().context("starting the controller")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().context("checking the controller")? {
+            bail!(
+                "the controller exited during start-up ({status}); see {}",
+                log_path.display()
+            );
+        }
+        if api::get(instance, "/v1/status").await.is_ok() {
+            let id = ProcessId::of(child.id()).context("reading the controller's /proc entry")?;
+            return Ok(id);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "the controller did not answer within 15 s; see {}",
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops the controller: SIGTERM, then SIGKILL after `grace`. False when none was running.
+pub async fn stop(instance: &str, grace: Duration) -> anyhow::Result<bool> {
+    let Some(id) = running(instance) else {
+        let _ = fs::remove_file(pid_file(instance));
+        return Ok(false);
+    };
+    let pid = Pid::from_raw(id.pid as i32);
+    kill(pid, Signal::SIGTERM).context("signalling the controller")?;
+    let deadline = Instant::now() + grace;
+    while id.is_alive() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if id.is_alive() {
+        tracing::warn!(pid = id.pid, "controller ignored SIGTERM; killing it");
+        let _ = kill(pid, Signal::SIGKILL);
+        while id.is_alive() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let _ = fs::remove_file(pid_file(instance));
+    let _ = fs::remove_file(api::socket_path(instance));
+    Ok(true)
+}
+
+/// Asks a running controller to re-read the state file.
+pub fn reload(instance: &str) -> anyhow::Result<bool> {
+    match running(instance) {
+        Some(id) => {
+            kill(Pid::from_raw(id.pid as i32), Signal::SIGHUP)
+                .context("signalling the controller")?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
