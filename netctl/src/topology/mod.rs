@@ -4,10 +4,14 @@
 
 mod model;
 pub mod plan;
+mod services;
 mod validate;
 
-pub use model::{NatConfig, NetworkSpec, PlatformSpec, ServiceSpec, Topology};
-pub use plan::{Endpoint, Network, Plan};
+pub use model::{
+    DataplaneSpec, NatConfig, NetworkSpec, PlatformSpec, PortForwardSpec, PortSpec, ServiceSpec,
+    Topology,
+};
+pub use plan::{Algorithm, Endpoint, Network, Plan, Port, PortForward, Proto, Service};
 pub use validate::{TopologyError, ValidationErrors};
 
 use std::path::Path;

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 
 use super::{
     model::{ServiceSpec, Topology},
-    plan::{Endpoint, Network, Plan},
+    plan::{Endpoint, Network, Plan, Port},
 };
 
 /// Linux limit on interface names (IFNAMSIZ - 1).
@@ -103,6 +103,36 @@ pub enum TopologyError {
     BadPort { field: String, value: u32 },
     #[error("{field}: {value} replicas (must be 1-{MAX_REPLICAS})")]
     BadReplicas { field: String, value: u32 },
+    #[error("{field}: {value:?} is not a port (write 80, \"80/tcp\" or \"53/udp\")")]
+    BadPortSpec { field: String, value: String },
+    #[error("{field}: port {port} is listed twice")]
+    DuplicatePort { field: String, port: String },
+    #[error("{field}: {value:?} is not a load-balancing algorithm (round-robin, random, maglev)")]
+    BadAlgorithm { field: String, value: String },
+    #[error("{field}: VIP {vip} is not a host address of platform.service_cidr ({cidr})")]
+    VipOutsideServiceCidr {
+        field: String,
+        vip: Ipv4Addr,
+        cidr: Ipv4Net,
+    },
+    #[error("{field}: a VIP needs ports to balance")]
+    VipWithoutPorts { field: String },
+    #[error("{field}: platform.service_cidr ({cidr}) has no free address for another VIP")]
+    ServiceCidrExhausted { field: String, cidr: Ipv4Net },
+    #[error("{field}: unknown service {service:?} (services with ports: {known})")]
+    UnknownService {
+        field: String,
+        service: String,
+        known: String,
+    },
+    #[error("{field}: service {service:?} has no port {port}")]
+    PortForwardToUnknownPort {
+        field: String,
+        service: String,
+        port: String,
+    },
+    #[error("dataplane.conntrack_max: {value} entries is too small (at least {min})", min = super::services::MIN_CONNTRACK)]
+    ConntrackTooSmall { value: u32 },
     #[error("network {network:?} ({subnet}) has no free address left for {field}")]
     SubnetExhausted {
         field: String,
@@ -148,6 +178,18 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
         v.errors.push(TopologyError::Empty);
     }
     let endpoints = v.endpoints(topology, &networks);
+    let lb = super::services::plan(topology, &networks, &endpoints, &mut v.errors);
+    if let Some(uplinks) = &topology.platform.uplinks {
+        for (i, name) in uplinks.iter().enumerate() {
+            if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.contains('/') {
+                v.errors.push(TopologyError::InvalidName {
+                    field: format!("platform.uplinks[{i}]"),
+                    name: name.clone(),
+                    reason: "not an interface name",
+                });
+            }
+        }
+    }
 
     if v.errors.is_empty() {
         Ok(Plan {
@@ -156,10 +198,25 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
             networks,
             endpoints,
             masquerade: topology.nat.masquerade,
+            services: lb.services,
+            service_cidr: lb.service_cidr,
+            port_forwards: lb.port_forwards,
+            uplinks: topology.platform.uplinks.clone(),
+            dataplane: lb.dataplane,
         })
     } else {
         Err(v.errors)
     }
+}
+
+/// A service between the two passes of [`Validator::endpoints`]: explicit addresses claimed,
+/// automatic ones still to hand out.
+struct Pending<'a> {
+    name: String,
+    spec: &'a ServiceSpec,
+    network: &'a Network,
+    addrs: Vec<Option<Ipv4Addr>>,
+    ports: Vec<Port>,
 }
 
 #[derive(Default)]
@@ -239,7 +296,7 @@ impl Validator {
     fn endpoints(&mut self, topology: &Topology, networks: &[Network]) -> Vec<Endpoint> {
         // Explicit addresses first, so automatic ones never take an address a later
         // service asked for.
-        let mut pending: Vec<(String, &ServiceSpec, &Network, Vec<Option<Ipv4Addr>>)> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
         for (name, spec) in &topology.services {
             let field = format!("services.{name}");
             self.check_name(&format!("{field} (name)"), name);
@@ -251,14 +308,11 @@ impl Validator {
                 });
                 continue;
             }
-            for (i, port) in spec.ports.iter().enumerate() {
-                if *port == 0 || *port > u32::from(u16::MAX) {
-                    self.errors.push(TopologyError::BadPort {
-                        field: format!("{field}.ports[{i}]"),
-                        value: *port,
-                    });
-                }
-            }
+            let ports = super::services::parse_ports(
+                &format!("{field}.ports"),
+                &spec.ports,
+                &mut self.errors,
+            );
             let Some(network) = networks.iter().find(|n| n.name == spec.network) else {
                 // A network that failed its own checks is already reported.
                 if !topology.networks.contains_key(&spec.network) {
@@ -291,11 +345,24 @@ impl Validator {
                     }
                 }
             }
-            pending.push((name.to_string(), spec, network, addrs));
+            pending.push(Pending {
+                name: name.to_string(),
+                spec,
+                network,
+                addrs,
+                ports,
+            });
         }
 
         let mut out = Vec::new();
-        for (name, spec, network, addrs) in pending {
+        for Pending {
+            name,
+            spec,
+            network,
+            addrs,
+            ports,
+        } in pending
+        {
             let field = format!("services.{name}");
             for (r, addr) in addrs.into_iter().enumerate() {
                 let replica = r as u32 + 1;
@@ -343,11 +410,7 @@ impl Validator {
                     address,
                     prefix_len: network.subnet.prefix_len(),
                     gateway: network.gateway,
-                    ports: spec
-                        .ports
-                        .iter()
-                        .filter_map(|p| u16::try_from(*p).ok())
-                        .collect(),
+                    ports: ports.clone(),
                 });
             }
         }
