@@ -7,7 +7,7 @@
 
 use netctl_common::{
     CtEntry, DropReason, FlowKey,
-    ct::{CT_F_DNAT, CT_F_REVERSE, CT_F_SNAT, CT_F_UPLINK},
+    ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_REVERSE, CT_F_SNAT, CT_F_UPLINK},
     flow::IPPROTO_UDP,
     lb::{SVC_F_HOST_PORT, tuple_hash},
     stats::{CNT_CT_MISS_ESTABLISHED, CNT_LB_TC},
@@ -23,6 +23,7 @@ use crate::{
 use aya_ebpf::programs::TcContext;
 
 const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// Packets a namespace sends (ingress of its host-side veth).
 #[inline(always)]
@@ -31,8 +32,9 @@ pub fn from_endpoint(ctx: &TcContext, pkt: &mut Packet, now: u64) -> Result<Flow
     if let Some(e) = conntrack::lookup(&key, now) {
         // SAFETY: `e` points into a map value valid for this program run.
         let entry = unsafe { *e };
-        if stale_udp_backend(&key, &entry) {
-            // The backend this UDP flow was pinned to is gone: choose again.
+        if stale_udp_backend(&key, &entry) || reopened(pkt, &entry) {
+            // The backend this UDP flow was pinned to is gone, or a closed TCP
+            // connection's tuple is reused: a new connection, choose again.
             conntrack::remove(&conntrack::peer_key(&key, &entry));
             conntrack::remove(&key);
         } else {
@@ -195,6 +197,13 @@ fn new_service_connection(
     nat::rewrite(ctx, pkt, Side::Destination, backend.addr, backend.port)
         .map_err(|_| DropReason::NatFailed)?;
     Ok(pkt.key)
+}
+
+/// A SYN (without ACK) on the tuple of a connection that already closed: the client reuses
+/// the port for a new connection, which must not inherit the old one's closing timeout.
+#[inline(always)]
+fn reopened(pkt: &Packet, e: &CtEntry) -> bool {
+    pkt.is_tcp() && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && e.flags & CT_F_CLOSING != 0
 }
 
 /// A UDP flow pinned to a backend that no longer exists (kube-proxy's stale-UDP bug).
