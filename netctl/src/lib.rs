@@ -3,12 +3,14 @@
 //! - [`topology`]: the topology file, validation and the resolved plan;
 //! - [`net`]: namespaces, links, routes, sysctls, NAT (Linux primitives);
 //! - [`dataplane`]: the embedded eBPF object, pins, attach, map readers;
+//! - [`iptables`]: the kube-proxy-style iptables dataplane, the baseline;
 //! - [`controller`]: `up`/`down` as a journaled reconcile of resources;
 //! - [`cli`]: the `netctl` command line.
 
 pub mod cli;
 pub mod controller;
 pub mod dataplane;
+pub mod iptables;
 pub mod net;
 pub mod output;
 pub mod topology;

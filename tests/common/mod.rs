@@ -237,12 +237,27 @@ pub fn relocate(topology: &mut Topology, block: Ipv4Net) {
         moves.push((name.clone(), old, new));
     }
     for svc in topology.services.values_mut() {
-        if let Some(addr) = &svc.address {
+        if let (Some(addr), Some(network)) = (&svc.address, &svc.network) {
             let (_, old, new) = moves
                 .iter()
-                .find(|(n, _, _)| *n == svc.network)
+                .find(|(n, _, _)| n == network)
                 .expect("service network exists");
             svc.address = Some(shift(addr, *old, *new));
+        }
+        // Backends listed by hand move with the network they are in.
+        for b in svc.backends.iter_mut().flatten() {
+            let (addr, port) = match b.split_once(':') {
+                Some((a, p)) => (a.to_string(), Some(p.to_string())),
+                None => (b.clone(), None),
+            };
+            let a: Ipv4Addr = addr.parse().expect("valid backend address");
+            if let Some((_, old, new)) = moves.iter().find(|(_, old, _)| old.contains(&a)) {
+                let moved = shift(&addr, *old, *new);
+                *b = match port {
+                    Some(p) => format!("{moved}:{p}"),
+                    None => moved,
+                };
+            }
         }
     }
 }

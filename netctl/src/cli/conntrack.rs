@@ -1,4 +1,5 @@
-//! `netctl conntrack`: tracked connections from the pinned `CT` map, with names.
+//! `netctl conntrack`: tracked connections from the pinned `CT` map (eBPF dataplane) or
+//! the kernel's conntrack (iptables dataplane), with names.
 
 use std::process::ExitCode;
 
@@ -9,7 +10,7 @@ use crate::{
     controller::preflight,
     dataplane::{Pins, conntrack},
     output,
-    topology::Plan,
+    topology::{DataplaneMode, Plan},
 };
 
 #[derive(clap::Args, Debug)]
@@ -39,8 +40,14 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no netctl platform is up");
     };
     let plan = &state.plan;
-    let map = conntrack::open(&Pins::for_instance(&state.instance))?;
-    let conns = conntrack::connections(&map)?;
+    let conns = match plan.dataplane.mode {
+        DataplaneMode::Ebpf => {
+            let map = conntrack::open(&Pins::for_instance(&state.instance))?;
+            conntrack::connections(&map)?
+        }
+        // The kernel's own conntrack holds the NAT of iptables connections.
+        DataplaneMode::Iptables => crate::iptables::conntrack::connections(plan)?,
+    };
     let rows: Vec<Row> = conns
         .iter()
         .map(|c| Row {

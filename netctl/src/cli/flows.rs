@@ -43,6 +43,11 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let Some(state) = load_state(prefix)? else {
         anyhow::bail!("no netctl platform is up (nothing to read flows from)");
     };
+    super::require_ebpf(
+        &state,
+        "flows",
+        "; `netctl conntrack` shows its connections from the kernel's conntrack",
+    )?;
     let pins = Pins::for_instance(&state.instance);
     let all = flows::read(&pins).context("reading the flow map")?;
     let plan = &state.plan;

@@ -28,6 +28,11 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let Some(state) = load_state(prefix)? else {
         bail!("no netctl platform is up");
     };
+    super::require_ebpf(
+        &state,
+        "maps",
+        "; `iptables-save` shows its rules and `netctl services` what they serve",
+    )?;
     let pins = Pins::for_instance(&state.instance);
     match args.name {
         Some(name) => {

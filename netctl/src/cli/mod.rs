@@ -159,6 +159,20 @@ fn resolve_instance(prefix: Option<&str>) -> anyhow::Result<Option<String>> {
     }
 }
 
+/// Refuses a command that reads eBPF maps on an instance running the iptables dataplane,
+/// saying what to use instead.
+fn require_ebpf(state: &State, command: &str, instead: &str) -> anyhow::Result<()> {
+    if state.plan.dataplane.mode == crate::topology::DataplaneMode::Ebpf {
+        return Ok(());
+    }
+    bail!(
+        "`netctl {command}` reads the eBPF maps, and instance {} runs the {} dataplane, which \
+         has none (no per-flow counters, no pinned maps){instead}",
+        state.instance,
+        state.plan.dataplane.mode
+    )
+}
+
 /// The state of the instance a read-only command acts on.
 fn load_state(prefix: Option<&str>) -> anyhow::Result<Option<State>> {
     match resolve_instance(prefix)? {

@@ -1,5 +1,6 @@
 //! `netctl services`: every frontend (VIP:port, host port) with its backends, from the
-//! pinned maps; health comes from the controller when it is running.
+//! pinned maps (eBPF dataplane) or the instance's iptables chains (iptables dataplane);
+//! health comes from the controller when it is running.
 
 use std::{collections::HashMap, net::Ipv4Addr, process::ExitCode};
 
@@ -11,7 +12,7 @@ use crate::{
     controller::{api, preflight},
     dataplane::{Pins, lb::LbMaps},
     output,
-    topology::{Plan, Proto},
+    topology::{DataplaneMode, Plan, Proto},
 };
 
 #[derive(clap::Args, Debug)]
@@ -43,6 +44,9 @@ struct BackendRow {
     instance: String,
     state: &'static str,
     weight: usize,
+    /// iptables: the share of new connections its `statistic` rule gives it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    share: Option<f64>,
     health: Value,
 }
 
@@ -52,58 +56,18 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no netctl platform is up");
     };
     let plan = &state.plan;
-    let maps = LbMaps::open(&Pins::for_instance(&state.instance))?;
-    let backends: HashMap<u32, netctl_common::Backend> = maps.backends().into_iter().collect();
-    // Health is only known to a running controller; the maps alone still answer.
+    // Health is only known to a running controller; the maps or rules alone still answer.
     let lb_status = api::get(&state.instance, "/v1/status")
         .await
         .map(|s| s["components"]["lb"]["backends"].clone())
         .unwrap_or(Value::Null);
-
-    let mut rows = Vec::new();
-    for fe in maps.frontends() {
-        let service = plan
-            .service_by_id(fe.service_id)
-            .map_or_else(|| format!("#{}", fe.service_id), |s| s.name.clone());
-        if args.service.as_ref().is_some_and(|s| *s != service) {
-            continue;
+    let health = HealthIndex::of(&lb_status);
+    let (rows, draining) = match plan.dataplane.mode {
+        DataplaneMode::Ebpf => from_maps(&state, &health, args.service.as_deref())?,
+        DataplaneMode::Iptables => {
+            from_rules(&state, &health, &lb_status, args.service.as_deref())?
         }
-        let mut ids: Vec<u32> = fe.slots.clone();
-        ids.sort_unstable();
-        ids.dedup();
-        let backend_rows = ids
-            .iter()
-            .filter_map(|id| backends.get(id).map(|b| (*id, b)))
-            .map(|(id, b)| {
-                let addr = Ipv4Addr::from(b.addr);
-                BackendRow {
-                    id,
-                    addr,
-                    port: b.port,
-                    instance: plan.name_of(addr),
-                    state: if b.state == netctl_common::lb::BACKEND_DRAINING {
-                        "draining"
-                    } else {
-                        "active"
-                    },
-                    weight: fe.slots.iter().filter(|s| **s == id).count(),
-                    health: health_of(&lb_status, addr, b.port),
-                }
-            })
-            .collect();
-        rows.push(FrontendRow {
-            service,
-            addr: fe.addr,
-            port: fe.port,
-            proto: Proto::from_number(fe.proto).map_or("?", Proto::name),
-            host_port: fe.flags & netctl_common::lb::SVC_F_HOST_PORT != 0,
-            algorithm: algorithm_name(fe.algorithm),
-            backends: backend_rows,
-        });
-    }
-    // Draining backends belong to no frontend any more; show them under their service.
-    let draining = draining_rows(plan, &backends, &lb_status);
-
+    };
     if args.json {
         output::print_json(&serde_json::json!({ "frontends": rows, "draining": draining }))?;
         return Ok(ExitCode::SUCCESS);
@@ -121,7 +85,11 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     for r in &rows {
         let frontend = format!(
             "{}:{}/{}{}",
-            r.addr,
+            if r.addr.is_unspecified() {
+                "*".to_string()
+            } else {
+                r.addr.to_string()
+            },
             r.port,
             r.proto,
             if r.host_port { " (host port)" } else { "" }
@@ -153,7 +121,8 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
                 b.instance.clone(),
                 b.state.into(),
                 health_text(&b.health),
-                b.weight.to_string(),
+                b.share
+                    .map_or_else(|| b.weight.to_string(), |s| format!("{:.0}%", s * 100.0)),
             ]);
         }
     }
@@ -173,10 +142,130 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The eBPF dataplane: frontends and backends from the pinned maps.
+fn from_maps(
+    state: &crate::controller::State,
+    health: &HealthIndex,
+    only: Option<&str>,
+) -> anyhow::Result<(Vec<FrontendRow>, Vec<BackendRow>)> {
+    let plan = &state.plan;
+    let maps = LbMaps::open(&Pins::for_instance(&state.instance))?;
+    let backends: HashMap<u32, netctl_common::Backend> = maps.backends().into_iter().collect();
+    let mut rows = Vec::new();
+    for fe in maps.frontends() {
+        let service = plan
+            .service_by_id(fe.service_id)
+            .map_or_else(|| format!("#{}", fe.service_id), |s| s.name.clone());
+        if only.is_some_and(|s| s != service) {
+            continue;
+        }
+        let mut ids: Vec<u32> = fe.slots.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let backend_rows = ids
+            .iter()
+            .filter_map(|id| backends.get(id).map(|b| (*id, b)))
+            .map(|(id, b)| {
+                let addr = Ipv4Addr::from(b.addr);
+                BackendRow {
+                    id,
+                    addr,
+                    port: b.port,
+                    instance: plan.name_of(addr),
+                    state: if b.state == netctl_common::lb::BACKEND_DRAINING {
+                        "draining"
+                    } else {
+                        "active"
+                    },
+                    weight: fe.slots.iter().filter(|s| **s == id).count(),
+                    share: None,
+                    health: health.get(addr, b.port),
+                }
+            })
+            .collect();
+        rows.push(FrontendRow {
+            service,
+            addr: fe.addr,
+            port: fe.port,
+            proto: Proto::from_number(fe.proto).map_or("?", Proto::name),
+            host_port: fe.flags & netctl_common::lb::SVC_F_HOST_PORT != 0,
+            algorithm: algorithm_name(fe.algorithm),
+            backends: backend_rows,
+        });
+    }
+    // Draining backends belong to no frontend any more; show them under their service.
+    Ok((rows, draining_rows(plan, &backends, health)))
+}
+
+/// The iptables dataplane: frontends read back from the instance's chains; draining
+/// backends (no longer in any chain) from the controller.
+fn from_rules(
+    state: &crate::controller::State,
+    health: &HealthIndex,
+    lb_status: &Value,
+    only: Option<&str>,
+) -> anyhow::Result<(Vec<FrontendRow>, Vec<BackendRow>)> {
+    let plan = &state.plan;
+    let chains = crate::iptables::Chains::for_instance(&state.instance);
+    let nat = crate::net::iptables::save("nat")?;
+    let filter = crate::net::iptables::save("filter")?;
+    let mut rows = Vec::new();
+    for fe in crate::iptables::rules::read_frontends(&chains, &nat, &filter) {
+        if only.is_some_and(|s| s != fe.service) {
+            continue;
+        }
+        let backends = fe
+            .backends
+            .iter()
+            .map(|(addr, port, share)| BackendRow {
+                id: 0,
+                addr: *addr,
+                port: *port,
+                instance: plan.name_of(*addr),
+                state: "active",
+                weight: 1,
+                share: Some(*share),
+                health: health.get(*addr, *port),
+            })
+            .collect();
+        rows.push(FrontendRow {
+            service: fe.service,
+            addr: fe.addr,
+            port: fe.port,
+            proto: fe.proto.name(),
+            host_port: fe.host_port,
+            algorithm: fe.algorithm,
+            backends,
+        });
+    }
+    let draining = lb_status
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["state"] == "draining")
+        .filter(|b| only.is_none_or(|s| b["service"] == s))
+        .filter_map(|b| {
+            let addr: Ipv4Addr = b["addr"].as_str()?.parse().ok()?;
+            let port = u16::try_from(b["port"].as_u64()?).ok()?;
+            Some(BackendRow {
+                id: 0,
+                addr,
+                port,
+                instance: plan.name_of(addr),
+                state: "draining",
+                weight: 0,
+                share: None,
+                health: health.get(addr, port),
+            })
+        })
+        .collect();
+    Ok((rows, draining))
+}
+
 fn draining_rows(
     plan: &Plan,
     backends: &HashMap<u32, netctl_common::Backend>,
-    lb_status: &Value,
+    health: &HealthIndex,
 ) -> Vec<BackendRow> {
     let mut out: Vec<BackendRow> = backends
         .iter()
@@ -190,7 +279,8 @@ fn draining_rows(
                 instance: plan.name_of(addr),
                 state: "draining",
                 weight: 0,
-                health: health_of(lb_status, addr, b.port),
+                share: None,
+                health: health.get(addr, b.port),
             }
         })
         .collect();
@@ -198,16 +288,28 @@ fn draining_rows(
     out
 }
 
-fn health_of(lb_status: &Value, addr: Ipv4Addr, port: u16) -> Value {
-    lb_status
-        .as_array()
-        .and_then(|all| {
-            all.iter().find(|b| {
-                b["addr"].as_str() == Some(&addr.to_string())
-                    && b["port"].as_u64() == Some(u64::from(port))
-            })
-        })
-        .map_or(Value::Null, |b| b["health"].clone())
+/// Health by backend address:port, from the controller's status (indexed once: a platform
+/// of 10,000 services has 30,000 backends).
+struct HealthIndex(HashMap<(String, u64), Value>);
+
+impl HealthIndex {
+    fn of(lb_status: &Value) -> Self {
+        let mut map = HashMap::new();
+        for b in lb_status.as_array().into_iter().flatten() {
+            if let (Some(addr), Some(port)) = (b["addr"].as_str(), b["port"].as_u64()) {
+                map.entry((addr.to_string(), port))
+                    .or_insert_with(|| b["health"].clone());
+            }
+        }
+        Self(map)
+    }
+
+    fn get(&self, addr: Ipv4Addr, port: u16) -> Value {
+        self.0
+            .get(&(addr.to_string(), u64::from(port)))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
 }
 
 fn health_text(h: &Value) -> String {

@@ -8,7 +8,7 @@ use crate::{
         up::{self, ControllerMode},
     },
     output,
-    topology::{Plan, Source},
+    topology::{DataplaneMode, Plan, Source},
 };
 
 #[derive(clap::Args, Debug)]
@@ -20,11 +20,23 @@ pub struct Args {
     /// returns on SIGTERM, leaving the platform up.
     #[arg(long)]
     foreground: bool,
+    /// The dataplane: `ebpf` (TC and socket programs) or `iptables` (kube-proxy-style
+    /// rules, the baseline); overrides the topology's `[dataplane] mode`.
+    #[arg(long, value_name = "MODE")]
+    dataplane: Option<DataplaneMode>,
 }
 
 pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
-    let plan = plan_from(args.file.as_deref(), prefix)?;
+    let mut plan = plan_from(args.file.as_deref(), prefix)?;
+    if let Some(mode) = args.dataplane {
+        plan.dataplane.mode = mode;
+    }
     preflight::require_root("up")?;
+    if plan.dataplane.mode == DataplaneMode::Iptables && !crate::net::iptables::available() {
+        anyhow::bail!(
+            "--dataplane iptables needs iptables-restore (the iptables package: cargo xtask setup)"
+        );
+    }
     let started = Instant::now();
     let mode = if args.foreground {
         ControllerMode::Foreground
@@ -54,9 +66,10 @@ fn print_summary(
     took: std::time::Duration,
 ) -> anyhow::Result<()> {
     output::print_line(&format!(
-        "{} (instance {}) is up: {} networks, {} namespaces ({} created, {} removed in {:.2}s)",
+        "{} (instance {}, {} dataplane) is up: {} networks, {} namespaces ({} created, {} removed in {:.2}s)",
         plan.platform,
         plan.instance(),
+        plan.dataplane.mode,
         plan.networks.len(),
         plan.endpoints.len(),
         report.created.len(),

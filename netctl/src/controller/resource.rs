@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::daemon;
 use crate::{
     dataplane::{LoadOptions, Pins, SockProgram, TcProgram, loader},
+    iptables::{Chains, base as ipt_base, rules::BaseSpec},
     net::{nat, netlink::Netlink, netns},
-    topology::{Plan, plan::ENDPOINT_IFNAME},
+    topology::{DataplaneMode, Plan, plan::ENDPOINT_IFNAME},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,20 @@ pub enum Resource {
         program: SockProgram,
         cgroup: PathBuf,
         pins: Pins,
+    },
+    /// The iptables dataplane (`--dataplane iptables`): base chains `NCTL-<tag>-*` and the
+    /// jumps into them, masquerade, and the per-bridge settings it needs. The controller
+    /// writes the per-service chains; deleting this removes every chain of the instance.
+    Iptables {
+        instance: String,
+        bridges: Vec<String>,
+        /// Host-side veths (bridge ports), set to hairpin mode.
+        #[serde(default)]
+        ports: Vec<String>,
+        subnets: Vec<Ipv4Net>,
+        masquerade: bool,
+        uplinks: Vec<String>,
+        host_ports: bool,
     },
     /// The background controller process (`netctl controller`).
     Controller { instance: String, prefix: String },
@@ -86,7 +101,7 @@ impl HostFacts {
                 names
             }
         };
-        let cgroup = if plan.dataplane.socket_lb {
+        let cgroup = if plan.dataplane.socket_lb && plan.dataplane.mode == DataplaneMode::Ebpf {
             Some(crate::net::cgroup::v2_root()?)
         } else {
             None
@@ -127,6 +142,33 @@ impl Resource {
                 gateway: e.gateway,
             });
         }
+        match plan.dataplane.mode {
+            DataplaneMode::Ebpf => Self::ebpf_resources(plan, pins, host, &mut out),
+            DataplaneMode::Iptables => out.push(Resource::Iptables {
+                instance: plan.instance(),
+                bridges: plan.networks.iter().map(|n| n.bridge.clone()).collect(),
+                ports: plan
+                    .endpoints
+                    .iter()
+                    .map(|e| e.host_ifname.clone())
+                    .collect(),
+                subnets: plan.networks.iter().map(|n| n.subnet).collect(),
+                masquerade: plan.masquerade,
+                uplinks: host.uplinks.clone(),
+                host_ports: !plan.port_forwards.is_empty(),
+            }),
+        }
+        if with_controller {
+            out.push(Resource::Controller {
+                instance: plan.instance(),
+                prefix: plan.prefix.clone(),
+            });
+        }
+        out
+    }
+
+    /// NAT table, eBPF object, TC and socket hooks.
+    fn ebpf_resources(plan: &Plan, pins: &Pins, host: &HostFacts, out: &mut Vec<Resource>) {
         if plan.masquerade {
             out.push(Resource::Masquerade {
                 table: nat::table_name(&plan.instance()),
@@ -169,13 +211,6 @@ impl Resource {
                 });
             }
         }
-        if with_controller {
-            out.push(Resource::Controller {
-                instance: plan.instance(),
-                prefix: plan.prefix.clone(),
-            });
-        }
-        out
     }
 
     pub fn kind(&self) -> &'static str {
@@ -186,6 +221,7 @@ impl Resource {
             Resource::Dataplane { .. } => "dataplane",
             Resource::TcHook { .. } => "tc-hook",
             Resource::SockHook { .. } => "sock-hook",
+            Resource::Iptables { .. } => "iptables",
             Resource::Controller { .. } => "controller",
         }
     }
@@ -200,6 +236,14 @@ impl Resource {
                 ifname, program, ..
             } => format!("{ifname}/{}", program.as_str()),
             Resource::SockHook { program, .. } => program.program().to_string(),
+            Resource::Iptables { instance, .. } => {
+                format!(
+                    "{}*",
+                    Chains::for_instance(instance)
+                        .services()
+                        .trim_end_matches("SERVICES")
+                )
+            }
             Resource::Controller { instance, .. } => instance.clone(),
         }
     }
@@ -239,6 +283,15 @@ impl Resource {
                 pins.sock_link(*program).display(),
                 cgroup.display()
             ),
+            Resource::Iptables {
+                masquerade,
+                host_ports,
+                ..
+            } => format!(
+                "kube-proxy-style chains{}{}",
+                if *masquerade { ", masquerade" } else { "" },
+                if *host_ports { ", host ports" } else { "" }
+            ),
             Resource::Controller { instance, .. } => match daemon::running(instance) {
                 Some(id) => format!("pid {}", id.pid),
                 None => "not running".into(),
@@ -255,6 +308,18 @@ impl Resource {
             }
             (Resource::TcHook { pins: a, .. }, Resource::Dataplane { pins: b, .. }) => a == b,
             (Resource::SockHook { pins: a, .. }, Resource::Dataplane { pins: b, .. }) => a == b,
+            (Resource::Iptables { bridges, .. }, Resource::Bridge { name, .. }) => {
+                bridges.contains(name)
+            }
+            (Resource::Iptables { ports, .. }, Resource::Endpoint { host_ifname, .. }) => {
+                ports.contains(host_ifname)
+            }
+            // The controller holds the maps (or knows the chains) of the dataplane it
+            // started with: a new dataplane gets a new controller.
+            (
+                Resource::Controller { .. },
+                Resource::Dataplane { .. } | Resource::Iptables { .. },
+            ) => true,
             _ => false,
         }
     }
@@ -305,10 +370,58 @@ impl Resource {
                 cgroup,
                 pins,
             } => loader::attach_sock(pins, cgroup, *program),
+            Resource::Iptables { .. } => {
+                let made = self.create_iptables();
+                if made.is_err() {
+                    let _ = self.delete_iptables();
+                }
+                made
+            }
             Resource::Controller { instance, prefix } => {
                 daemon::spawn(instance, prefix).await.map(drop)
             }
         }
+    }
+
+    fn create_iptables(&self) -> anyhow::Result<()> {
+        let Resource::Iptables {
+            instance,
+            bridges,
+            ports,
+            subnets,
+            masquerade,
+            uplinks,
+            host_ports,
+        } = self
+        else {
+            return Ok(());
+        };
+        ipt_base::install(
+            &Chains::for_instance(instance),
+            &BaseSpec {
+                bridges: bridges.clone(),
+                ports: ports.clone(),
+                subnets: subnets.clone(),
+                masquerade: *masquerade,
+                uplinks: uplinks.clone(),
+                host_ports: *host_ports,
+            },
+        )
+    }
+
+    fn delete_iptables(&self) -> anyhow::Result<()> {
+        let Resource::Iptables {
+            instance,
+            bridges,
+            ports,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let removed = ipt_base::remove(&Chains::for_instance(instance));
+        let reset = ipt_base::reset_bridges(bridges, ports);
+        removed.map(drop).and(reset)
     }
 
     async fn create_endpoint(&self, ctx: &Ctx) -> anyhow::Result<()> {
@@ -375,6 +488,7 @@ impl Resource {
             Resource::SockHook { program, pins, .. } => {
                 loader::unlink(&pins.sock_link(*program)).map(drop)
             }
+            Resource::Iptables { .. } => self.delete_iptables(),
             Resource::Controller { instance, .. } => {
                 daemon::stop(instance, CONTROLLER_GRACE).await.map(drop)
             }
@@ -403,6 +517,9 @@ impl Resource {
             } => loader::is_linked(&pins.tc_link(ifname, *program)),
             Resource::SockHook { program, pins, .. } => {
                 loader::is_linked(&pins.sock_link(*program))
+            }
+            Resource::Iptables { instance, .. } => {
+                ipt_base::exists(&Chains::for_instance(instance))?
             }
             Resource::Controller { instance, .. } => daemon::running(instance).is_some(),
         })
@@ -438,6 +555,15 @@ impl Resource {
                 .exists()
                 .then(|| format!("{} already exists", pins.root.display())),
             Resource::TcHook { .. } | Resource::SockHook { .. } => None,
+            Resource::Iptables { instance, .. } => {
+                let chains = ipt_base::chains(&Chains::for_instance(instance))?;
+                (!chains.is_empty()).then(|| {
+                    format!(
+                        "iptables chains of instance {instance} already exist: {}",
+                        chains.join(", ")
+                    )
+                })
+            }
             Resource::Controller { instance, .. } => daemon::running(instance).map(|id| {
                 format!(
                     "a controller of instance {instance} is running (pid {})",

@@ -11,7 +11,10 @@ pub use model::{
     DataplaneSpec, NatConfig, NetworkSpec, PlatformSpec, PortForwardSpec, PortSpec, ServiceSpec,
     Topology,
 };
-pub use plan::{Algorithm, Endpoint, Network, Plan, Port, PortForward, Proto, Service};
+pub use plan::{
+    Algorithm, DataplaneMode, Endpoint, ManualBackend, Network, Plan, Port, PortForward, Proto,
+    Service,
+};
 pub use validate::{TopologyError, ValidationErrors};
 
 use std::path::Path;

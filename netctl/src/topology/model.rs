@@ -80,11 +80,14 @@ pub struct NetworkSpec {
     pub bridge: Option<String>,
 }
 
-/// A service: one namespace per replica, each with one veth into `network`.
+/// A service: one namespace per replica, each with one veth into `network`; or, with
+/// `backends`, a VIP over addresses listed by hand (like a Kubernetes Service without a
+/// selector and its Endpoints), with no namespace of its own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
-    pub network: String,
+    /// The network of the service's namespaces (not with `backends`).
+    pub network: Option<String>,
     /// Address of the first replica; later replicas take the following addresses.
     /// Default: the next free addresses of the subnet.
     pub address: Option<String>,
@@ -101,6 +104,10 @@ pub struct ServiceSpec {
     /// Namespace (and host-side veth) name; default: prefix + service name, with
     /// `-1`, `-2`, ... per replica when there are several.
     pub namespace: Option<String>,
+    /// Backends listed by hand instead of namespaces: `"10.0.2.10"` (every service port
+    /// on that address) or `"10.0.2.10:7000"` (the service's one port goes to 7000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<String>>,
 }
 
 fn one() -> u32 {
@@ -143,6 +150,10 @@ pub struct DataplaneSpec {
     /// Capacity of the conntrack table in entries (two per connection).
     #[serde(default = "default_conntrack_max")]
     pub conntrack_max: u32,
+    /// `ebpf` (default): TC and socket programs; `iptables`: kube-proxy-style rules, the
+    /// baseline. `netctl up --dataplane` overrides it.
+    #[serde(default = "default_mode")]
+    pub mode: String,
 }
 
 impl Default for DataplaneSpec {
@@ -150,8 +161,13 @@ impl Default for DataplaneSpec {
         Self {
             socket_lb: true,
             conntrack_max: default_conntrack_max(),
+            mode: default_mode(),
         }
     }
+}
+
+fn default_mode() -> String {
+    "ebpf".to_string()
 }
 
 fn default_conntrack_max() -> u32 {

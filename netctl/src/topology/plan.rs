@@ -115,6 +115,27 @@ pub struct Service {
     pub vip: Ipv4Addr,
     pub ports: Vec<Port>,
     pub algorithm: Algorithm,
+    /// Backends listed by hand (`backends = [...]`); empty for a service of namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<ManualBackend>,
+}
+
+/// A backend listed by hand: an address, and the port every frontend port goes to
+/// (`None`: the same port as the frontend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ManualBackend {
+    pub addr: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for ManualBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +151,50 @@ pub struct PortForward {
 pub struct Dataplane {
     pub socket_lb: bool,
     pub conntrack_max: u32,
+    #[serde(default)]
+    pub mode: DataplaneMode,
+}
+
+/// Which dataplane programs the platform's services, NAT and port forwards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneMode {
+    /// eBPF TC programs on every veth and socket-level LB (netctl's own dataplane).
+    #[default]
+    Ebpf,
+    /// kube-proxy-style iptables rules: the baseline.
+    Iptables,
+}
+
+impl DataplaneMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DataplaneMode::Ebpf => "ebpf",
+            DataplaneMode::Iptables => "iptables",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ebpf" => Some(DataplaneMode::Ebpf),
+            "iptables" => Some(DataplaneMode::Iptables),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DataplaneMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for DataplaneMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s).ok_or_else(|| format!("{s:?} is not a dataplane (ebpf or iptables)"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,7 +244,11 @@ impl Plan {
     }
 
     pub fn service_by_id(&self, id: u32) -> Option<&Service> {
-        self.services.iter().find(|s| s.id == id)
+        // Ids grow in file order: a binary search, for platforms of 10,000 services.
+        self.services
+            .binary_search_by_key(&id, |s| s.id)
+            .ok()
+            .and_then(|i| self.services.get(i))
     }
 
     /// A readable name for any address: endpoint, service VIP, bridge gateway (`host`),

@@ -7,7 +7,9 @@ use ipnet::Ipv4Net;
 
 use super::{
     model::{PortSpec, Topology},
-    plan::{Algorithm, Dataplane, Endpoint, Network, Port, PortForward, Proto, Service},
+    plan::{
+        Algorithm, Dataplane, Endpoint, ManualBackend, Network, Port, PortForward, Proto, Service,
+    },
     validate::TopologyError,
 };
 
@@ -155,17 +157,39 @@ pub(super) fn plan(
                 }
             },
         };
-        let Some(ep) = endpoints.iter().find(|e| e.service == *name) else {
-            continue; // the service's own errors are reported already
-        };
-        if ep.ports.is_empty() {
-            if spec.vip.is_some() {
-                errors.push(TopologyError::VipWithoutPorts {
-                    field: format!("{field}.vip"),
-                });
+        let (ports, backends) = match &spec.backends {
+            Some(list) => {
+                let ports = parse_ports(&format!("{field}.ports"), &spec.ports, errors);
+                if ports.is_empty() {
+                    if spec.ports.is_empty() {
+                        errors.push(TopologyError::BadBackends {
+                            field: format!("{field}.ports"),
+                            what: "a service that lists backends needs ports".into(),
+                        });
+                    }
+                    continue;
+                }
+                let field = format!("{field}.backends");
+                match parse_backends(&field, list, &ports, service_cidr, errors) {
+                    Some(b) => (ports, b),
+                    None => continue,
+                }
             }
-            continue;
-        }
+            None => {
+                let Some(ep) = endpoints.iter().find(|e| e.service == *name) else {
+                    continue; // the service's own errors are reported already
+                };
+                if ep.ports.is_empty() {
+                    if spec.vip.is_some() {
+                        errors.push(TopologyError::VipWithoutPorts {
+                            field: format!("{field}.vip"),
+                        });
+                    }
+                    continue;
+                }
+                (ep.ports.clone(), Vec::new())
+            }
+        };
         let vip = match explicit.get(name.as_str()) {
             Some(v) => *v,
             None => match next.find(|a| !taken.contains_key(a)) {
@@ -186,8 +210,9 @@ pub(super) fn plan(
             name: name.clone(),
             id: i as u32 + 1,
             vip,
-            ports: ep.ports.clone(),
+            ports,
             algorithm,
+            backends,
         });
     }
 
@@ -195,6 +220,7 @@ pub(super) fn plan(
     let dataplane = Dataplane {
         socket_lb: topology.dataplane.socket_lb,
         conntrack_max: topology.dataplane.conntrack_max,
+        mode: Default::default(), // resolved by the caller
     };
     if dataplane.conntrack_max < MIN_CONNTRACK {
         errors.push(TopologyError::ConntrackTooSmall {
@@ -333,6 +359,100 @@ fn port_forwards(
         });
     }
     out
+}
+
+/// Most backends one service may list (as many as replicas).
+pub const MAX_BACKENDS: usize = super::validate::MAX_REPLICAS as usize;
+
+/// `backends = ["10.0.2.10", "10.0.2.11:7000"]`; `None` when any entry is wrong (each
+/// reported with its index).
+fn parse_backends(
+    field: &str,
+    list: &[String],
+    ports: &[Port],
+    service_cidr: Ipv4Net,
+    errors: &mut Vec<TopologyError>,
+) -> Option<Vec<ManualBackend>> {
+    let before = errors.len();
+    if list.is_empty() {
+        errors.push(TopologyError::BadBackends {
+            field: field.into(),
+            what: "lists no backend".into(),
+        });
+    }
+    if list.len() > MAX_BACKENDS {
+        errors.push(TopologyError::BadBackends {
+            field: field.into(),
+            what: format!("{} backends (at most {MAX_BACKENDS})", list.len()),
+        });
+    }
+    let mut out: Vec<ManualBackend> = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let bad = || TopologyError::BadBackend {
+            field: f.clone(),
+            value: text.clone(),
+        };
+        let (addr_text, port_text) = match text.trim().split_once(':') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text.trim(), None),
+        };
+        let Ok(addr) = Ipv4Addr::from_str(addr_text) else {
+            errors.push(bad());
+            continue;
+        };
+        let port = match port_text {
+            None => None,
+            Some(p) => match p.parse::<u32>() {
+                Ok(n) => match port_number(&f, n, errors) {
+                    Some(p) => Some(p),
+                    None => continue,
+                },
+                Err(_) => {
+                    errors.push(bad());
+                    continue;
+                }
+            },
+        };
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback()
+        {
+            errors.push(TopologyError::BadBackends {
+                field: f,
+                what: format!("{addr} is not an address a backend can have"),
+            });
+            continue;
+        }
+        if service_cidr.contains(&addr) {
+            errors.push(TopologyError::BadBackends {
+                field: f,
+                what: format!(
+                    "{addr} is in platform.service_cidr ({service_cidr}): a backend cannot be a VIP"
+                ),
+            });
+            continue;
+        }
+        if port.is_some() && ports.len() != 1 {
+            errors.push(TopologyError::BadBackends {
+                field: f,
+                what: format!(
+                    "a target port needs a service with exactly one port (it has {}); \
+                     write the address alone to keep each port",
+                    ports.len()
+                ),
+            });
+            continue;
+        }
+        let b = ManualBackend { addr, port };
+        if out.contains(&b) {
+            errors.push(TopologyError::BadBackends {
+                field: f,
+                what: format!("{b} is listed twice"),
+            });
+            continue;
+        }
+        out.push(b);
+    }
+    (errors.len() == before).then_some(out)
 }
 
 fn is_host_of(net: Ipv4Net, addr: Ipv4Addr) -> bool {

@@ -434,3 +434,102 @@ fn every_problem_is_reported_at_once_with_the_file_name() {
     assert!(text.contains("services.x.network"), "{text}");
     assert!(text.contains("services.y.ports[0]"), "{text}");
 }
+
+#[test]
+fn services_may_list_backends_instead_of_namespaces() {
+    let p = plan(
+        r#"
+[networks.app]
+subnet = "10.9.0.0/24"
+[services.web]
+network = "app"
+ports = [80]
+[services.ext]
+ports = [7000]
+backends = ["10.9.0.2", "10.9.0.3:8000", "192.0.2.7"]
+lb = "random"
+"#,
+    )
+    .expect("valid");
+    let ext = p.service("ext").expect("ext has a VIP");
+    assert_eq!(
+        ext.ports,
+        [Port {
+            port: 7000,
+            proto: Proto::Tcp
+        }]
+    );
+    assert_eq!(
+        ext.backends,
+        [
+            ManualBackend {
+                addr: Ipv4Addr::new(10, 9, 0, 2),
+                port: None
+            },
+            ManualBackend {
+                addr: Ipv4Addr::new(10, 9, 0, 3),
+                port: Some(8000)
+            },
+            ManualBackend {
+                addr: Ipv4Addr::new(192, 0, 2, 7),
+                port: None
+            },
+        ]
+    );
+    assert!(
+        p.endpoints.iter().all(|e| e.service != "ext"),
+        "no namespace"
+    );
+    assert_eq!(p.dataplane.mode, DataplaneMode::Ebpf);
+}
+
+#[test]
+fn bad_backend_lists_name_the_field() {
+    let errs = errors(
+        r#"
+[networks.app]
+subnet = "10.9.0.0/24"
+[services.a]
+ports = [80]
+backends = []
+[services.b]
+ports = [80, 81]
+backends = ["10.9.0.2:8000", "nonsense", "10.9.0.3:0", "10.96.0.9"]
+[services.c]
+network = "app"
+ports = [80]
+backends = ["10.9.0.2", "10.9.0.2"]
+[services.d]
+backends = ["10.9.0.4"]
+[services.e]
+ports = [80]
+"#,
+    );
+    let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let has = |needle: &str| {
+        assert!(
+            text.iter().any(|t| t.contains(needle)),
+            "no error with {needle:?} in {text:#?}"
+        )
+    };
+    has("services.a.backends: lists no backend");
+    has("services.b.backends[0]: a target port needs a service with exactly one port");
+    has("services.b.backends[1]: \"nonsense\" is not a backend");
+    has("services.b.backends[2]: 0 is not a port");
+    has("services.b.backends[3]: 10.96.0.9 is in platform.service_cidr");
+    has("services.c.network: a service that lists backends has no network of its own");
+    has("services.c.backends[1]: 10.9.0.2 is listed twice");
+    has("services.d.ports: a service that lists backends needs ports");
+    has("services.e.network: missing");
+}
+
+#[test]
+fn the_dataplane_mode_is_ebpf_or_iptables() {
+    let p = plan(&format!("{BASE}[dataplane]\nmode = \"iptables\"\n")).expect("valid");
+    assert_eq!(p.dataplane.mode, DataplaneMode::Iptables);
+    let errs = errors(&format!("{BASE}[dataplane]\nmode = \"ipvs\"\n"));
+    assert_eq!(
+        errs[0].to_string(),
+        "dataplane.mode: \"ipvs\" is not a dataplane (ebpf or iptables)"
+    );
+}

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 
 use super::{
     model::{ServiceSpec, Topology},
-    plan::{Endpoint, Network, Plan, Port},
+    plan::{Dataplane, DataplaneMode, Endpoint, Network, Plan, Port},
 };
 
 /// Linux limit on interface names (IFNAMSIZ - 1).
@@ -101,6 +101,18 @@ pub enum TopologyError {
     },
     #[error("{field}: {value} is not a port (1-65535)")]
     BadPort { field: String, value: u32 },
+    #[error(
+        "{field}: missing (a service runs on a network, or lists backends = [\"ADDR:PORT\", ...])"
+    )]
+    MissingNetwork { field: String },
+    #[error("{field}: a service that lists backends has no {what} of its own")]
+    BackendsWithNamespaces { field: String, what: &'static str },
+    #[error("{field}: {value:?} is not a backend (write \"10.0.2.10\" or \"10.0.2.10:7000\")")]
+    BadBackend { field: String, value: String },
+    #[error("{field}: {what}")]
+    BadBackends { field: String, what: String },
+    #[error("{field}: {value:?} is not a dataplane (ebpf or iptables)")]
+    BadDataplane { field: String, value: String },
     #[error("{field}: {value} replicas (must be 1-{MAX_REPLICAS})")]
     BadReplicas { field: String, value: u32 },
     #[error("{field}: {value:?} is not a port (write 80, \"80/tcp\" or \"53/udp\")")]
@@ -179,6 +191,13 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
     }
     let endpoints = v.endpoints(topology, &networks);
     let lb = super::services::plan(topology, &networks, &endpoints, &mut v.errors);
+    let mode = DataplaneMode::parse(topology.dataplane.mode.trim());
+    if mode.is_none() {
+        v.errors.push(TopologyError::BadDataplane {
+            field: "dataplane.mode".into(),
+            value: topology.dataplane.mode.clone(),
+        });
+    }
     if let Some(uplinks) = &topology.platform.uplinks {
         for (i, name) in uplinks.iter().enumerate() {
             if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.contains('/') {
@@ -202,7 +221,10 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
             service_cidr: lb.service_cidr,
             port_forwards: lb.port_forwards,
             uplinks: topology.platform.uplinks.clone(),
-            dataplane: lb.dataplane,
+            dataplane: Dataplane {
+                mode: mode.unwrap_or_default(),
+                ..lb.dataplane
+            },
         })
     } else {
         Err(v.errors)
@@ -300,6 +322,17 @@ impl Validator {
         for (name, spec) in &topology.services {
             let field = format!("services.{name}");
             self.check_name(&format!("{field} (name)"), name);
+            if spec.backends.is_some() {
+                // A VIP over listed addresses: no namespace, nothing on a network.
+                self.check_manual(&field, spec);
+                continue;
+            }
+            let Some(spec_network) = &spec.network else {
+                self.errors.push(TopologyError::MissingNetwork {
+                    field: format!("{field}.network"),
+                });
+                continue;
+            };
             let replicas = spec.replicas;
             if replicas == 0 || replicas > MAX_REPLICAS {
                 self.errors.push(TopologyError::BadReplicas {
@@ -313,12 +346,12 @@ impl Validator {
                 &spec.ports,
                 &mut self.errors,
             );
-            let Some(network) = networks.iter().find(|n| n.name == spec.network) else {
+            let Some(network) = networks.iter().find(|n| n.name == *spec_network) else {
                 // A network that failed its own checks is already reported.
-                if !topology.networks.contains_key(&spec.network) {
+                if !topology.networks.contains_key(spec_network) {
                     self.errors.push(TopologyError::UnknownNetwork {
                         field: format!("{field}.network"),
-                        network: spec.network.clone(),
+                        network: spec_network.clone(),
                         known: known_list(topology.networks.keys()),
                     });
                 }
@@ -415,6 +448,22 @@ impl Validator {
             }
         }
         out
+    }
+
+    /// A service with `backends` takes none of the fields that make namespaces.
+    fn check_manual(&mut self, field: &str, spec: &ServiceSpec) {
+        let mut refuse = |set: bool, what: &'static str, name: &str| {
+            if set {
+                self.errors.push(TopologyError::BackendsWithNamespaces {
+                    field: format!("{field}.{name}"),
+                    what,
+                });
+            }
+        };
+        refuse(spec.network.is_some(), "network", "network");
+        refuse(spec.address.is_some(), "address", "address");
+        refuse(spec.replicas != 1, "replicas", "replicas");
+        refuse(spec.namespace.is_some(), "namespace", "namespace");
     }
 
     fn subnet(&mut self, field: &str, text: &str) -> Option<Ipv4Net> {

@@ -119,6 +119,11 @@ impl Reconciler {
         self.draining.contains_key(key)
     }
 
+    /// True while some backend drains (a conntrack pass may let it go).
+    pub fn any_draining(&self) -> bool {
+        !self.draining.is_empty()
+    }
+
     /// Brings the maps to `desired`. `refs` (live connections per backend id, from the last
     /// conntrack pass, and when that pass ran) lets draining backends go once idle.
     pub fn apply(&mut self, desired: &Desired, refs: Option<&Refs>) -> anyhow::Result<Changes> {

@@ -2,12 +2,13 @@
 //! instances, their health and the drain requests. Pure: no I/O, unit-tested.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
 use netctl_common::lb::SVC_F_HOST_PORT;
 
+use super::health::Probe;
 use crate::topology::{Algorithm, Plan, Proto};
 
 /// One instance of a service (a replica), as the registry knows it.
@@ -18,6 +19,24 @@ pub struct Instance {
     pub name: String,
     pub addr: Ipv4Addr,
     pub weight: u32,
+    /// The port every frontend port of the service goes to on this instance (a backend
+    /// listed as `ADDR:PORT`); `None`: the frontend's own port.
+    pub target_port: Option<u16>,
+    /// What the health check connects to (TCP); `None`: nothing to check (always up).
+    pub health_port: Option<u16>,
+}
+
+impl Instance {
+    /// The health check of this instance.
+    pub fn probe(&self) -> Probe {
+        match self.health_port {
+            Some(port) => Probe::Tcp {
+                addr: self.addr,
+                port,
+            },
+            None => Probe::None { addr: self.addr },
+        }
+    }
 }
 
 /// A backend as the dataplane addresses it.
@@ -51,6 +70,8 @@ pub struct DesiredFrontend {
     pub flags: u8,
     /// Healthy, undrained backends with their weights, in a stable order.
     pub backends: Vec<(BackendKey, u32)>,
+    /// A host port: the service frontend it forwards to.
+    pub target: Option<FrontendKey>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -77,23 +98,28 @@ pub struct Inputs<'a> {
 
 pub fn compute(inputs: &Inputs) -> Desired {
     let mut out = Desired::default();
+    // Instances by service once, not a scan of every instance per service: platforms of
+    // 10,000 services have 30,000 instances.
+    let mut by_service: HashMap<&str, Vec<&Instance>> = HashMap::new();
+    for i in inputs.instances {
+        by_service.entry(i.service.as_str()).or_default().push(i);
+    }
     for svc in &inputs.plan.services {
-        let instances: Vec<&Instance> = inputs
-            .instances
-            .iter()
-            .filter(|i| i.service == svc.name)
-            .collect();
+        let instances = by_service
+            .get(svc.name.as_str())
+            .map_or(&[][..], Vec::as_slice);
         for port in &svc.ports {
             let mut backends = Vec::new();
-            for inst in &instances {
+            for inst in instances {
                 let key = BackendKey {
                     addr: inst.addr,
-                    port: port.port,
+                    port: inst.target_port.unwrap_or(port.port),
                     proto: port.proto,
                 };
-                if inputs
-                    .drains
-                    .contains(&(svc.name.clone(), inst.name.clone()))
+                if !inputs.drains.is_empty()
+                    && inputs
+                        .drains
+                        .contains(&(svc.name.clone(), inst.name.clone()))
                 {
                     out.drained.insert(key);
                     continue;
@@ -112,17 +138,6 @@ pub fn compute(inputs: &Inputs) -> Desired {
                 port: port.port,
                 proto: port.proto,
             };
-            out.frontends.insert(
-                fe,
-                DesiredFrontend {
-                    key: fe,
-                    service: svc.name.clone(),
-                    service_id: svc.id,
-                    algorithm: svc.algorithm,
-                    flags: 0,
-                    backends: backends.clone(),
-                },
-            );
             for pf in
                 inputs.plan.port_forwards.iter().filter(|f| {
                     f.service == svc.name && f.port == port.port && f.proto == port.proto
@@ -143,27 +158,67 @@ pub fn compute(inputs: &Inputs) -> Desired {
                             algorithm: svc.algorithm,
                             flags: SVC_F_HOST_PORT,
                             backends: backends.clone(),
+                            target: Some(fe),
                         },
                     );
                 }
             }
+            out.frontends.insert(
+                fe,
+                DesiredFrontend {
+                    key: fe,
+                    service: svc.name.clone(),
+                    service_id: svc.id,
+                    algorithm: svc.algorithm,
+                    flags: 0,
+                    backends,
+                    target: None,
+                },
+            );
         }
     }
     out
 }
 
-/// Instances straight from the topology: every replica of every service. Used until a
-/// registry says otherwise.
+/// Instances straight from the topology: every replica of every service, and every
+/// backend a service lists by hand. Used until a registry says otherwise.
 pub fn instances_from_plan(plan: &Plan) -> Vec<Instance> {
-    plan.endpoints
+    let first_tcp = |svc: &str| -> Option<u16> {
+        plan.service(svc)
+            .and_then(|s| s.ports.iter().find(|p| p.proto == Proto::Tcp))
+            .map(|p| p.port)
+    };
+    let mut out: Vec<Instance> = plan
+        .endpoints
         .iter()
         .map(|e| Instance {
             service: e.service.clone(),
             name: e.name.clone(),
             addr: e.address,
             weight: 1,
+            target_port: None,
+            health_port: first_tcp(&e.service),
         })
-        .collect()
+        .collect();
+    for svc in plan.services.iter().filter(|s| !s.backends.is_empty()) {
+        let tcp = svc
+            .ports
+            .iter()
+            .find(|p| p.proto == Proto::Tcp)
+            .map(|p| p.port);
+        for b in &svc.backends {
+            out.push(Instance {
+                service: svc.name.clone(),
+                name: b.to_string(),
+                addr: b.addr,
+                weight: 1,
+                target_port: b.port,
+                // A listed port replaces the service's one port (TCP or UDP).
+                health_port: tcp.map(|p| b.port.unwrap_or(p)),
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -275,5 +330,68 @@ service = "web"
             proto: Proto::Tcp
         }));
         assert!(d.dead.is_empty());
+    }
+
+    #[test]
+    fn listed_backends_are_instances_with_their_target_ports() {
+        let plan = Source {
+            name: "t".into(),
+            text: r#"
+[networks.app]
+subnet = "10.9.0.0/24"
+[services.web]
+network = "app"
+address = "10.9.0.10"
+ports = [80]
+[services.ext]
+ports = [7000]
+backends = ["10.9.0.10:80", "10.9.0.11"]
+"#
+            .into(),
+        }
+        .plan(None)
+        .expect("valid");
+        let instances = instances_from_plan(&plan);
+        let ext: Vec<&Instance> = instances.iter().filter(|i| i.service == "ext").collect();
+        assert_eq!(ext.len(), 2);
+        assert_eq!(
+            ext[0].probe(),
+            Probe::Tcp {
+                addr: Ipv4Addr::new(10, 9, 0, 10),
+                port: 80
+            }
+        );
+        assert_eq!(
+            ext[1].probe(),
+            Probe::Tcp {
+                addr: Ipv4Addr::new(10, 9, 0, 11),
+                port: 7000
+            }
+        );
+        // web's replica and ext's first backend share one health check.
+        let web = instances.iter().find(|i| i.service == "web").expect("web");
+        assert_eq!(web.probe(), ext[0].probe());
+        let d = compute(&Inputs {
+            plan: &plan,
+            instances: &instances,
+            health: &|_| Some(true),
+            drains: &HashSet::new(),
+            host_addrs: &[],
+        });
+        let vip = plan.service("ext").expect("ext").vip;
+        let fe = &d.frontends[&FrontendKey {
+            addr: vip,
+            port: 7000,
+            proto: Proto::Tcp,
+        }];
+        let targets: Vec<(Ipv4Addr, u16)> =
+            fe.backends.iter().map(|(b, _)| (b.addr, b.port)).collect();
+        assert_eq!(
+            targets,
+            [
+                (Ipv4Addr::new(10, 9, 0, 10), 80),
+                (Ipv4Addr::new(10, 9, 0, 11), 7000)
+            ]
+        );
     }
 }

@@ -1,0 +1,168 @@
+//! Chain names of one instance. Every chain netctl makes starts with `NCTL-<tag>-`, so
+//! `down` finds all of them (and only them) in `iptables-save`, as kube-proxy's `KUBE-`
+//! chains are found. iptables allows 28 characters per chain name: the tag is the instance
+//! name when it has at most 8 characters, else a shortened form with a hash; per-service
+//! chains end in 10 characters of a hash of what they serve, as kube-proxy's do.
+
+use crate::{
+    controller::lb::desired::{BackendKey, FrontendKey},
+    topology::Proto,
+};
+
+/// Longest chain name iptables accepts.
+pub const MAX_CHAIN: usize = 28;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chains {
+    /// `NCTL-<tag>-`
+    base: String,
+    instance: String,
+}
+
+impl Chains {
+    pub fn for_instance(instance: &str) -> Self {
+        let tag = if instance.len() <= 8 {
+            instance.to_string()
+        } else {
+            let head: String = instance.chars().take(3).collect();
+            format!("{head}{}", &hash32(instance)[..5])
+        };
+        Self {
+            base: format!("NCTL-{tag}-"),
+            instance: instance.to_string(),
+        }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// True for every chain of this instance.
+    pub fn owns(&self, chain: &str) -> bool {
+        chain.starts_with(&self.base)
+    }
+
+    /// nat: one rule per frontend with backends (VIP:port -> its SVC chain); filter: one
+    /// REJECT per frontend without.
+    pub fn services(&self) -> String {
+        format!("{}SERVICES", self.base)
+    }
+
+    /// nat: host port -> its EXT chain.
+    pub fn host_ports(&self) -> String {
+        format!("{}HOSTPORTS", self.base)
+    }
+
+    /// nat: marks a connection for masquerade.
+    pub fn mark_masq(&self) -> String {
+        format!("{}MARK-MASQ", self.base)
+    }
+
+    /// nat POSTROUTING: masquerade of marked connections and of the platform's traffic
+    /// leaving through the uplink.
+    pub fn postrouting(&self) -> String {
+        format!("{}POSTROUTING", self.base)
+    }
+
+    /// nat: a frontend's backend choice (`statistic` rules -> SEP chains).
+    pub fn svc(&self, fe: &FrontendKey) -> String {
+        self.hashed(
+            "SVC-",
+            &format!("{}:{}/{}", fe.addr, fe.port, fe.proto.name()),
+        )
+    }
+
+    /// nat: one backend of one frontend (DNAT).
+    pub fn sep(&self, fe: &FrontendKey, be: &BackendKey) -> String {
+        self.hashed(
+            "SEP-",
+            &format!(
+                "{}:{}/{} {}:{}/{}",
+                fe.addr,
+                fe.port,
+                fe.proto.name(),
+                be.addr,
+                be.port,
+                be.proto.name()
+            ),
+        )
+    }
+
+    /// nat: a host port (masquerade from localhost, then the service's SVC chain).
+    pub fn ext(&self, host_port: u16, proto: Proto) -> String {
+        self.hashed("EXT-", &format!("{host_port}/{}", proto.name()))
+    }
+
+    fn hashed(&self, kind: &str, what: &str) -> String {
+        let h = hash32(&format!("{} {what}", self.instance));
+        format!("{}{kind}{}", self.base, &h[..10])
+    }
+}
+
+/// FNV-1a (64 bits) of `text`, as 13 base32 characters (RFC 4648 alphabet).
+pub fn hash32(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..13)
+        .map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, net::Ipv4Addr};
+
+    use super::*;
+
+    fn fe(i: u32) -> FrontendKey {
+        FrontendKey {
+            addr: Ipv4Addr::from(0x0a60_0000 + i),
+            port: 80,
+            proto: Proto::Tcp,
+        }
+    }
+
+    #[test]
+    fn names_fit_iptables_and_say_whose_they_are() {
+        for instance in ["t07", "nc", "averyveryverylonginstance"] {
+            let c = Chains::for_instance(instance);
+            let be = BackendKey {
+                addr: Ipv4Addr::new(10, 0, 2, 10),
+                port: 8080,
+                proto: Proto::Tcp,
+            };
+            for name in [
+                c.services(),
+                c.host_ports(),
+                c.mark_masq(),
+                c.postrouting(),
+                c.svc(&fe(1)),
+                c.sep(&fe(1), &be),
+                c.ext(8080, Proto::Tcp),
+            ] {
+                assert!(name.len() <= MAX_CHAIN, "{name} is {} long", name.len());
+                assert!(c.owns(&name), "{name}");
+            }
+        }
+        let t07 = Chains::for_instance("t07");
+        assert_eq!(t07.services(), "NCTL-t07-SERVICES");
+        assert!(!t07.owns("NCTL-t070-SERVICES"));
+        assert!(!t07.owns("KUBE-SERVICES"));
+    }
+
+    #[test]
+    fn per_frontend_names_are_stable_and_distinct_at_scale() {
+        let c = Chains::for_instance("bn");
+        assert_eq!(c.svc(&fe(1)), Chains::for_instance("bn").svc(&fe(1)));
+        let names: HashSet<String> = (0..40_000).map(|i| c.svc(&fe(i))).collect();
+        assert_eq!(names.len(), 40_000);
+        assert_ne!(
+            Chains::for_instance("a").svc(&fe(1)),
+            Chains::for_instance("b").svc(&fe(1))
+        );
+    }
+}
