@@ -4,6 +4,7 @@
 
 mod loadgen;
 mod platform;
+mod plot;
 mod report;
 mod scenarios;
 mod stats;
@@ -30,6 +31,23 @@ enum Bench {
     /// Load balancing: TCP request/response latency and new-connection rate through a VIP
     /// (TC path, socket LB) against the direct path to a backend.
     Lb,
+    /// Latency (request/response, new connection; p50/p90/p99) for direct, eBPF TC, eBPF
+    /// socket LB and iptables, with 1 to 10,000 services installed.
+    Latency,
+    /// Connection rate (parallel clients) for the same paths and service counts.
+    Rate,
+    /// Latency and connection rate in one run (one platform per service count).
+    Scale,
+    /// Control plane: time to apply N services and to change one backend, eBPF vs iptables.
+    Control,
+    /// Per-packet cost of the TC program (BPF_PROG_TEST_RUN), new and established flows.
+    Packet,
+    /// Our load generator against sockperf on the same paths.
+    Crosscheck,
+    /// HTTP requests/s at concurrency 50 through the edge, eBPF vs iptables.
+    Http,
+    /// Everything above except `lb` and `http`, then one combined report.
+    All,
 }
 
 fn main() -> ExitCode {
@@ -41,8 +59,36 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
+    let both = scenarios::scale::Parts {
+        latency: true,
+        rate: true,
+    };
     let result = match cli.bench {
         Bench::Lb => scenarios::lb::run(cli.quick, &cli.out),
+        Bench::Latency => scenarios::scale::run(
+            cli.quick,
+            scenarios::scale::Parts {
+                latency: true,
+                rate: false,
+            },
+            &cli.out,
+        )
+        .map(drop),
+        Bench::Rate => scenarios::scale::run(
+            cli.quick,
+            scenarios::scale::Parts {
+                latency: false,
+                rate: true,
+            },
+            &cli.out,
+        )
+        .map(drop),
+        Bench::Scale => scenarios::scale::run(cli.quick, both, &cli.out).map(drop),
+        Bench::Control => scenarios::control::run(cli.quick, &cli.out).map(drop),
+        Bench::Packet => scenarios::packet::run(cli.quick, &cli.out).map(drop),
+        Bench::Crosscheck => scenarios::crosscheck::run(cli.quick, &cli.out).map(drop),
+        Bench::Http => scenarios::http::run(cli.quick, &cli.out),
+        Bench::All => scenarios::all::run(cli.quick, &cli.out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,6 +81,45 @@ impl BenchPlatform {
         }
     }
 
+    /// Waits until `services` frontends have backends and `service`:`port` has `n` active:
+    /// the controller has applied the whole plan.
+    pub fn wait_ready(
+        &self,
+        services: usize,
+        service: &str,
+        port: u16,
+        n: usize,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let out = self.netctl(&["services", "--json"])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            let fes = v["frontends"].as_array().cloned().unwrap_or_default();
+            let active = |f: &serde_json::Value| {
+                f["backends"]
+                    .as_array()
+                    .map_or(0, |b| b.iter().filter(|b| b["state"] == "active").count())
+            };
+            let served = fes
+                .iter()
+                .filter(|f| f["host_port"] == false && active(f) > 0)
+                .count();
+            let mine = fes
+                .iter()
+                .find(|f| f["service"] == service && f["port"] == port)
+                .map_or(0, active);
+            if served == services && mine == n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{served} of {services} frontends served, {service}:{port} has {mine} of {n} backends"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn endpoint(&self, name: &str) -> anyhow::Result<&netctl::topology::Endpoint> {
         self.plan
             .endpoints

@@ -1,6 +1,10 @@
-//! Writing results: `bench-results/<date>-<bench>.json` and a Markdown table beside it.
+//! Writing results: `bench-results/<date>-<bench>.json` (every measurement), `.md` (tables,
+//! plots linked) and `.html` (the same, plots inline), and each plot as its own `.svg`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -23,30 +27,193 @@ pub fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// Writes `<dir>/<date>-<name>.json` and `.md`; returns the paths.
+/// A table for people: Markdown and HTML from one source.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Self {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = format!("| {} |\n", self.headers.join(" | "));
+        let _ = writeln!(s, "|{}", "---|".repeat(self.headers.len()));
+        for r in &self.rows {
+            let _ = writeln!(s, "| {} |", r.join(" | "));
+        }
+        s
+    }
+
+    pub fn html(&self) -> String {
+        let mut s = String::from("<table>\n<tr>");
+        for h in &self.headers {
+            let _ = write!(s, "<th>{}</th>", escape(h));
+        }
+        s.push_str("</tr>\n");
+        for r in &self.rows {
+            s.push_str("<tr>");
+            for c in r {
+                let _ = write!(s, "<td>{}</td>", escape(c));
+            }
+            s.push_str("</tr>\n");
+        }
+        s.push_str("</table>\n");
+        s
+    }
+}
+
+/// One part of a report: a heading, a paragraph, tables and plots (name, SVG).
+#[derive(Debug, Clone, Default)]
+pub struct Section {
+    pub title: String,
+    pub text: String,
+    pub tables: Vec<Table>,
+    pub plots: Vec<(String, String)>,
+}
+
+impl Section {
+    pub fn markdown(&self, base: &str) -> String {
+        let mut s = format!("## {}\n\n", self.title);
+        if !self.text.is_empty() {
+            let _ = write!(s, "{}\n\n", self.text);
+        }
+        for t in &self.tables {
+            let _ = writeln!(s, "{}", t.markdown());
+        }
+        for (name, _) in &self.plots {
+            let _ = write!(s, "![{name}]({base}-{name}.svg)\n\n");
+        }
+        s
+    }
+
+    pub fn html(&self) -> String {
+        let mut s = format!("<h2>{}</h2>\n", escape(&self.title));
+        for para in self.text.split("\n\n") {
+            let _ = writeln!(s, "<p>{}</p>", escape(para));
+        }
+        for t in &self.tables {
+            s.push_str(&t.html());
+        }
+        for (_, svg) in &self.plots {
+            let _ = writeln!(s, "<div class=\"plot\">{svg}</div>");
+        }
+        s
+    }
+}
+
+/// What [`write`] produced.
+pub struct Written {
+    pub json: PathBuf,
+    pub markdown: PathBuf,
+    pub html: PathBuf,
+}
+
+/// Writes `<dir>/<date>-<name>.json`, `.md`, `.html` and one `.svg` per plot.
 pub fn write<T: Serialize>(
     dir: &Path,
     name: &str,
+    title: &str,
     result: &T,
-    markdown: &str,
-) -> anyhow::Result<(PathBuf, PathBuf)> {
+    sections: &[Section],
+) -> anyhow::Result<Written> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let base = dir.join(format!("{}-{name}", today()));
-    let json = base.with_extension("json");
-    let md = base.with_extension("md");
+    let base = format!("{}-{name}", today());
+    let path = |ext: &str| dir.join(format!("{base}.{ext}"));
+    let json = path("json");
     std::fs::write(&json, serde_json::to_vec_pretty(result)?)
         .with_context(|| format!("writing {}", json.display()))?;
-    std::fs::write(&md, markdown).with_context(|| format!("writing {}", md.display()))?;
-    Ok((json, md))
+    let mut md = format!("# {title}\n\n");
+    let mut html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>\
+         body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
+         th{{background:#f4f4f4}}.plot{{margin:1em 0}}</style></head><body>\n<h1>{t}</h1>\n",
+        t = escape(title)
+    );
+    for s in sections {
+        md.push_str(&s.markdown(&base));
+        html.push_str(&s.html());
+        for (plot, svg) in &s.plots {
+            let file = dir.join(format!("{base}-{plot}.svg"));
+            std::fs::write(&file, svg).with_context(|| format!("writing {}", file.display()))?;
+        }
+    }
+    html.push_str("</body></html>\n");
+    let markdown = path("md");
+    std::fs::write(&markdown, &md).with_context(|| format!("writing {}", markdown.display()))?;
+    let html_path = path("html");
+    std::fs::write(&html_path, html).with_context(|| format!("writing {}", html_path.display()))?;
+    Ok(Written {
+        json,
+        markdown,
+        html: html_path,
+    })
+}
+
+/// Prints a report's Markdown on stdout.
+pub fn print(sections: &[Section]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for s in sections {
+        let _ = writeln!(out, "{}", s.markdown("(plot)"));
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `x / base`, 0 when the base is 0.
+pub fn ratio(x: f64, base: f64) -> f64 {
+    if base > 0.0 { x / base } else { 0.0 }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn today_is_a_date() {
-        let d = super::today();
+        let d = today();
         assert_eq!(d.len(), 10);
         assert!(d.starts_with("20"));
         assert_eq!(&d[4..5], "-");
+    }
+
+    #[test]
+    fn tables_render_as_markdown_and_html() {
+        let mut t = Table::new(&["path", "p50 µs"]);
+        t.row(vec!["direct".into(), "30.1".into()]);
+        assert_eq!(
+            t.markdown(),
+            "| path | p50 µs |\n|---|---|\n| direct | 30.1 |\n"
+        );
+        assert!(t.html().contains("<td>direct</td><td>30.1</td>"));
+        let dir = std::env::temp_dir().join(format!("netctl-report-test-{}", std::process::id()));
+        let s = Section {
+            title: "T".into(),
+            text: "a < b".into(),
+            tables: vec![t],
+            plots: vec![("p".into(), "<svg></svg>".into())],
+        };
+        let w = write(&dir, "x", "Title", &serde_json::json!({"a": 1}), &[s]).expect("writes");
+        let html = std::fs::read_to_string(&w.html).expect("html");
+        assert!(html.contains("<svg></svg>") && html.contains("a &lt; b"));
+        let md = std::fs::read_to_string(&w.markdown).expect("md");
+        assert!(md.contains(&format!("![p]({}-x-p.svg)", today())));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

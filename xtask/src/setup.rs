@@ -18,6 +18,8 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",  // inspecting programs, maps and TCX links
     "sudo",     // the README's `sudo netctl up`
     "curl",
+    "conntrack", // clearing kernel conntrack entries when a dataplane changes
+    "sockperf",  // the standard tool the benchmark cross-checks its load generator with
 ];
 
 /// bpf-linker release that fits the nightly toolchain (see ../shared/TOOLCHAIN.md).

@@ -174,10 +174,21 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
         parallel_clients: clients,
         paths,
     };
-    let md = markdown(&result);
-    let (json, mdpath) = report::write(out, "lb", &result, &md)?;
-    println_report(&md);
-    tracing::info!("wrote {} and {}", json.display(), mdpath.display());
+    let sections = [section(&result)];
+    let w = report::write(
+        out,
+        "lb",
+        "netctl benchmark: load balancing",
+        &result,
+        &sections,
+    )?;
+    report::print(&sections);
+    tracing::info!(
+        "wrote {}, {} and {}",
+        w.json.display(),
+        w.markdown.display(),
+        w.html.display()
+    );
     Ok(())
 }
 
@@ -207,42 +218,51 @@ fn ratio(a: &Round, base: &Round) -> Round {
     }
 }
 
-fn markdown(r: &LbResult) -> String {
-    let mut s = format!(
-        "## Load balancing: client namespace -> service (3 replicas, other tier)\n\n\
-         {} round(s); each: {} request/response round trips of {} bytes on one connection, \
-         then {:.1} s of connect + 1 round trip + close from {} parallel clients. Medians over \
-         rounds; ratios to `direct`.\n\n\
-         | path | RR p50 µs | RR p90 µs | RR p99 µs | conn/s | conn p50 µs | conn p99 µs | failures | RR p50 ratio | conn/s ratio |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+fn section(r: &LbResult) -> report::Section {
+    let text = format!(
+        "Client namespace -> service (3 replicas, other tier). {} round(s); each: {} \
+         request/response round trips of {} bytes on one connection, then {:.1} s of connect \
+         + 1 round trip + close from {} parallel clients. Medians over rounds; ratios to \
+         `direct`.",
         r.paths.first().map_or(0, |p| p.rounds.len()),
         r.round_trips_per_round,
         loadgen::MESSAGE,
         r.connection_seconds_per_round,
         r.parallel_clients
     );
+    let mut t = report::Table::new(&[
+        "path",
+        "RR p50 µs",
+        "RR p90 µs",
+        "RR p99 µs",
+        "conn/s",
+        "conn p50 µs",
+        "conn p99 µs",
+        "failures",
+        "RR p50 ratio",
+        "conn/s ratio",
+    ]);
     for p in &r.paths {
         let m = &p.median;
-        s.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.3} | {:.3} |\n",
-            p.path.name(),
-            m.rr_p50_us,
-            m.rr_p90_us,
-            m.rr_p99_us,
-            m.conn_per_s,
-            m.conn_p50_us,
-            m.conn_p99_us,
-            m.conn_failures,
-            p.ratio_to_direct.rr_p50_us,
-            p.ratio_to_direct.conn_per_s
-        ));
+        t.row(vec![
+            p.path.name().into(),
+            format!("{:.1}", m.rr_p50_us),
+            format!("{:.1}", m.rr_p90_us),
+            format!("{:.1}", m.rr_p99_us),
+            format!("{:.0}", m.conn_per_s),
+            format!("{:.1}", m.conn_p50_us),
+            format!("{:.1}", m.conn_p99_us),
+            m.conn_failures.to_string(),
+            format!("{:.3}", p.ratio_to_direct.rr_p50_us),
+            format!("{:.3}", p.ratio_to_direct.conn_per_s),
+        ]);
     }
-    s
-}
-
-fn println_report(md: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout().lock(), "{md}");
+    report::Section {
+        title: "Load balancing: direct vs VIP (TC) vs VIP (socket LB)".into(),
+        text,
+        tables: vec![t],
+        plots: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -251,19 +271,9 @@ mod tests {
     /// every path was measured without failures, not how fast they were.
     #[test]
     fn quick_run_measures_every_path() {
-        if !nix_root() {
-            eprintln!("skipped: needs root");
+        let Some(dir) = crate::scenarios::test_env("lb") else {
             return;
-        }
-        let exe = std::env::current_exe().expect("test binary");
-        let netctl = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|dir| dir.join("netctl"))
-            .expect("target dir");
-        // SAFETY: set before any thread of this test reads the environment.
-        unsafe { std::env::set_var("NETCTL_BIN", &netctl) };
-        let dir = std::env::temp_dir().join(format!("netctl-bench-test-{}", std::process::id()));
+        };
         super::run(true, &dir).expect("quick benchmark runs");
         let json = std::fs::read_dir(&dir)
             .expect("results")
@@ -283,10 +293,5 @@ mod tests {
             );
             assert_eq!(p["median"]["conn_failures"], 0, "{p}");
         }
-    }
-
-    fn nix_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
     }
 }

@@ -414,6 +414,7 @@ impl Resource {
             instance,
             bridges,
             ports,
+            subnets,
             ..
         } = self
         else {
@@ -421,7 +422,8 @@ impl Resource {
         };
         let removed = ipt_base::remove(&Chains::for_instance(instance));
         let reset = ipt_base::reset_bridges(bridges, ports);
-        removed.map(drop).and(reset)
+        let forgotten = ipt_base::forget_connections(subnets);
+        removed.map(drop).and(reset).and(forgotten)
     }
 
     async fn create_endpoint(&self, ctx: &Ctx) -> anyhow::Result<()> {

@@ -181,7 +181,8 @@ impl LbMaps {
 
     /// Every frontend with its slots.
     pub fn frontends(&self) -> Vec<FrontendView> {
-        let entries: Vec<(ServiceKey, ServiceValue)> =
+        // Indexed, not searched: 10,000 frontends are 40,000 entries.
+        let entries: std::collections::HashMap<ServiceKey, ServiceValue> =
             self.services.iter().filter_map(Result::ok).collect();
         let mut out: Vec<FrontendView> = entries
             .iter()
@@ -190,9 +191,8 @@ impl LbMaps {
                 let slots = (1..=v.count)
                     .map(|slot| {
                         entries
-                            .iter()
-                            .find(|(sk, _)| *sk == ServiceKey { slot, ..*k })
-                            .map_or(0, |(_, sv)| sv.backend_id)
+                            .get(&ServiceKey { slot, ..*k })
+                            .map_or(0, |sv| sv.backend_id)
                     })
                     .collect();
                 FrontendView {

@@ -17,12 +17,15 @@ use super::{
     names::Chains,
     rules::{self, BaseSpec},
 };
-use crate::net::{iptables, sysctl};
+use crate::net::{conntrack, iptables, sysctl};
 
 /// Creates the base; removes whatever of the instance was there first, so a half-made
 /// earlier attempt never doubles a jump.
 pub fn install(c: &Chains, spec: &BaseSpec) -> anyhow::Result<()> {
     remove(c)?;
+    // Entries of the platform's addresses from before (another dataplane) would keep
+    // connections that reuse their ports away from these rules.
+    conntrack::flush(&spec.subnets)?;
     for b in &spec.bridges {
         set_bridge(b, true, spec.host_ports)?;
     }
@@ -44,6 +47,12 @@ pub fn remove(c: &Chains) -> anyhow::Result<bool> {
     iptables::restore(&script)
         .with_context(|| format!("removing the iptables chains of {}", c.instance()))?;
     Ok(true)
+}
+
+/// Forgets the NAT bindings these rules made, so that whatever comes next (another
+/// dataplane, nothing) starts clean.
+pub fn forget_connections(subnets: &[ipnet::Ipv4Net]) -> anyhow::Result<()> {
+    conntrack::flush(subnets)
 }
 
 /// Puts the bridges' and ports' settings back (after `remove`, for those that stay).

@@ -5,6 +5,7 @@
 
 pub mod bpffs;
 pub mod cgroup;
+pub mod conntrack;
 pub mod iptables;
 pub mod nat;
 pub mod netlink;

@@ -6,7 +6,7 @@
 //! conntrack holds no connection to it or the drain timeout passes.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
 };
 
@@ -15,7 +15,7 @@ use netctl_common::{
     lb::{ALG_MAGLEV, BACKEND_ACTIVE, BACKEND_DRAINING, MAGLEV_M, MAGLEV_TABLES},
 };
 
-use super::desired::{BackendKey, Desired, FrontendKey};
+use super::desired::{BackendKey, Desired, DesiredFrontend, FrontendKey};
 use crate::{
     dataplane::{
         lb::{Frontend, FrontendView, LbMaps},
@@ -36,6 +36,10 @@ pub struct Reconciler {
     /// Backends on their way out, and since when.
     draining: HashMap<BackendKey, Instant>,
     next_id: u32,
+    /// What the last pass wrote for each frontend, to skip the unchanged ones cheaply.
+    applied: BTreeMap<FrontendKey, DesiredFrontend>,
+    /// How many frontends use each backend (a backend at 0 is unused: it drains or goes).
+    uses: HashMap<BackendKey, usize>,
 }
 
 /// Live connections per backend id, as of one conntrack pass.
@@ -72,6 +76,8 @@ impl Reconciler {
             maglev_tables: HashMap::new(),
             draining: HashMap::new(),
             next_id: 1,
+            applied: BTreeMap::new(),
+            uses: HashMap::new(),
             maps,
         };
         for (id, b) in r.maps.backends() {
@@ -104,6 +110,11 @@ impl Reconciler {
             }
             r.frontends.insert(key, fe);
         }
+        let keys: Vec<FrontendKey> = r.frontends.keys().copied().collect();
+        for key in keys {
+            let uses = r.uses_of(key);
+            r.count_uses(&uses, 1);
+        }
         r
     }
 
@@ -126,23 +137,26 @@ impl Reconciler {
 
     /// Brings the maps to `desired`. `refs` (live connections per backend id, from the last
     /// conntrack pass, and when that pass ran) lets draining backends go once idle.
+    ///
+    /// Only frontends that differ from what the last pass wrote are looked at further (a
+    /// merge of two sorted maps, no allocation per frontend), so one changed backend among
+    /// 10,000 services costs a few map writes, not a pass over every frontend's slots.
     pub fn apply(&mut self, desired: &Desired, refs: Option<&Refs>) -> anyhow::Result<Changes> {
         let mut changes = Changes::default();
-        let active: BTreeSet<BackendKey> = desired
-            .frontends
-            .values()
-            .flat_map(|f| f.backends.iter().map(|(b, _)| *b))
-            .collect();
+        let (changed, removed) = self.diff(desired);
 
-        // 1. Active backends exist before any slot names them.
-        for key in &active {
-            self.draining.remove(key);
-            let id = self.id_for(key);
-            changes.backends_written += self.write_backend(id, key, BACKEND_ACTIVE)?;
+        // 1. Backends of changed frontends exist (active) before any slot names them.
+        for fe in &changed {
+            for (key, _) in &fe.backends {
+                self.draining.remove(key);
+                let id = self.id_for(key);
+                changes.backends_written += self.write_backend(id, key, BACKEND_ACTIVE)?;
+            }
         }
 
-        // 2. Frontends.
-        for (key, fe) in &desired.frontends {
+        // 2. Changed frontends.
+        for fe in changed {
+            let key = &fe.key;
             let slots: Vec<u32> = fe
                 .backends
                 .iter()
@@ -187,20 +201,22 @@ impl Reconciler {
                 maglev,
             };
             let old = self.frontends.get(key);
-            if old.is_some_and(|o| same(o, &want)) {
-                continue;
+            let uses_before = self.uses_of(*key);
+            if !old.is_some_and(|o| same(o, &want)) {
+                self.maps.write_frontend(&want, old)?;
+                self.frontends.insert(*key, view(&want));
+                changes.frontends_written += 1;
             }
-            self.maps.write_frontend(&want, old)?;
-            self.frontends.insert(*key, view(&want));
-            changes.frontends_written += 1;
+            self.count_uses(&uses_before, -1);
+            self.count_uses(&distinct(fe.backends.iter().map(|(b, _)| *b)), 1);
+            self.applied.insert(*key, fe.clone());
         }
-        let gone: Vec<FrontendKey> = self
-            .frontends
-            .keys()
-            .filter(|k| !desired.frontends.contains_key(k))
-            .copied()
-            .collect();
-        for key in gone {
+
+        // 3. Frontends no longer wanted.
+        for key in removed {
+            let uses_before = self.uses_of(key);
+            self.count_uses(&uses_before, -1);
+            self.applied.remove(&key);
             if let Some(old) = self.frontends.remove(&key) {
                 self.maps.remove_frontend(&old)?;
                 self.maglev_tables.remove(&key);
@@ -208,11 +224,11 @@ impl Reconciler {
             }
         }
 
-        // 3. Backends no frontend uses any more: dead ones go now, others drain.
+        // 4. Backends no frontend uses any more: dead ones go now, others drain.
         let unused: Vec<BackendKey> = self
             .ids
             .keys()
-            .filter(|k| !active.contains(k))
+            .filter(|k| self.uses.get(k).is_none_or(|n| *n == 0))
             .copied()
             .collect();
         for key in unused {
@@ -227,12 +243,64 @@ impl Reconciler {
                 self.ids.remove(&key);
                 self.backends.remove(&id);
                 self.draining.remove(&key);
+                self.uses.remove(&key);
                 changes.backends_removed += 1;
             } else {
                 changes.backends_written += self.write_backend(id, &key, BACKEND_DRAINING)?;
             }
         }
         Ok(changes)
+    }
+
+    /// Frontends of `desired` that differ from the last pass (or were never written by
+    /// this reconciler), and frontends in the maps that `desired` does not have: one walk
+    /// over both sorted maps.
+    fn diff<'d>(&self, desired: &'d Desired) -> (Vec<&'d DesiredFrontend>, Vec<FrontendKey>) {
+        let mut changed = Vec::new();
+        let mut applied = self.applied.iter().peekable();
+        for (key, fe) in &desired.frontends {
+            while applied.next_if(|(k, _)| *k < key).is_some() {}
+            let same = applied
+                .next_if(|(k, _)| *k == key)
+                .is_some_and(|(_, a)| a == fe);
+            if !same {
+                changed.push(fe);
+            }
+        }
+        let mut wanted = desired.frontends.keys().peekable();
+        let mut removed = Vec::new();
+        for key in self.frontends.keys() {
+            while wanted.next_if(|k| *k < key).is_some() {}
+            if wanted.next_if(|k| *k == key).is_none() {
+                removed.push(*key);
+            }
+        }
+        (changed, removed)
+    }
+
+    /// The distinct backends a frontend uses now (as last applied, or as the maps say).
+    fn uses_of(&self, key: FrontendKey) -> Vec<BackendKey> {
+        if let Some(fe) = self.applied.get(&key) {
+            return distinct(fe.backends.iter().map(|(b, _)| *b));
+        }
+        let Some(view) = self.frontends.get(&key) else {
+            return Vec::new();
+        };
+        distinct(view.slots.iter().filter_map(|id| {
+            let b = self.backends.get(id)?;
+            Some(BackendKey {
+                addr: b.addr.into(),
+                port: b.port,
+                proto: Proto::from_number(b.proto)?,
+            })
+        }))
+    }
+
+    fn count_uses(&mut self, keys: &[BackendKey], delta: isize) {
+        for k in keys {
+            let n = self.uses.entry(*k).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+        }
     }
 
     fn id_for(&mut self, key: &BackendKey) -> u32 {
@@ -296,4 +364,11 @@ fn same(old: &FrontendView, want: &Frontend) -> bool {
         } else {
             old.slots == want.slots
         }
+}
+
+fn distinct(keys: impl Iterator<Item = BackendKey>) -> Vec<BackendKey> {
+    let mut v: Vec<BackendKey> = keys.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }

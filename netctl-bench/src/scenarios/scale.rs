@@ -1,0 +1,491 @@
+//! `bench latency` / `bench rate`: TCP latency and connection rate through a service VIP
+//! with 1, 100, 1,000 and 10,000 services installed, by four paths side by side:
+//!
+//! - `direct`: client namespace -> one backend's own address (no load balancing: the floor;
+//!   measured on the eBPF platform, so the TC programs' per-packet work is in it);
+//! - `ebpf-tc`: -> the VIP, DNAT by the TC programs (socket LB off);
+//! - `ebpf-socket`: -> the VIP, connect() pointed at a backend by the cgroup program;
+//! - `iptables`: -> the VIP, the same platform brought up with `--dataplane iptables`.
+//!
+//! The platform: a client tier, the measured service `web` (3 replicas running our echo
+//! server) on another tier, and N - 1 more services whose backends are listed by hand
+//! (`backends = [...]`, the same three replicas: a selectorless Kubernetes Service), so
+//! 10,000 services need no 30,000 namespaces. `web` sits in the middle of the file, so its
+//! VIP's rule is in the middle of iptables' linear `SERVICES` chain: the expected position
+//! of a service, not the best or the worst.
+//!
+//! For each service count, every round runs both dataplanes (their order alternating) and,
+//! on the eBPF platform, the three eBPF paths in rotating order. Figures are medians over
+//! rounds; ratios are to `direct` at the same service count.
+
+use std::{fmt::Write as _, net::Ipv4Addr, path::Path, time::Duration};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::{
+    loadgen::{self, EchoServer},
+    platform::BenchPlatform,
+    plot::{self, Series},
+    report::{self, Section, Table, ratio},
+    stats::{median, micros, quantile},
+};
+
+const PORT: u16 = 7000;
+const PREFIX: &str = "bs-";
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    pub latency: bool,
+    pub rate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Path_ {
+    Direct,
+    EbpfTc,
+    EbpfSocket,
+    Iptables,
+}
+
+impl Path_ {
+    pub const ALL: [Path_; 4] = [
+        Path_::Direct,
+        Path_::EbpfTc,
+        Path_::EbpfSocket,
+        Path_::Iptables,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path_::Direct => "direct",
+            Path_::EbpfTc => "ebpf-tc",
+            Path_::EbpfSocket => "ebpf-socket",
+            Path_::Iptables => "iptables",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Round {
+    pub rr_p50_us: f64,
+    pub rr_p90_us: f64,
+    pub rr_p99_us: f64,
+    /// connect + one round trip + close, one client after the other.
+    pub conn_p50_us: f64,
+    pub conn_p90_us: f64,
+    pub conn_p99_us: f64,
+    /// Connections per second with several parallel clients.
+    pub conn_per_s: f64,
+    pub failures: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Cell {
+    pub services: usize,
+    pub path: Path_,
+    pub rounds: Vec<Round>,
+    pub median: Round,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScaleResult {
+    pub date: String,
+    pub quick: bool,
+    pub service_counts: Vec<usize>,
+    pub rounds: usize,
+    pub round_trips: usize,
+    pub new_connection_seconds: f64,
+    pub rate_seconds: f64,
+    pub rate_clients: usize,
+    pub cells: Vec<Cell>,
+}
+
+struct Config {
+    counts: Vec<usize>,
+    rounds: usize,
+    trips: usize,
+    conn_time: Duration,
+    rate_time: Duration,
+    clients: usize,
+}
+
+/// The topology with `n` services (`web` among them), in `mode`.
+pub fn topology(n: usize, mode: &str, socket_lb: bool) -> String {
+    let mut s = format!(
+        r#"[platform]
+name = "bench-scale"
+service_cidr = "10.252.64.0/18"
+uplinks = []
+[networks.front]
+subnet = "10.252.1.0/24"
+[networks.back]
+subnet = "10.252.2.0/24"
+[services.client]
+network = "front"
+address = "10.252.1.10"
+[dataplane]
+mode = "{mode}"
+socket_lb = {socket_lb}
+"#
+    );
+    let web = format!(
+        "[services.web]\nnetwork = \"back\"\naddress = \"10.252.2.10\"\nreplicas = 3\nports = [{PORT}]\n"
+    );
+    let fillers = n.saturating_sub(1);
+    for i in 0..fillers {
+        if i == fillers / 2 {
+            s.push_str(&web);
+        }
+        let _ = write!(
+            s,
+            "[services.s{i:05}]\nports = [{PORT}]\nbackends = [\"10.252.2.10\", \"10.252.2.11\", \"10.252.2.12\"]\n"
+        );
+    }
+    if fillers == 0 {
+        s.push_str(&web);
+    }
+    s
+}
+
+pub fn run(quick: bool, parts: Parts, out: &Path) -> anyhow::Result<ScaleResult> {
+    let cfg = if quick {
+        Config {
+            counts: vec![1, 100],
+            rounds: 1,
+            trips: 1_000,
+            conn_time: Duration::from_millis(300),
+            rate_time: Duration::from_millis(300),
+            clients: 2,
+        }
+    } else {
+        Config {
+            counts: vec![1, 100, 1_000, 10_000],
+            rounds: 3,
+            trips: 10_000,
+            conn_time: Duration::from_secs(1),
+            rate_time: Duration::from_secs(2),
+            clients: 4,
+        }
+    };
+    let mut cells = Vec::new();
+    for &n in &cfg.counts {
+        tracing::info!(services = n, "bringing up");
+        let mut platform = BenchPlatform::up(PREFIX, &topology(n, "ebpf", false))?;
+        let client = platform.endpoint("client")?.netns.clone();
+        let mut servers = Vec::new();
+        for i in 1..=3 {
+            let ep = platform.endpoint(&format!("web-{i}"))?;
+            servers.push(EchoServer::start(&ep.netns, ep.address, PORT)?);
+        }
+        let direct = platform.endpoint("web-1")?.address;
+        let vip = platform
+            .plan
+            .service("web")
+            .map(|s| s.vip)
+            .context("no web service")?;
+        let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); 4];
+        let mut mode = "ebpf";
+        let mut socket_lb = false;
+        platform.wait_ready(n, "web", PORT, 3)?;
+        for round in 0..cfg.rounds {
+            // Alternate which dataplane goes first; rotate the eBPF paths.
+            let ebpf_first = round % 2 == 0;
+            let mut order: Vec<Path_> = (0..3).map(|k| Path_::ALL[(round + k) % 3]).collect();
+            if ebpf_first {
+                order.push(Path_::Iptables);
+            } else {
+                order.insert(0, Path_::Iptables);
+            }
+            for path in order {
+                let want_mode = if path == Path_::Iptables {
+                    "iptables"
+                } else {
+                    "ebpf"
+                };
+                let want_socket = path == Path_::EbpfSocket;
+                if want_mode != mode || (want_mode == "ebpf" && want_socket != socket_lb) {
+                    platform.apply(&topology(n, want_mode, want_socket))?;
+                    platform.wait_ready(n, "web", PORT, 3)?;
+                    mode = want_mode;
+                    socket_lb = want_socket;
+                    // Socket LB is a CONFIG flag the controller sets within a tick.
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+                let target = if path == Path_::Direct { direct } else { vip };
+                let r = measure(&client, target, &cfg, parts)?;
+                tracing::info!(services = n, round, path = path.name(), ?r, "measured");
+                rounds[path as usize].push(r);
+            }
+        }
+        drop(servers);
+        drop(platform);
+        for path in Path_::ALL {
+            let rs = std::mem::take(&mut rounds[path as usize]);
+            cells.push(Cell {
+                services: n,
+                path,
+                median: median_round(&rs),
+                rounds: rs,
+            });
+        }
+    }
+    let result = ScaleResult {
+        date: report::today(),
+        quick,
+        service_counts: cfg.counts.clone(),
+        rounds: cfg.rounds,
+        round_trips: cfg.trips,
+        new_connection_seconds: cfg.conn_time.as_secs_f64(),
+        rate_seconds: cfg.rate_time.as_secs_f64(),
+        rate_clients: cfg.clients,
+        cells,
+    };
+    let sections = sections(&result, parts)?;
+    let name = match (parts.latency, parts.rate) {
+        (true, false) => "latency",
+        (false, true) => "rate",
+        _ => "scale",
+    };
+    let w = report::write(
+        out,
+        name,
+        "netctl benchmark: eBPF vs iptables vs direct, 1 to 10,000 services",
+        &result,
+        &sections,
+    )?;
+    report::print(&sections);
+    tracing::info!("wrote {} and {}", w.json.display(), w.html.display());
+    Ok(result)
+}
+
+fn measure(ns: &str, target: Ipv4Addr, cfg: &Config, parts: Parts) -> anyhow::Result<Round> {
+    let mut r = Round::default();
+    if parts.latency {
+        let mut rr = loadgen::request_response(ns, target, PORT, cfg.trips / 10, cfg.trips)?;
+        r.rr_p50_us = micros(quantile(&mut rr, 0.50));
+        r.rr_p90_us = micros(quantile(&mut rr, 0.90));
+        r.rr_p99_us = micros(quantile(&mut rr, 0.99));
+        let one = loadgen::connection_rate(ns, target, PORT, 1, cfg.conn_time)?;
+        let mut lat = one.latencies;
+        r.conn_p50_us = micros(quantile(&mut lat, 0.50));
+        r.conn_p90_us = micros(quantile(&mut lat, 0.90));
+        r.conn_p99_us = micros(quantile(&mut lat, 0.99));
+        r.failures += one.failures;
+    }
+    if parts.rate {
+        let many = loadgen::connection_rate(ns, target, PORT, cfg.clients, cfg.rate_time)?;
+        r.conn_per_s = many.connections as f64 / many.elapsed.as_secs_f64();
+        r.failures += many.failures;
+    }
+    Ok(r)
+}
+
+fn median_round(rs: &[Round]) -> Round {
+    let m = |f: fn(&Round) -> f64| median(&mut rs.iter().map(f).collect::<Vec<_>>());
+    Round {
+        rr_p50_us: m(|r| r.rr_p50_us),
+        rr_p90_us: m(|r| r.rr_p90_us),
+        rr_p99_us: m(|r| r.rr_p99_us),
+        conn_p50_us: m(|r| r.conn_p50_us),
+        conn_p90_us: m(|r| r.conn_p90_us),
+        conn_p99_us: m(|r| r.conn_p99_us),
+        conn_per_s: m(|r| r.conn_per_s),
+        failures: rs.iter().map(|r| r.failures).sum(),
+    }
+}
+
+impl ScaleResult {
+    pub fn cell(&self, n: usize, path: Path_) -> Option<&Round> {
+        self.cells
+            .iter()
+            .find(|c| c.services == n && c.path == path)
+            .map(|c| &c.median)
+    }
+}
+
+fn series(r: &ScaleResult, f: fn(&Round) -> f64) -> Vec<Series> {
+    Path_::ALL
+        .iter()
+        .map(|p| Series {
+            name: p.name().into(),
+            points: r
+                .service_counts
+                .iter()
+                .filter_map(|n| r.cell(*n, *p).map(|c| (*n as f64, f(c))))
+                .collect(),
+        })
+        .collect()
+}
+
+pub fn sections(r: &ScaleResult, parts: Parts) -> anyhow::Result<Vec<Section>> {
+    let mut out = Vec::new();
+    let setup = format!(
+        "Client namespace -> service `web` (3 replicas on another tier), with N services \
+         installed (3 backends each). {} round(s) per service count, both dataplanes in every \
+         round; medians over rounds; ratios to `direct` at the same N.",
+        r.rounds
+    );
+    if parts.latency {
+        let mut t = Table::new(&[
+            "services",
+            "path",
+            "RR p50 µs",
+            "RR p90 µs",
+            "RR p99 µs",
+            "new conn p50 µs",
+            "new conn p90 µs",
+            "new conn p99 µs",
+            "RR p50 / direct",
+            "new conn p50 / direct",
+        ]);
+        for n in &r.service_counts {
+            let Some(d) = r.cell(*n, Path_::Direct) else {
+                continue;
+            };
+            for p in Path_::ALL {
+                let Some(c) = r.cell(*n, p) else { continue };
+                t.row(vec![
+                    n.to_string(),
+                    p.name().into(),
+                    format!("{:.1}", c.rr_p50_us),
+                    format!("{:.1}", c.rr_p90_us),
+                    format!("{:.1}", c.rr_p99_us),
+                    format!("{:.1}", c.conn_p50_us),
+                    format!("{:.1}", c.conn_p90_us),
+                    format!("{:.1}", c.conn_p99_us),
+                    format!("{:.3}", ratio(c.rr_p50_us, d.rr_p50_us)),
+                    format!("{:.3}", ratio(c.conn_p50_us, d.conn_p50_us)),
+                ]);
+            }
+        }
+        let rr = plot::svg(&plot::Chart {
+            title: "TCP request/response p50 (one connection)",
+            x_label: "services installed",
+            y_label: "µs",
+            log_x: true,
+            series: &series(r, |c| c.rr_p50_us),
+        })?;
+        let nc = plot::svg(&plot::Chart {
+            title: "New connection p50 (connect + 1 request + close)",
+            x_label: "services installed",
+            y_label: "µs",
+            log_x: true,
+            series: &series(r, |c| c.conn_p50_us),
+        })?;
+        out.push(Section {
+            title: "Latency".into(),
+            text: format!(
+                "{setup} Request/response: {} round trips of {} bytes on one connection. New \
+                 connection: one client, connect + one round trip + close (RST), for {:.1} s.",
+                r.round_trips,
+                loadgen::MESSAGE,
+                r.new_connection_seconds
+            ),
+            tables: vec![t],
+            plots: vec![("rr-latency".into(), rr), ("new-conn-latency".into(), nc)],
+        });
+    }
+    if parts.rate {
+        let mut t = Table::new(&[
+            "services",
+            "path",
+            "connections/s",
+            "/ direct",
+            "/ iptables",
+            "failures",
+        ]);
+        for n in &r.service_counts {
+            let d = r.cell(*n, Path_::Direct).map_or(0.0, |c| c.conn_per_s);
+            let ipt = r.cell(*n, Path_::Iptables).map_or(0.0, |c| c.conn_per_s);
+            for p in Path_::ALL {
+                let Some(c) = r.cell(*n, p) else { continue };
+                t.row(vec![
+                    n.to_string(),
+                    p.name().into(),
+                    format!("{:.0}", c.conn_per_s),
+                    format!("{:.3}", ratio(c.conn_per_s, d)),
+                    format!("{:.3}", ratio(c.conn_per_s, ipt)),
+                    c.failures.to_string(),
+                ]);
+            }
+        }
+        let plot = plot::svg(&plot::Chart {
+            title: "Connection rate (parallel clients)",
+            x_label: "services installed",
+            y_label: "connections/s",
+            log_x: true,
+            series: &series(r, |c| c.conn_per_s),
+        })?;
+        out.push(Section {
+            title: "Connection rate".into(),
+            text: format!(
+                "{setup} {} parallel clients, each looping connect + one round trip + close \
+                 (RST), for {:.1} s.",
+                r.rate_clients, r.rate_seconds
+            ),
+            tables: vec![t],
+            plots: vec![("conn-rate".into(), plot)],
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_topology_has_n_services_with_web_in_the_middle() {
+        for n in [1, 100] {
+            let plan = netctl::topology::Source {
+                name: "t".into(),
+                text: topology(n, "iptables", false),
+            }
+            .plan(None)
+            .expect("valid");
+            assert_eq!(plan.services.len(), n);
+            let pos = plan
+                .services
+                .iter()
+                .position(|s| s.name == "web")
+                .expect("web");
+            assert_eq!(pos, (n - 1) / 2);
+            assert_eq!(plan.endpoints.len(), 4, "client + 3 replicas");
+            assert_eq!(
+                plan.dataplane.mode,
+                netctl::topology::DataplaneMode::Iptables
+            );
+        }
+    }
+
+    /// The quick mode end to end (both dataplanes, 1 and 100 services): every path measured
+    /// without a failed connection, the report written with its plots. Not how fast.
+    #[test]
+    fn quick_run_measures_every_path_at_every_count() {
+        let Some(dir) = crate::scenarios::test_env("scale") else {
+            return;
+        };
+        let both = Parts {
+            latency: true,
+            rate: true,
+        };
+        let r = run(true, both, &dir).expect("quick scale benchmark runs");
+        assert_eq!(r.cells.len(), 8, "4 paths x 2 service counts");
+        for c in &r.cells {
+            let m = &c.median;
+            assert!(
+                m.rr_p50_us > 0.0 && m.conn_p50_us > 0.0 && m.conn_per_s > 0.0,
+                "{c:?}"
+            );
+            assert_eq!(m.failures, 0, "{c:?}");
+        }
+        assert_eq!(
+            crate::scenarios::written(&dir),
+            ["html", "json", "md", "svg"]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
