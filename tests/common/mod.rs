@@ -156,6 +156,15 @@ impl<'a> Platform<'a> {
         }
     }
 
+    /// Writes `topology` (already relocated) as the slot would run it, to a new temporary
+    /// file; keep the returned directory alive while the file is used.
+    pub fn write_file(slot: &Slot, topology: &Topology) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("topology.toml");
+        write_topology(slot, topology, &file);
+        (dir, file)
+    }
+
     /// Replaces the topology (moved into the slot like `from_toml`) and runs `up` again.
     pub fn update_toml(&mut self, text: &str) {
         let mut topology = Topology::parse(text).expect("test topology parses");

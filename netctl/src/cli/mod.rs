@@ -4,8 +4,11 @@
 mod conntrack;
 mod down;
 mod drain;
+mod drops;
 mod flows;
 mod maps;
+mod monitor;
+mod policy;
 mod services;
 mod status;
 mod up;
@@ -59,6 +62,12 @@ enum Command {
     Maps(maps::Args),
     /// Stop new connections to one instance (`service/instance`); established ones finish.
     Drain(drain::Args),
+    /// The compiled network policy as the kernel has it; `policy apply -f FILE` changes it.
+    Policy(policy::Args),
+    /// Dropped packets by reason and by identity pair.
+    Drops(drops::Args),
+    /// Live drops and new connections.
+    Monitor(monitor::Args),
     /// Check a topology file without changing anything (no root needed).
     Validate(validate::Args),
     /// Run the controller of an instance in this process (`up` starts it in the background).
@@ -103,6 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Conntrack(args) => conntrack::run(args, prefix),
         Command::Maps(args) => maps::run(args, prefix),
         Command::Drain(args) => drain::run(args, prefix).await,
+        Command::Policy(args) => policy::run(args, prefix).await,
+        Command::Drops(args) => drops::run(args, prefix),
+        Command::Monitor(args) => monitor::run(args, prefix).await,
         Command::Validate(args) => validate::run(args, prefix),
         Command::Controller => {
             crate::controller::preflight::require_root("controller")?;

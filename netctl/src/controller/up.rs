@@ -32,6 +32,8 @@ pub struct UpReport {
     pub created: Vec<Resource>,
     pub removed: Vec<Resource>,
     pub unchanged: usize,
+    /// Only settings changed (services, algorithms, policy): applied by the controller.
+    pub settings_changed: bool,
 }
 
 impl UpReport {
@@ -83,6 +85,16 @@ pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
         ..UpReport::default()
     };
     if remove.is_empty() && create.is_empty() {
+        // Same kernel objects, but settings the controller applies (services, algorithms,
+        // policy) may differ: record them and let the controller know.
+        if state.plan != *plan {
+            state.plan = plan.clone();
+            state.save()?;
+            report.settings_changed = true;
+            if controller_kept {
+                daemon::reload(&instance)?;
+            }
+        }
         return Ok(report);
     }
 

@@ -3,11 +3,13 @@
 
 pub mod clock;
 pub mod conntrack;
+pub mod events;
 pub mod flows;
 pub mod lb;
 pub mod loader;
 pub mod maglev;
 pub mod pins;
+pub mod policy;
 pub mod stats;
 
 pub use loader::{LoadOptions, SockProgram, TcProgram};

@@ -4,6 +4,7 @@
 
 mod model;
 pub mod plan;
+pub mod policy;
 mod services;
 mod validate;
 

@@ -24,6 +24,9 @@ pub struct Topology {
     /// Host ports forwarded to a service (the seed's 8080 -> edge:80).
     #[serde(default)]
     pub port_forwards: Vec<PortForwardSpec>,
+    /// Network policy: allow/deny rules, default-deny destinations, rate limits.
+    #[serde(default)]
+    pub policy: super::policy::PolicySpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +146,9 @@ pub struct DataplaneSpec {
     /// Capacity of the conntrack table in entries (two per connection).
     #[serde(default = "default_conntrack_max")]
     pub conntrack_max: u32,
+    /// Send an event for every new connection (`netctl monitor`); drops always are.
+    #[serde(default = "yes")]
+    pub flow_events: bool,
 }
 
 impl Default for DataplaneSpec {
@@ -150,6 +156,7 @@ impl Default for DataplaneSpec {
         Self {
             socket_lb: true,
             conntrack_max: default_conntrack_max(),
+            flow_events: true,
         }
     }
 }

@@ -72,11 +72,9 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         }
         let plan = state.borrow().plan.clone();
         let socket_lb = plan.dataplane.socket_lb;
-        reconciler.maps().set_config_flags(if socket_lb {
-            netctl_common::maps::CFG_F_SOCKET_LB
-        } else {
-            0
-        })?;
+        reconciler
+            .maps()
+            .set_config_flags(plan.dataplane.config_flags())?;
 
         if last_host_scan.elapsed() >= HOST_ADDRS_EVERY {
             last_host_scan = Instant::now();
