@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod net;
 pub mod output;
 pub mod policy;
+pub mod report;
 pub mod topology;
 
 /// `tcp`, `udp`, `icmp` or `other` for an IP protocol number.

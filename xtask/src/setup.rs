@@ -18,6 +18,9 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",  // inspecting programs, maps and TCX links
     "sudo",     // the README's `sudo netctl up`
     "curl",
+    "fonts-dejavu-core", // text of PNG charts (netctl report)
+    "graphviz",          // netctl topology --format svg; tests parse the DOT with `dot`
+    "chromium",          // netctl report --pdf; tests render the HTML report headless
 ];
 
 /// bpf-linker release that fits the nightly toolchain (see ../shared/TOOLCHAIN.md).

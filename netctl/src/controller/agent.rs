@@ -136,6 +136,7 @@ pub fn components() -> Vec<Component> {
         ("lb", super::lb::component),
         ("policy", super::policy::component),
         ("events", super::events::component),
+        ("metrics", super::metrics::component),
     ]
 }
 

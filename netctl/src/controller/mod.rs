@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod down;
 pub mod events;
 pub mod lb;
+pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod resource;

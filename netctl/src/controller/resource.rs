@@ -404,7 +404,9 @@ impl Resource {
             Resource::SockHook { program, pins, .. } => {
                 loader::is_linked(&pins.sock_link(*program))
             }
-            Resource::Controller { instance, .. } => daemon::running(instance).is_some(),
+            Resource::Controller { instance, .. } => {
+                daemon::running(instance).is_some_and(|id| daemon::is_current(&id))
+            }
         })
     }
 

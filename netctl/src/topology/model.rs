@@ -27,6 +27,29 @@ pub struct Topology {
     /// Network policy: allow/deny rules, default-deny destinations, rate limits.
     #[serde(default)]
     pub policy: super::policy::PolicySpec,
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+}
+
+/// The controller's Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// `ADDRESS:PORT` to serve `/metrics` on; `""` turns it off.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9469".to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -32,6 +32,9 @@ pub struct Plan {
     pub dataplane: Dataplane,
     #[serde(default)]
     pub policy: super::policy::Policy,
+    /// Where the controller serves Prometheus metrics (`None`: nowhere).
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -186,6 +186,19 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
     let endpoints = v.endpoints(topology, &networks);
     let lb = super::services::plan(topology, &networks, &endpoints, &mut v.errors);
     let policy = super::policy::plan(&topology.policy, topology, &mut v.errors);
+    let metrics_listen = match topology.metrics.listen.trim() {
+        "" => None,
+        text => match text.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                v.errors.push(TopologyError::BadAddress {
+                    field: "metrics.listen".into(),
+                    value: text.into(),
+                });
+                None
+            }
+        },
+    };
     if let Some(uplinks) = &topology.platform.uplinks {
         for (i, name) in uplinks.iter().enumerate() {
             if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.contains('/') {
@@ -211,6 +224,7 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
             uplinks: topology.platform.uplinks.clone(),
             dataplane: lb.dataplane,
             policy,
+            metrics_listen,
         })
     } else {
         Err(v.errors)
