@@ -10,7 +10,7 @@ use serde_json::json;
 use super::load_state;
 use crate::{
     controller::preflight,
-    dataplane::{Pins, stats},
+    dataplane::{Pins, conntrack, stats},
     output,
     policy::identity,
 };
@@ -49,8 +49,17 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         })
         .collect();
     by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
+    let ct = conntrack::open(&pins)?;
+    let entries = ct.keys().filter_map(Result::ok).count();
+    let capacity = state.plan.dataplane.conntrack_max;
+    let fill = entries as f64 / f64::from(capacity.max(1));
+    let miss = counters
+        .iter()
+        .find(|(n, _)| *n == "ct_miss_established")
+        .map_or(0, |(_, v)| *v);
     if args.json {
         output::print_json(&json!({
+            "conntrack": { "entries": entries, "capacity": capacity, "fill": fill, "miss_established": miss },
             "by_reason": by_reason.iter().map(|(r, n)| json!({ "reason": r.name(), "number": *r as u32, "packets": n })).collect::<Vec<_>>(),
             "by_pair": by_pair.iter().map(|(s, d, r, n)| json!({ "source": s, "destination": d, "reason": r, "packets": n })).collect::<Vec<_>>(),
             "events_lost": lost,
@@ -69,6 +78,20 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             t.add_row(vec![s.clone(), d.clone(), r.to_string(), n.to_string()]);
         }
         output::print_table(&t)?;
+    }
+    output::print_line(&format!(
+        "\nconntrack: {entries} of {capacity} entries ({:.0}%){}",
+        fill * 100.0,
+        if fill > 0.9 {
+            " — FULL: new connections evict the least recently used (see bpf-maps.md)"
+        } else {
+            ""
+        }
+    ))?;
+    if miss > 0 {
+        output::print_line(&format!(
+            "{miss} mid-connection TCP packets found no conntrack entry (evicted or expired)"
+        ))?;
     }
     if lost > 0 {
         output::print_line(&format!(

@@ -33,6 +33,9 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     };
     let report = up::up(&plan, mode).await?;
     let took = started.elapsed();
+    if report.upgraded {
+        output::print_line("dataplane upgraded in place: new programs on every link, maps kept")?;
+    }
     if report.settings_changed {
         output::print_line(&format!(
             "{} (instance {}) is up; settings updated (services, policy), no network change",

@@ -1,6 +1,7 @@
 //! The eBPF side as the controller sees it: the embedded object, where an instance pins its
 //! programs, maps and links, loading/attaching, and typed readers of the pinned maps.
 
+pub mod bpf_sys;
 pub mod clock;
 pub mod conntrack;
 pub mod events;
