@@ -1,5 +1,5 @@
-//! Line charts as SVG (plotters' SVG backend: no font or image library needed; text is
-//! rendered by whatever displays the file).
+//! Line charts as SVG (plotters' SVG backend: text stays text, rendered by whatever
+//! displays the file; plotters only needs a font to measure it).
 
 use plotters::prelude::*;
 
@@ -29,6 +29,14 @@ const COLORS: [RGBColor; 6] = [
 
 /// Renders `chart` as an SVG document.
 pub fn svg(chart: &Chart) -> anyhow::Result<String> {
+    // plotters lays text out with a registered font (the workspace enables `ab_glyph` for
+    // the report's PNG charts), SVG included.
+    if !netctl::report::charts::font_loaded() {
+        anyhow::bail!(
+            "drawing {:?}: the DejaVu font is missing (install fonts-dejavu-core: cargo xtask setup)",
+            chart.title
+        );
+    }
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (720, 420)).into_drawing_area();

@@ -13,4 +13,16 @@ pub mod dataplane;
 pub mod iptables;
 pub mod net;
 pub mod output;
+pub mod policy;
+pub mod report;
 pub mod topology;
+
+/// `tcp`, `udp`, `icmp` or `other` for an IP protocol number.
+pub fn cli_protocol_name(proto: u8) -> &'static str {
+    match proto {
+        netctl_common::flow::IPPROTO_TCP => "tcp",
+        netctl_common::flow::IPPROTO_UDP => "udp",
+        netctl_common::flow::IPPROTO_ICMP => "icmp",
+        _ => "other",
+    }
+}

@@ -79,6 +79,11 @@ impl Slot {
         18_000 + 10 * self.n as u16 + i as u16
     }
 
+    /// Where this slot's controller serves Prometheus metrics.
+    pub fn metrics_port(&self) -> u16 {
+        19_000 + self.n as u16
+    }
+
     /// The /16 this slot's subnets come from.
     pub fn block(&self) -> Ipv4Net {
         Ipv4Net::new(Ipv4Addr::new(10, 200 + self.n as u8, 0, 0), 16).expect("valid block")
@@ -156,6 +161,15 @@ impl<'a> Platform<'a> {
         }
     }
 
+    /// Writes `topology` (already relocated) as the slot would run it, to a new temporary
+    /// file; keep the returned directory alive while the file is used.
+    pub fn write_file(slot: &Slot, topology: &Topology) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("topology.toml");
+        write_topology(slot, topology, &file);
+        (dir, file)
+    }
+
     /// Replaces the topology (moved into the slot like `from_toml`) and runs `up` again.
     pub fn update_toml(&mut self, text: &str) {
         let mut topology = Topology::parse(text).expect("test topology parses");
@@ -207,6 +221,7 @@ fn write_topology(slot: &Slot, topology: &Topology, file: &Path) -> netctl::topo
     for (i, pf) in topology.port_forwards.iter_mut().enumerate() {
         pf.host_port = u32::from(slot.host_port(i));
     }
+    topology.metrics.listen = format!("127.0.0.1:{}", slot.metrics_port());
     fs::write(file, toml::to_string(&topology).expect("serializes")).expect("write");
     netctl::topology::Source::read(file)
         .expect("read")

@@ -18,8 +18,11 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",  // inspecting programs, maps and TCX links
     "sudo",     // the README's `sudo netctl up`
     "curl",
-    "conntrack", // clearing kernel conntrack entries when a dataplane changes
-    "sockperf",  // the standard tool the benchmark cross-checks its load generator with
+    "conntrack",         // clearing kernel conntrack entries when a dataplane changes
+    "sockperf",          // the standard tool the benchmark cross-checks its load generator with
+    "fonts-dejavu-core", // text of PNG charts (netctl report)
+    "graphviz",          // netctl topology --format svg; tests parse the DOT with `dot`
+    "chromium",          // netctl report --pdf; tests render the HTML report headless
 ];
 
 /// bpf-linker release that fits the nightly toolchain (see ../shared/TOOLCHAIN.md).

@@ -36,8 +36,14 @@ pub enum Resource {
         subnets: Vec<Ipv4Net>,
         bridges: Vec<String>,
     },
-    /// The eBPF object loaded with programs and maps pinned under `pins`.
-    Dataplane { pins: Pins, options: LoadOptions },
+    /// The eBPF object loaded with programs and maps pinned under `pins`. `object` is the
+    /// object's fingerprint: a new build is upgraded in place (see `up`).
+    Dataplane {
+        pins: Pins,
+        options: LoadOptions,
+        #[serde(default)]
+        object: String,
+    },
     /// A pinned TCX link of a TC program on an interface (host-side veth or uplink).
     TcHook {
         ifname: String,
@@ -78,6 +84,8 @@ pub struct HostFacts {
     pub uplinks: Vec<String>,
     /// cgroup v2 root for socket-level load balancing (`None`: socket LB off).
     pub cgroup: Option<PathBuf>,
+    /// Fingerprint of the eBPF object this `netctl` would load.
+    pub object: String,
 }
 
 impl HostFacts {
@@ -106,7 +114,12 @@ impl HostFacts {
         } else {
             None
         };
-        Ok(Self { uplinks, cgroup })
+        let object = loader::fingerprint(&loader::object()?);
+        Ok(Self {
+            uplinks,
+            cgroup,
+            object,
+        })
     }
 }
 
@@ -181,6 +194,7 @@ impl Resource {
             options: LoadOptions {
                 conntrack_max: plan.dataplane.conntrack_max,
             },
+            object: host.object.clone(),
         });
         for e in &plan.endpoints {
             for program in TcProgram::ENDPOINT {
@@ -353,7 +367,7 @@ impl Resource {
                 subnets: subnets.clone(),
                 bridges: bridges.clone(),
             }),
-            Resource::Dataplane { pins, options } => {
+            Resource::Dataplane { pins, options, .. } => {
                 let loaded = loader::load_and_pin(pins, *options);
                 if loaded.is_err() {
                     let _ = loader::unpin_all(pins);
@@ -523,7 +537,9 @@ impl Resource {
             Resource::Iptables { instance, .. } => {
                 ipt_base::exists(&Chains::for_instance(instance))?
             }
-            Resource::Controller { instance, .. } => daemon::running(instance).is_some(),
+            Resource::Controller { instance, .. } => {
+                daemon::running(instance).is_some_and(|id| daemon::is_current(&id))
+            }
         })
     }
 

@@ -2,8 +2,10 @@
 //! namespaces on them. Parsing is pure; [`validate`] turns a parsed file into a [`Plan`] of
 //! concrete names and addresses, or into every error it contains, before anything is touched.
 
+pub mod fuzz;
 mod model;
 pub mod plan;
+pub mod policy;
 mod services;
 mod validate;
 

@@ -221,6 +221,7 @@ pub(super) fn plan(
         socket_lb: topology.dataplane.socket_lb,
         conntrack_max: topology.dataplane.conntrack_max,
         mode: Default::default(), // resolved by the caller
+        flow_events: topology.dataplane.flow_events,
     };
     if dataplane.conntrack_max < MIN_CONNTRACK {
         errors.push(TopologyError::ConntrackTooSmall {

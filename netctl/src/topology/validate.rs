@@ -143,6 +143,12 @@ pub enum TopologyError {
         service: String,
         port: String,
     },
+    #[error("{field}: {message}")]
+    BadPolicy { field: String, message: String },
+    #[error("{field}: unknown peer {name:?} (services, \"host\", \"world\" or \"any\")")]
+    UnknownPeer { field: String, name: String },
+    #[error("policy.rules[{a}] and policy.rules[{b}] conflict: {what}")]
+    ConflictingRules { a: usize, b: usize, what: String },
     #[error("dataplane.conntrack_max: {value} entries is too small (at least {min})", min = super::services::MIN_CONNTRACK)]
     ConntrackTooSmall { value: u32 },
     #[error("network {network:?} ({subnet}) has no free address left for {field}")]
@@ -198,6 +204,20 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
             value: topology.dataplane.mode.clone(),
         });
     }
+    let policy = super::policy::plan(&topology.policy, topology, &mut v.errors);
+    let metrics_listen = match topology.metrics.listen.trim() {
+        "" => None,
+        text => match text.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                v.errors.push(TopologyError::BadAddress {
+                    field: "metrics.listen".into(),
+                    value: text.into(),
+                });
+                None
+            }
+        },
+    };
     if let Some(uplinks) = &topology.platform.uplinks {
         for (i, name) in uplinks.iter().enumerate() {
             if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.contains('/') {
@@ -225,6 +245,8 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
                 mode: mode.unwrap_or_default(),
                 ..lb.dataplane
             },
+            policy,
+            metrics_listen,
         })
     } else {
         Err(v.errors)
@@ -435,6 +457,10 @@ impl Validator {
                 out.push(Endpoint {
                     name: local,
                     service: name.clone(),
+                    service_id: topology
+                        .services
+                        .get_index_of(&name)
+                        .map_or(0, |i| i as u32 + 1),
                     replica,
                     netns: netns.clone(),
                     host_ifname: netns,

@@ -151,11 +151,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             inventory = Some(inv);
             if let Writer::Ebpf(r) = &mut writer {
                 r.maps()
-                    .set_config_flags(if current.plan.dataplane.socket_lb {
-                        netctl_common::maps::CFG_F_SOCKET_LB
-                    } else {
-                        0
-                    })?;
+                    .set_config_flags(current.plan.dataplane.config_flags())?;
             }
             dirty = true;
         }
