@@ -1,4 +1,5 @@
-//! `netctl drops`: dropped packets by reason and by identity pair, from the pinned maps.
+//! `netctl drops`: dropped packets by reason and by identity pair, from the pinned maps
+//! (iptables dataplane: from the counters of the policy's rules).
 
 use std::process::ExitCode;
 
@@ -10,9 +11,13 @@ use serde_json::json;
 use super::load_state;
 use crate::{
     controller::preflight,
+    controller::state::State,
     dataplane::{Pins, conntrack, stats},
+    iptables::{Chains, policy as ipt_policy},
+    net::iptables,
     output,
     policy::identity,
+    topology::DataplaneMode,
 };
 
 #[derive(clap::Args, Debug)]
@@ -27,7 +32,9 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let Some(state) = load_state(prefix)? else {
         anyhow::bail!("no netctl platform is up");
     };
-    super::require_ebpf(&state, "drops", "")?;
+    if state.plan.dataplane.mode == DataplaneMode::Iptables {
+        return iptables_drops(&state, args.json);
+    }
     let pins = Pins::for_instance(&state.instance);
     let by_reason = stats::drops(&pins)?;
     let counters = stats::counters(&pins)?;
@@ -99,5 +106,56 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             "\n{lost} events were lost (the event reader fell behind)"
         ))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The iptables dataplane's drops: the packet counters of its `DROP` rules (by reason) and
+/// of the entries and limits that sent packets there (by pair; `*`: any source).
+fn iptables_drops(state: &State, as_json: bool) -> anyhow::Result<ExitCode> {
+    let chains = Chains::for_instance(&state.instance);
+    let d = ipt_policy::drops(&chains, &iptables::save_counted("filter")?);
+    let reasons = [DropReason::PolicyDenied, DropReason::RateLimited];
+    let by_reason: Vec<(&str, u64)> = reasons
+        .iter()
+        .map(|r| (r.name(), d.by_reason.get(r.name()).copied().unwrap_or(0)))
+        .collect();
+    let mut by_pair: Vec<(String, String, &str, u64)> = d
+        .by_pair
+        .iter()
+        .map(|((src, dst, reason), n)| {
+            (
+                identity::name(&state.plan, *src),
+                identity::name(&state.plan, *dst),
+                *reason,
+                *n,
+            )
+        })
+        .collect();
+    by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
+    if as_json {
+        output::print_json(&json!({
+            "dataplane": "iptables",
+            "by_reason": by_reason.iter().map(|(r, n)| json!({ "reason": r, "packets": n })).collect::<Vec<_>>(),
+            "by_pair": by_pair.iter().map(|(s, d, r, n)| json!({ "source": s, "destination": d, "reason": r, "packets": n })).collect::<Vec<_>>(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = output::table(&["reason", "packets"]);
+    for (r, n) in &by_reason {
+        t.add_row(vec![r.to_string(), n.to_string()]);
+    }
+    output::print_table(&t)?;
+    if !by_pair.is_empty() {
+        output::print_line("")?;
+        let mut t = output::table(&["source", "destination", "reason", "packets"]);
+        for (s, d, r, n) in &by_pair {
+            t.add_row(vec![s.clone(), d.clone(), r.to_string(), n.to_string()]);
+        }
+        output::print_table(&t)?;
+    }
+    output::print_line(
+        "\n(iptables dataplane: the counters of the policy's DROP rules; each drop is also \
+         logged by the kernel with a prefix naming its rule, see `dmesg`)",
+    )?;
     Ok(ExitCode::SUCCESS)
 }

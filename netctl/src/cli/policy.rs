@@ -1,5 +1,6 @@
-//! `netctl policy`: the compiled policy as the kernel has it, with names; `policy apply -f
-//! FILE`: install a changed policy (and nothing else) without touching the network.
+//! `netctl policy`: the compiled policy as the kernel has it, with names (from the policy
+//! maps, or read back from the iptables rules); `policy apply -f FILE`: install a changed
+//! policy (and nothing else) without touching the network.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -14,8 +15,10 @@ use crate::{
         state::{State, StateLock},
     },
     dataplane::{Pins, policy::PolicyMaps},
+    net::iptables,
     output,
     policy::identity,
+    topology::DataplaneMode,
 };
 
 #[derive(clap::Args, Debug)]
@@ -49,12 +52,31 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         bail!("no netctl platform is up");
     };
     let plan = &state.plan;
-    let installed = PolicyMaps::open(&Pins::for_instance(&state.instance))?.read()?;
-    let (generation, compiled, identities) = (
-        installed.generation,
-        installed.compiled,
-        installed.identities,
-    );
+    let (generation, compiled, identities) = match plan.dataplane.mode {
+        DataplaneMode::Ebpf => {
+            let installed = PolicyMaps::open(&Pins::for_instance(&state.instance))?.read()?;
+            (
+                installed.generation,
+                installed.compiled,
+                installed.identities,
+            )
+        }
+        DataplaneMode::Iptables => {
+            let chains = crate::iptables::Chains::for_instance(&state.instance);
+            let installed = crate::iptables::policy::read(&chains, &iptables::save("filter")?)
+                .with_context(|| {
+                    format!(
+                        "no policy in the iptables rules of {} yet (is its controller running?)",
+                        state.instance
+                    )
+                })?;
+            (
+                installed.generation,
+                installed.compiled,
+                installed.identities,
+            )
+        }
+    };
     let rules: Vec<_> = compiled
         .entries
         .iter()
@@ -82,13 +104,18 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         })
         .collect();
     if as_json {
-        output::print_json(
-            &json!({ "generation": generation, "identities": identities.len(), "rules": rules, "rate_limits": limits }),
-        )?;
+        output::print_json(&json!({
+            "dataplane": plan.dataplane.mode.name(),
+            "generation": generation,
+            "identities": identities.len(),
+            "rules": rules,
+            "rate_limits": limits,
+        }))?;
         return Ok(ExitCode::SUCCESS);
     }
     output::print_line(&format!(
-        "policy generation {generation}: {} entries, {} addresses with identities (most specific entry wins; none: allow)",
+        "policy generation {generation} ({} dataplane): {} entries, {} addresses with identities (most specific entry wins; none: allow)",
+        plan.dataplane.mode,
         rules.len(),
         identities.len()
     ))?;

@@ -1,7 +1,8 @@
 //! The controller's Prometheus endpoint (`GET /metrics`, text format 0.0.4) on the
 //! topology's `[metrics] listen` address: flows and bytes by service pair, drops by reason
 //! and pair, dataplane counters, conntrack fill, map pressure, backend health. Everything
-//! is read fresh from the pinned maps at each scrape.
+//! is read fresh from the pinned maps at each scrape (iptables dataplane: drops from the
+//! counters of the policy's rules; it has no maps).
 
 use std::{collections::BTreeMap, convert::Infallible, fmt::Write as _};
 
@@ -104,8 +105,7 @@ fn render_maps(plan: &Plan, instance: &str, status: &Value) -> anyhow::Result<St
     let mut m = Metrics::default();
     match plan.dataplane.mode {
         DataplaneMode::Ebpf => ebpf_metrics(&mut m, plan, &Pins::for_instance(instance))?,
-        // No maps: what there is comes from the components' reports.
-        DataplaneMode::Iptables => {}
+        DataplaneMode::Iptables => iptables_metrics(&mut m, plan, instance)?,
     }
     board_metrics(&mut m, status);
     Ok(m.finish())
@@ -239,6 +239,30 @@ fn ebpf_metrics(m: &mut Metrics, plan: &Plan, pins: &Pins) -> anyhow::Result<()>
         &[("map", names::CT)],
         entries as f64,
     );
+    Ok(())
+}
+
+/// The iptables dataplane has no maps: its drops are the counters of the policy's rules.
+fn iptables_metrics(m: &mut Metrics, plan: &Plan, instance: &str) -> anyhow::Result<()> {
+    let chains = crate::iptables::Chains::for_instance(instance);
+    let d = crate::iptables::policy::drops(&chains, &crate::net::iptables::save_counted("filter")?);
+    for reason in [DropReason::PolicyDenied, DropReason::RateLimited] {
+        m.counter(
+            "netctl_drops_total",
+            "Packets dropped by the dataplane, by reason.",
+            &[("reason", reason.name())],
+            d.by_reason.get(reason.name()).copied().unwrap_or(0) as f64,
+        );
+    }
+    for ((src, dst, reason), n) in &d.by_pair {
+        let (src, dst) = (identity::name(plan, *src), identity::name(plan, *dst));
+        m.counter(
+            "netctl_drop_pairs_total",
+            "Packets dropped, by source and destination identity and reason.",
+            &[("source", &src), ("destination", &dst), ("reason", reason)],
+            *n as f64,
+        );
+    }
     Ok(())
 }
 

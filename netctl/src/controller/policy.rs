@@ -1,8 +1,10 @@
 //! The controller's policy component: compiles the topology's policy and identities and
-//! installs them as a new generation whenever they change (state reload, host addresses).
+//! installs them as a new generation whenever they change (state reload, host addresses):
+//! into the policy maps, or, on the iptables dataplane, as iptables rules.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
+use anyhow::Context;
 use netctl_common::policy::ID_HOST;
 use serde_json::json;
 
@@ -12,7 +14,8 @@ use super::{
 };
 use crate::{
     dataplane::{Pins, policy::PolicyMaps},
-    net::netlink::Netlink,
+    iptables::{Chains, policy as ipt_policy},
+    net::{iptables, netlink::Netlink},
     policy::{compile, identity},
     topology::{DataplaneMode, Plan},
 };
@@ -25,12 +28,7 @@ pub fn component(ctx: AgentCtx) -> ComponentFuture {
 
 async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     if ctx.state.borrow().plan.dataplane.mode == DataplaneMode::Iptables {
-        tracing::warn!("the iptables dataplane does not enforce the policy yet");
-        ctx.board
-            .publish("policy", json!({ "enforced": false }))
-            .await;
-        ctx.shutdown.cancelled().await;
-        return Ok(());
+        return run_iptables(ctx).await;
     }
     let mut maps = PolicyMaps::open(&Pins::for_instance(&ctx.instance))?;
     let netlink = Netlink::current()?;
@@ -70,6 +68,91 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                     "entries": compiled.entries.len(),
                     "identities": list.len(),
                     "rate_limits": compiled.rate_limits.len(),
+                }),
+            )
+            .await;
+        installed = Some((compiled, ids));
+    }
+}
+
+/// The iptables dataplane's policy: the same compiled entries and identities, written as
+/// chains (see [`crate::iptables::policy`]), the whole policy one `iptables-restore`
+/// transaction. A failed install is retried at the next rescan.
+async fn run_iptables(ctx: AgentCtx) -> anyhow::Result<()> {
+    let chains = Chains::for_instance(&ctx.instance);
+    let netlink = Netlink::current()?;
+    let mut state = ctx.state.clone();
+    let mut generation = {
+        let c = chains.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<u32> {
+            Ok(ipt_policy::read(&c, &iptables::save("filter")?).map_or(0, |i| i.generation))
+        })
+        .await
+        .context("policy task")??
+    };
+    let mut installed: Option<(compile::Compiled, BTreeSet<(Ipv4Addr, u32)>)> = None;
+    let mut ticker = tokio::time::interval(RESCAN);
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return Ok(()),
+            _ = state.changed() => {},
+            _ = ticker.tick() => {},
+        }
+        let plan = state.borrow().plan.clone();
+        let compiled = compile::compile(&plan);
+        let mut ids: BTreeSet<(Ipv4Addr, u32)> = identity::addresses(&plan).into_iter().collect();
+        for addr in host_addresses(&netlink, &plan).await {
+            ids.insert((addr, ID_HOST));
+        }
+        if installed
+            .as_ref()
+            .is_some_and(|(c, i)| *c == compiled && *i == ids)
+        {
+            continue;
+        }
+        let list: Vec<(Ipv4Addr, u32)> = ids.iter().copied().collect();
+        let next = generation.wrapping_add(1);
+        let (c, p, comp, l) = (chains.clone(), plan.clone(), compiled.clone(), list.clone());
+        let applied = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+            let rendered = ipt_policy::render(
+                &c,
+                &ipt_policy::Input {
+                    plan: &p,
+                    compiled: &comp,
+                    identities: &l,
+                    generation: next,
+                },
+            );
+            let existing = iptables::save("filter")?.chains;
+            iptables::restore(&ipt_policy::script(&c, &rendered, &existing))
+                .context("installing the policy's iptables rules")?;
+            Ok(rendered.chains.values().map(Vec::len).sum())
+        })
+        .await
+        .context("policy task")?;
+        let rules = match applied {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("policy not installed (retrying): {e:#}");
+                continue;
+            }
+        };
+        generation = next;
+        tracing::info!(
+            generation,
+            entries = compiled.entries.len(),
+            rules,
+            "policy installed as iptables rules"
+        );
+        ctx.board
+            .publish(
+                "policy",
+                json!({
+                    "generation": generation,
+                    "entries": compiled.entries.len(),
+                    "identities": list.len(),
+                    "rate_limits": compiled.rate_limits.len(),
+                    "iptables_rules": rules,
                 }),
             )
             .await;

@@ -71,7 +71,11 @@ pub fn reset_bridges(bridges: &[String], ports: &[String]) -> anyhow::Result<()>
 }
 
 pub fn exists(c: &Chains) -> anyhow::Result<bool> {
-    Ok(rules::base_present(c, &iptables::save("nat")?))
+    Ok(rules::base_present(
+        c,
+        &iptables::save("nat")?,
+        &iptables::save("filter")?,
+    ))
 }
 
 /// Names of this instance's chains already in the kernel (for conflict checks).

@@ -8,11 +8,14 @@
 //! - [`base`]: the base chains and jumps `up` makes and `down` removes (a journaled
 //!   resource);
 //! - [`writer`]: the controller's writer of per-service chains;
+//! - [`policy`]: the network policy and rate limits (Calico-iptables style), from the
+//!   same compiled entries as the eBPF maps;
 //! - [`conntrack`]: the kernel's conntrack table, for `netctl conntrack` in this mode.
 
 pub mod base;
 pub mod conntrack;
 pub mod names;
+pub mod policy;
 pub mod rules;
 pub mod writer;
 

@@ -93,6 +93,83 @@ impl Chains {
         self.hashed("EXT-", &format!("{host_port}/{}", proto.name()))
     }
 
+    /// The tag in every chain name (`NCTL-<tag>-`), for log prefixes and hashlimit names.
+    pub fn tag(&self) -> &str {
+        self.base
+            .strip_prefix("NCTL-")
+            .and_then(|t| t.strip_suffix('-'))
+            .unwrap_or(&self.base)
+    }
+
+    /// filter, from FORWARD, INPUT and OUTPUT (new connections): the platform's traffic
+    /// (in or out of one of its bridges) goes on to [`Self::policy`].
+    pub fn firewall(&self) -> String {
+        format!("{}FIREWALL", self.base)
+    }
+
+    /// filter: the policy's entry point (the controller writes it): verdicts, then rate
+    /// limits.
+    pub fn policy(&self) -> String {
+        format!("{}POLICY", self.base)
+    }
+
+    /// filter: new connections by destination identity -> its `POL` chain.
+    pub fn verdict(&self) -> String {
+        format!("{}VERDICT", self.base)
+    }
+
+    /// filter: new connections by destination identity -> its `RL` chain.
+    pub fn limit(&self) -> String {
+        format!("{}LIMIT", self.base)
+    }
+
+    /// filter, never jumped to: the address -> identity table, for people and `netctl
+    /// policy`.
+    pub fn identities(&self) -> String {
+        format!("{}IDENTITIES", self.base)
+    }
+
+    /// filter: one destination identity's policy: by source identity to `SRC`, else `ANY`.
+    pub fn pol(&self, dst: u32) -> String {
+        self.hashed("POL-", &format!("policy to {dst}"))
+    }
+
+    /// filter: the entries naming one source for one destination.
+    pub fn src(&self, src: u32, dst: u32) -> String {
+        self.hashed("SRC-", &format!("policy from {src} to {dst}"))
+    }
+
+    /// filter: the entries for any source of one destination.
+    pub fn any(&self, dst: u32) -> String {
+        self.hashed("ANY-", &format!("policy from any to {dst}"))
+    }
+
+    /// filter: one destination identity's rate limit.
+    pub fn rl(&self, dst: u32) -> String {
+        self.hashed("RL-", &format!("limit to {dst}"))
+    }
+
+    /// filter: the bucket one source identity shares for one destination (`per =
+    /// "service"`).
+    pub fn rls(&self, src: u32, dst: u32) -> String {
+        self.hashed("RLS-", &format!("limit from {src} to {dst}"))
+    }
+
+    /// filter: log, then drop, a connection rule `n` denies.
+    pub fn deny_rule(&self, n: u16) -> String {
+        format!("{}DENY-R{n}", self.base)
+    }
+
+    /// filter: log, then drop, a connection a default-deny destination refuses.
+    pub fn deny_default(&self) -> String {
+        format!("{}DENY-DEFAULT", self.base)
+    }
+
+    /// filter: log, then drop, a connection over rate limit `n` (1-based, file order).
+    pub fn deny_rate(&self, n: usize) -> String {
+        format!("{}DENY-RL{n}", self.base)
+    }
+
     fn hashed(&self, kind: &str, what: &str) -> String {
         let h = hash32(&format!("{} {what}", self.instance));
         format!("{}{kind}{}", self.base, &h[..10])
@@ -143,11 +220,31 @@ mod tests {
                 c.svc(&fe(1)),
                 c.sep(&fe(1), &be),
                 c.ext(8080, Proto::Tcp),
+                c.firewall(),
+                c.policy(),
+                c.verdict(),
+                c.limit(),
+                c.identities(),
+                c.pol(u32::MAX),
+                c.src(u32::MAX, u32::MAX),
+                c.any(u32::MAX),
+                c.rl(u32::MAX),
+                c.rls(u32::MAX, u32::MAX),
+                c.deny_rule(u16::MAX),
+                c.deny_default(),
+                c.deny_rate(65_535),
             ] {
                 assert!(name.len() <= MAX_CHAIN, "{name} is {} long", name.len());
                 assert!(c.owns(&name), "{name}");
             }
         }
+        assert_eq!(Chains::for_instance("t07").tag(), "t07");
+        assert_eq!(
+            Chains::for_instance("averyveryverylonginstance")
+                .tag()
+                .len(),
+            8
+        );
         let t07 = Chains::for_instance("t07");
         assert_eq!(t07.services(), "NCTL-t07-SERVICES");
         assert!(!t07.owns("NCTL-t070-SERVICES"));

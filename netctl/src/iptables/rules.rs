@@ -11,7 +11,10 @@
 //! NCTL-x-EXT-…   -s 127.0.0.0/8 -> MARK-MASQ; -> the service's SVC chain
 //! nat POSTROUTING -> NCTL-x-POSTROUTING  marked: MASQUERADE; leaving the platform: MASQUERADE
 //! filter FORWARD/OUTPUT (new connections) -> NCTL-x-SERVICES  VIP:port without backend: REJECT
+//! filter FORWARD/INPUT/OUTPUT (new) -> NCTL-x-FIREWALL  -i/-o a bridge -> NCTL-x-POLICY
 //! ```
+//!
+//! The policy's chains below `NCTL-x-POLICY` are [`super::policy`]'s.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
@@ -30,7 +33,9 @@ pub const MASQ_MARK: u32 = 0x0400_0000;
 
 /// Built-in chains netctl jumps from, per table.
 const NAT_HOOKS: [&str; 3] = ["PREROUTING", "OUTPUT", "POSTROUTING"];
-const FILTER_HOOKS: [&str; 2] = ["FORWARD", "OUTPUT"];
+const FILTER_HOOKS: [&str; 3] = ["FORWARD", "INPUT", "OUTPUT"];
+/// Where new connections to frontends without backends are refused.
+const REJECT_HOOKS: [&str; 2] = ["FORWARD", "OUTPUT"];
 
 /// What the base rules (those `up` makes, before any service) depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,12 +103,28 @@ pub fn base_script(c: &Chains, spec: &BaseSpec) -> String {
         "-I POSTROUTING -m comment --comment \"netctl {inst}: masquerade\" -j {post}"
     );
 
-    let mut filter = format!(":{services} - [0:0]\n");
-    for hook in FILTER_HOOKS {
+    let (firewall, policy) = (c.firewall(), c.policy());
+    let mut filter = format!(":{services} - [0:0]\n:{firewall} - [0:0]\n:{policy} - [0:0]\n");
+    for hook in REJECT_HOOKS {
         let _ = writeln!(
             filter,
             "-I {hook} -m conntrack --ctstate NEW -m comment --comment \"netctl {inst}: services without backends\" -j {services}"
         );
+    }
+    // Inserted after the rejects, so first: the policy judges a connection before
+    // anything else, as the eBPF dataplane does. Only traffic into or out of one of the
+    // platform's bridges is the platform's (the policy chains are the controller's).
+    for hook in FILTER_HOOKS {
+        let _ = writeln!(
+            filter,
+            "-I {hook} -m conntrack --ctstate NEW -m comment --comment \"netctl {inst}: policy\" -j {firewall}"
+        );
+    }
+    for b in &spec.bridges {
+        let _ = writeln!(filter, "-A {firewall} -i {b} -g {policy}");
+    }
+    for b in &spec.bridges {
+        let _ = writeln!(filter, "-A {firewall} -o {b} -g {policy}");
     }
     format!("*nat\n{nat}COMMIT\n*filter\n{filter}COMMIT\n")
 }
@@ -141,14 +162,18 @@ pub fn remove_script(c: &Chains, nat: &Table, filter: &Table) -> Option<String> 
     (!out.is_empty()).then_some(out)
 }
 
-/// True when the base is in place: the services chain and the jump from PREROUTING.
-pub fn base_present(c: &Chains, nat: &Table) -> bool {
-    let services = c.services();
-    nat.chains.contains(&services)
-        && nat
-            .rules
-            .iter()
-            .any(|r| r.chain == "PREROUTING" && r.target().as_deref() == Some(services.as_str()))
+/// True when the base is in place: the services chain and the jump from PREROUTING, the
+/// policy's chains and the jump from FORWARD.
+pub fn base_present(c: &Chains, nat: &Table, filter: &Table) -> bool {
+    let jumps = |t: &Table, hook: &str, chain: &str| {
+        t.chains.iter().any(|ch| ch == chain)
+            && t.rules
+                .iter()
+                .any(|r| r.chain == hook && r.target().as_deref() == Some(chain))
+    };
+    jumps(nat, "PREROUTING", &c.services())
+        && jumps(filter, "FORWARD", &c.firewall())
+        && filter.chains.contains(&c.policy())
 }
 
 /// One frontend as iptables serves it.
@@ -555,6 +580,9 @@ mod tests {
             "-A NCTL-t1-POSTROUTING -s 10.1.0.0/24",
             "-A NCTL-t1-MARK-MASQ -j MARK --or-mark 0x4000000",
             "-I FORWARD -m conntrack --ctstate NEW",
+            "-I INPUT -m conntrack --ctstate NEW -m comment --comment \"netctl t1: policy\" -j NCTL-t1-FIREWALL",
+            "-A NCTL-t1-FIREWALL -i t1-a -g NCTL-t1-POLICY",
+            "-A NCTL-t1-FIREWALL -o t1-a -g NCTL-t1-POLICY",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -77,6 +77,8 @@ pub struct Rule {
     pub chain: String,
     /// Everything after the chain name, as printed (`-d 10.96.0.1/32 -p tcp ... -j X`).
     pub spec: String,
+    /// Packets the rule matched (read with [`save_counted`]; 0 otherwise).
+    pub packets: u64,
 }
 
 impl Rule {
@@ -136,12 +138,26 @@ pub fn parse_table(text: &str) -> Table {
             if let Some(name) = rest.split_whitespace().next() {
                 t.chains.push(name.to_string());
             }
-        } else if let Some(rest) = line.strip_prefix("-A ") {
-            let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
-            t.rules.push(Rule {
-                chain: chain.to_string(),
-                spec: spec.to_string(),
-            });
+        } else {
+            // `iptables-save -c` puts `[packets:bytes] ` before each rule.
+            let (packets, line) = match line.strip_prefix('[').and_then(|l| l.split_once("] ")) {
+                Some((counts, rest)) => (
+                    counts
+                        .split_once(':')
+                        .and_then(|(p, _)| p.parse().ok())
+                        .unwrap_or(0),
+                    rest,
+                ),
+                None => (0, line),
+            };
+            if let Some(rest) = line.strip_prefix("-A ") {
+                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+                t.rules.push(Rule {
+                    chain: chain.to_string(),
+                    spec: spec.to_string(),
+                    packets,
+                });
+            }
         }
     }
     t
@@ -149,8 +165,21 @@ pub fn parse_table(text: &str) -> Table {
 
 /// `iptables-save -t table`, parsed. A table the kernel never created is empty.
 pub fn save(table: &str) -> anyhow::Result<Table> {
-    let out = Command::new("iptables-save")
-        .args(["-t", table])
+    save_with(table, false)
+}
+
+/// [`save`] with each rule's packet counter.
+pub fn save_counted(table: &str) -> anyhow::Result<Table> {
+    save_with(table, true)
+}
+
+fn save_with(table: &str, counters: bool) -> anyhow::Result<Table> {
+    let mut cmd = Command::new("iptables-save");
+    cmd.args(["-t", table]);
+    if counters {
+        cmd.arg("-c");
+    }
+    let out = cmd
         .output()
         .context("running iptables-save (install the iptables package: cargo xtask setup)")?;
     if !out.status.success() {
@@ -198,6 +227,18 @@ COMMIT
         assert_eq!(r.value("--comment").as_deref(), Some("web:80/tcp"));
         assert_eq!(r.value("-d").as_deref(), Some("10.96.0.1/32"));
         assert!(!r.has("--mode"));
+    }
+
+    #[test]
+    fn counters_are_read_when_saved_with_them() {
+        let t = parse_table(
+            "*filter\n:FORWARD ACCEPT [9:99]\n[12:720] -A FORWARD -j NCTL-t1-FIREWALL\n-A X -j DROP\nCOMMIT\n",
+        );
+        assert_eq!(t.chains, ["FORWARD"]);
+        assert_eq!(t.rules[0].packets, 12);
+        assert_eq!(t.rules[0].chain, "FORWARD");
+        assert_eq!(t.rules[0].target().as_deref(), Some("NCTL-t1-FIREWALL"));
+        assert_eq!(t.rules[1].packets, 0);
     }
 
     #[test]

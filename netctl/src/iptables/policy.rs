@@ -1,0 +1,1158 @@
+//! The network policy and rate limits as iptables rules, the way Calico's iptables
+//! dataplane writes them: chains per destination identity that match source addresses,
+//! `hashlimit`/`limit` for rate limits, and a `LOG` naming the rule before every `DROP`.
+//! The rules are made from the same compiled entries ([`Compiled`]) the eBPF maps get,
+//! and walk them in the eBPF lookup order, so both dataplanes give every connection the
+//! same verdict. Pure functions of their inputs (unit-tested without root); the
+//! controller applies the whole policy as one `iptables-restore` transaction.
+//!
+//! ```text
+//! filter FORWARD/INPUT/OUTPUT (new) -> FIREWALL -i/-o bridge -> POLICY   (base, `up`)
+//! POLICY     generation comment; -j VERDICT; -j LIMIT
+//! VERDICT    by destination address (identity): -d A -g POL-<dst>; world: the rest
+//! POL-<dst>  by source address: -s A -g SRC-<src,dst> (named sources), else -g ANY-<dst>
+//! SRC-<s,d>  {s,d,port,proto} {s,d,*,proto} {s,d,*,*}, then -g ANY-<dst>
+//! ANY-<dst>  {*,d,port,proto} {*,d,*,proto} {*,d,*,*}; the end: allowed (RETURN)
+//! LIMIT      by destination address -> RL-<dst>
+//! RL-<dst>   hashlimit --hashlimit-mode srcip (per source address) -> RETURN, else
+//!            DENY-RL<n>; per = "service": -s A -g RLS-<src,dst> (one `limit` bucket each)
+//! DENY-…     LOG --log-prefix "NCTL-<tag> r<rule> deny: ", DROP
+//! IDENTITIES never jumped to: address -> identity, for people and `netctl policy`
+//! ```
+//!
+//! Differences from the eBPF dataplane, by construction of iptables: only new connections
+//! are judged (conntrack `NEW`), so a policy change does not cut established connections
+//! it now forbids; a connection to a VIP is judged after DNAT, on the backend's port
+//! (which is the service port except for listed backends with a port of their own).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::Ipv4Addr,
+};
+
+use ipnet::Ipv4Net;
+use netctl_common::{
+    DropReason,
+    policy::{
+        ANY_PORT, ANY_PROTO, ID_ANY, ID_HOST, ID_WORLD, RL_BY_ADDRESS, RL_BY_IDENTITY, RateLimit,
+        VERDICT_ALLOW, VERDICT_DENY,
+    },
+};
+
+use super::names::Chains;
+use crate::{
+    net::iptables::Table,
+    policy::{
+        compile::{Compiled, EntryKey, EntryValue},
+        identity,
+    },
+    topology::{Plan, Proto},
+};
+
+/// Connections from loopback addresses come from the host (a host port reached through
+/// `localhost` is DNATed before the filter sees it, and masqueraded only after).
+const LOOPBACK: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8) {
+    Ok(n) => n,
+    Err(_) => panic!("valid loopback network"),
+};
+/// Log lines per second (the eBPF dataplane's drop log has the same budget).
+const LOG_RATE: &str = "20/second";
+const LOG_BURST: u32 = 40;
+/// Longest `--log-prefix` iptables accepts.
+const MAX_LOG_PREFIX: usize = 29;
+/// Fastest rate and largest burst the `limit`/`hashlimit` matches take.
+const MAX_RATE_MILLI: u32 = 10_000_000;
+const MAX_BURST: u32 = 10_000;
+
+/// What the policy is made from.
+pub struct Input<'a> {
+    pub plan: &'a Plan,
+    pub compiled: &'a Compiled,
+    /// Address -> identity, as the eBPF dataplane's `IDENTITIES` map has them: the plan's
+    /// ([`identity::addresses`]) and the host's uplink addresses.
+    pub identities: &'a [(Ipv4Addr, u32)],
+    pub generation: u32,
+}
+
+/// The policy's chains and their rules (`-A` lines), `POLICY` always among them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub chains: BTreeMap<String, Vec<String>>,
+}
+
+/// Addresses by identity, one identity per address (on a duplicate the larger identity
+/// number wins, as the controller's in-order map writes do).
+struct Identities {
+    of: BTreeMap<Ipv4Addr, u32>,
+}
+
+impl Identities {
+    fn new(list: &[(Ipv4Addr, u32)]) -> Self {
+        let mut sorted = list.to_vec();
+        sorted.sort_unstable();
+        Self {
+            of: sorted.into_iter().collect(),
+        }
+    }
+
+    /// Sorted identity numbers that have addresses.
+    fn ids(&self) -> BTreeSet<u32> {
+        self.of.values().copied().collect()
+    }
+
+    fn dst_nets(&self, id: u32) -> Vec<Ipv4Net> {
+        self.of
+            .iter()
+            .filter(|(_, i)| **i == id)
+            .map(|(a, _)| Ipv4Net::from(*a))
+            .collect()
+    }
+
+    /// Where connections of `id` may come from: its addresses, and loopback for the host.
+    fn src_nets(&self, id: u32) -> Vec<Ipv4Net> {
+        let mut nets = self.dst_nets(id);
+        if id == ID_HOST {
+            nets.push(LOOPBACK);
+        }
+        nets
+    }
+
+    /// Every known source address not of an identity in `except`.
+    fn src_nets_except(&self, except: &BTreeSet<u32>) -> Vec<Ipv4Net> {
+        let mut ids = self.ids();
+        ids.insert(ID_HOST);
+        ids.difference(except)
+            .flat_map(|id| self.src_nets(*id))
+            .collect()
+    }
+}
+
+/// The policy's chains for `input`. An empty policy is `POLICY` with its comment only.
+pub fn render(c: &Chains, input: &Input) -> Rendered {
+    let plan = input.plan;
+    let compiled = input.compiled;
+    let ids = Identities::new(input.identities);
+    let mut out = Rendered::default();
+    let policy = c.policy();
+    let mut top = vec![format!(
+        "-A {policy} -m comment --comment \"netctl policy generation {} identities {} entries {} limits {}\"",
+        input.generation,
+        if compiled.entries.is_empty() && compiled.rate_limits.is_empty() {
+            0
+        } else {
+            ids.of.len()
+        },
+        compiled.entries.len(),
+        compiled.rate_limits.len()
+    )];
+    if compiled.entries.is_empty() && compiled.rate_limits.is_empty() {
+        out.chains.insert(policy, top);
+        return out;
+    }
+
+    // The address table, for people and `netctl policy`.
+    let table = c.identities();
+    let rows = ids
+        .of
+        .iter()
+        .map(|(a, id)| {
+            format!(
+                "-A {table} -s {a}/32 -m comment --comment \"identity {id} {}\"",
+                clean(&identity::name(plan, *id))
+            )
+        })
+        .collect();
+    out.chains.insert(table, rows);
+
+    // Connections DNATed to a listed backend are the service's (eBPF: the frontend's).
+    let dnat: Vec<(Ipv4Addr, u16, Proto, u32)> = plan
+        .services
+        .iter()
+        .flat_map(|s| {
+            let id = identity::of(
+                plan,
+                &crate::topology::policy::Peer::Service(s.name.clone()),
+            );
+            s.ports.iter().flat_map(move |p| {
+                s.backends
+                    .iter()
+                    .map(move |b| (b.addr, b.port.unwrap_or(p.port), p.proto, id))
+            })
+        })
+        .collect();
+
+    // Verdicts.
+    let mut by_dst: BTreeMap<u32, Vec<(&EntryKey, &EntryValue)>> = BTreeMap::new();
+    for (k, v) in &compiled.entries {
+        by_dst.entry(k.dst).or_default().push((k, v));
+    }
+    if !by_dst.is_empty() {
+        let targets: BTreeMap<u32, String> = by_dst.keys().map(|d| (*d, c.pol(*d))).collect();
+        out.chains
+            .insert(c.verdict(), dispatch(&c.verdict(), &targets, &ids, &dnat));
+        top.push(format!("-A {policy} -j {}", c.verdict()));
+        let mut denies: BTreeSet<u16> = BTreeSet::new();
+        for (dst, entries) in &by_dst {
+            for (name, rules) in destination_chains(c, plan, &ids, *dst, entries) {
+                out.chains.insert(name, rules);
+            }
+            denies.extend(
+                entries
+                    .iter()
+                    .filter(|(_, v)| v.verdict == VERDICT_DENY)
+                    .map(|(_, v)| v.rule),
+            );
+        }
+        for rule in denies {
+            let (chain, prefix) = if rule == 0 {
+                (c.deny_default(), format!("NCTL-{} default deny: ", c.tag()))
+            } else {
+                (
+                    c.deny_rule(rule),
+                    format!("NCTL-{} r{rule} deny: ", c.tag()),
+                )
+            };
+            let rules = log_and_drop(&chain, &prefix, &format!("policy-denied {rule}"));
+            out.chains.insert(chain, rules);
+        }
+    }
+
+    // Rate limits.
+    if !compiled.rate_limits.is_empty() {
+        let targets: BTreeMap<u32, String> = compiled
+            .rate_limits
+            .keys()
+            .map(|d| (*d, c.rl(*d)))
+            .collect();
+        out.chains
+            .insert(c.limit(), dispatch(&c.limit(), &targets, &ids, &dnat));
+        top.push(format!("-A {policy} -j {}", c.limit()));
+        for (dst, limit) in &compiled.rate_limits {
+            let n = plan
+                .policy
+                .rate_limits
+                .iter()
+                .position(|r| identity::of(plan, &r.to) == *dst)
+                .map_or(0, |i| i + 1);
+            let deny = c.deny_rate(n);
+            out.chains.insert(
+                deny.clone(),
+                log_and_drop(
+                    &deny,
+                    &format!("NCTL-{} rl{n} limit: ", c.tag()),
+                    &format!("rate-limited {n}"),
+                ),
+            );
+            for (name, rules) in limit_chains(c, plan, &ids, *dst, limit, n) {
+                out.chains.insert(name, rules);
+            }
+        }
+    }
+    out.chains.insert(policy, top);
+    out
+}
+
+/// A dispatch by destination address: `-d A -g target` for each address of an identity
+/// with a target, the world's target for the rest. Connections DNATed to a listed backend
+/// go by the service they were for.
+fn dispatch(
+    chain: &str,
+    targets: &BTreeMap<u32, String>,
+    ids: &Identities,
+    dnat: &[(Ipv4Addr, u16, Proto, u32)],
+) -> Vec<String> {
+    let mut rules = Vec::new();
+    for (addr, port, proto, id) in dnat {
+        let p = proto.name();
+        let to = targets
+            .get(id)
+            .map_or_else(|| "-j RETURN".to_string(), |t| format!("-g {t}"));
+        rules.push(format!(
+            "-A {chain} -d {addr}/32 -p {p} -m {p} --dport {port} -m conntrack --ctstate DNAT {to}"
+        ));
+    }
+    for (id, target) in targets.iter().filter(|(id, _)| **id != ID_WORLD) {
+        for net in ids.dst_nets(*id) {
+            rules.push(format!("-A {chain} -d {net} -g {target}"));
+        }
+    }
+    if let Some(world) = targets.get(&ID_WORLD) {
+        for (addr, id) in &ids.of {
+            if !targets.contains_key(id) {
+                rules.push(format!("-A {chain} -d {addr}/32 -j RETURN"));
+            }
+        }
+        rules.push(format!("-A {chain} -g {world}"));
+    }
+    rules
+}
+
+/// `POL-<dst>`, its `SRC-<src,dst>` chains and `ANY-<dst>`.
+fn destination_chains(
+    c: &Chains,
+    plan: &Plan,
+    ids: &Identities,
+    dst: u32,
+    entries: &[(&EntryKey, &EntryValue)],
+) -> Vec<(String, Vec<String>)> {
+    let mut by_src: BTreeMap<u32, Vec<(&EntryKey, &EntryValue)>> = BTreeMap::new();
+    for (k, v) in entries {
+        by_src.entry(k.src).or_default().push((k, v));
+    }
+    let any_entries = by_src.remove(&ID_ANY).unwrap_or_default();
+    let any = (!any_entries.is_empty()).then(|| c.any(dst));
+    let on_to_any = any
+        .as_ref()
+        .map_or_else(|| "-j RETURN".to_string(), |a| format!("-g {a}"));
+    let mut out = Vec::new();
+
+    let pol = c.pol(dst);
+    let mut pol_rules = Vec::new();
+    let named: BTreeSet<u32> = by_src.keys().copied().collect();
+    for src in named.iter().filter(|s| **s != ID_WORLD) {
+        for net in ids.src_nets(*src) {
+            pol_rules.push(format!("-A {pol} -s {net} -g {}", c.src(*src, dst)));
+        }
+    }
+    if named.contains(&ID_WORLD) {
+        for net in ids.src_nets_except(&named) {
+            pol_rules.push(format!("-A {pol} -s {net} {on_to_any}"));
+        }
+        pol_rules.push(format!("-A {pol} -g {}", c.src(ID_WORLD, dst)));
+    } else if let Some(a) = &any {
+        pol_rules.push(format!("-A {pol} -g {a}"));
+    }
+    out.push((pol, pol_rules));
+
+    for (src, list) in &by_src {
+        let chain = c.src(*src, dst);
+        let mut rules = entry_rules(c, plan, &chain, list);
+        if let Some(a) = &any {
+            rules.push(format!("-A {chain} -g {a}"));
+        }
+        out.push((chain, rules));
+    }
+    if let Some(a) = any {
+        let rules = entry_rules(c, plan, &a, &any_entries);
+        out.push((a, rules));
+    }
+    out
+}
+
+/// One rule per entry, most specific first (the eBPF lookup order within a source level):
+/// `{port, proto}`, `{*, proto}`, `{*, *}`. An allowed connection returns (to the rate
+/// limits); a denied one is logged and dropped.
+fn entry_rules(
+    c: &Chains,
+    plan: &Plan,
+    chain: &str,
+    entries: &[(&EntryKey, &EntryValue)],
+) -> Vec<String> {
+    let mut sorted = entries.to_vec();
+    sorted.sort_by_key(|(k, _)| (k.port == ANY_PORT, k.proto == ANY_PROTO, k.port, k.proto));
+    let mut rules = Vec::new();
+    for (k, v) in sorted {
+        let allow = v.verdict != VERDICT_DENY;
+        let target = if allow {
+            "-j RETURN".to_string()
+        } else if v.rule == 0 {
+            format!("-j {}", c.deny_default())
+        } else {
+            format!("-j {}", c.deny_rule(v.rule))
+        };
+        let comment = format!(
+            "entry {} {} {} {} {} {}: {} -> {}",
+            k.src,
+            k.dst,
+            k.port,
+            k.proto,
+            if allow { "allow" } else { "deny" },
+            v.rule,
+            clean(&identity::name(plan, k.src)),
+            clean(&identity::name(plan, k.dst)),
+        );
+        for m in port_matches(k.port, k.proto) {
+            rules.push(format!(
+                "-A {chain} {m}-m comment --comment \"{comment}\" {target}"
+            ));
+        }
+    }
+    rules
+}
+
+/// The match of an entry's port and protocol (one per protocol for a port of any
+/// protocol, which the compiler never makes but the lookup would find).
+fn port_matches(port: u16, proto: u8) -> Vec<String> {
+    let name = |p: u8| match Proto::from_number(p) {
+        Some(p) => p.name().to_string(),
+        None => p.to_string(),
+    };
+    match (port, proto) {
+        (ANY_PORT, ANY_PROTO) => vec![String::new()],
+        (ANY_PORT, p) => vec![format!("-p {} ", name(p))],
+        (port, ANY_PROTO) => ["tcp", "udp"]
+            .iter()
+            .map(|p| format!("-p {p} -m {p} --dport {port} "))
+            .collect(),
+        (port, p) => match Proto::from_number(p) {
+            Some(pr) => {
+                let n = pr.name();
+                vec![format!("-p {n} -m {n} --dport {port} ")]
+            }
+            None => vec![format!("-p {p} ")],
+        },
+    }
+}
+
+/// `RL-<dst>` (and the `RLS-<src,dst>` buckets of a per-service limit).
+fn limit_chains(
+    c: &Chains,
+    plan: &Plan,
+    ids: &Identities,
+    dst: u32,
+    limit: &RateLimit,
+    n: usize,
+) -> Vec<(String, Vec<String>)> {
+    let rl = c.rl(dst);
+    let rate_milli = limit.rate_milli.clamp(1, MAX_RATE_MILLI);
+    let burst = limit.burst.clamp(1, MAX_BURST);
+    if rate_milli != limit.rate_milli || burst != limit.burst {
+        tracing::warn!(
+            destination = %identity::name(plan, dst),
+            "rate limit beyond what iptables takes: {} per second, burst {}",
+            f64::from(rate_milli) / 1000.0,
+            burst
+        );
+    }
+    let rate = rate_text(rate_milli);
+    let deny = c.deny_rate(n);
+    let by_identity = limit.by == RL_BY_IDENTITY;
+    let head = format!(
+        "limit {dst} {} {} {} {n}: {}",
+        limit.rate_milli,
+        limit.burst,
+        if by_identity { "service" } else { "source" },
+        clean(&identity::name(plan, dst))
+    );
+    let mut out = Vec::new();
+    if !by_identity {
+        // A full bucket is what an expired one would be again: buckets idle for as long
+        // as a refill takes are forgotten, no sooner (hashlimit's default is 10 s).
+        let expire_ms = (u64::from(burst) * 1_000_000).div_ceil(u64::from(rate_milli));
+        let expire_ms = expire_ms.clamp(1_000, u64::from(u32::MAX));
+        let name = format!(
+            "nctl-{}-{}",
+            c.tag(),
+            &super::names::hash32(&format!(
+                "{} {dst} {rate_milli} {burst} {expire_ms}",
+                c.instance()
+            ))[..8]
+        );
+        out.push((
+            rl.clone(),
+            vec![
+                format!(
+                    "-A {rl} -m hashlimit --hashlimit-upto {rate} --hashlimit-burst {burst} --hashlimit-mode srcip --hashlimit-name {name} --hashlimit-htable-expire {expire_ms} -m comment --comment \"{head}\" -j RETURN"
+                ),
+                format!("-A {rl} -m comment --comment \"over 0 {dst}\" -j {deny}"),
+            ],
+        ));
+        return out;
+    }
+    // One bucket per source identity: every address of it goes to the same `limit` rule.
+    let mut rules = vec![format!("-A {rl} -m comment --comment \"{head}\"")];
+    let mut sources = ids.ids();
+    sources.insert(ID_HOST);
+    sources.remove(&ID_WORLD);
+    for src in &sources {
+        let rls = c.rls(*src, dst);
+        for net in ids.src_nets(*src) {
+            rules.push(format!("-A {rl} -s {net} -g {rls}"));
+        }
+    }
+    rules.push(format!("-A {rl} -g {}", c.rls(ID_WORLD, dst)));
+    out.push((rl, rules));
+    sources.insert(ID_WORLD);
+    for src in sources {
+        let rls = c.rls(src, dst);
+        out.push((
+            rls.clone(),
+            vec![
+                format!("-A {rls} -m limit --limit {rate} --limit-burst {burst} -j RETURN"),
+                format!("-A {rls} -m comment --comment \"over {src} {dst}\" -j {deny}"),
+            ],
+        ));
+    }
+    out
+}
+
+/// A log line (rate-limited), then the drop, counted by the rule's comment.
+fn log_and_drop(chain: &str, prefix: &str, reason: &str) -> Vec<String> {
+    let prefix: String = prefix.chars().take(MAX_LOG_PREFIX).collect();
+    vec![
+        format!(
+            "-A {chain} -m limit --limit {LOG_RATE} --limit-burst {LOG_BURST} -j LOG --log-prefix \"{prefix}\""
+        ),
+        format!("-A {chain} -m comment --comment \"drop {reason}\" -j DROP"),
+    ]
+}
+
+/// `rate_milli` (thousandths of a connection per second) in the unit that says it best:
+/// 1666 is `100/minute`.
+fn rate_text(rate_milli: u32) -> String {
+    let mut best: Option<(f64, String)> = None;
+    for (unit, secs) in [
+        ("second", 1u64),
+        ("minute", 60),
+        ("hour", 3600),
+        ("day", 86_400),
+    ] {
+        let n = (u64::from(rate_milli) * secs + 500) / 1000;
+        if n == 0 {
+            continue;
+        }
+        let back = n as f64 * 1000.0 / secs as f64;
+        let err = (back - f64::from(rate_milli)).abs() / f64::from(rate_milli);
+        if err <= 0.001 {
+            return format!("{n}/{unit}");
+        }
+        if best.as_ref().is_none_or(|(e, _)| err < *e) {
+            best = Some((err, format!("{n}/{unit}")));
+        }
+    }
+    best.map_or_else(|| "1/day".to_string(), |(_, t)| t)
+}
+
+/// Names in comments: what a quoted iptables word can hold.
+fn clean(name: &str) -> String {
+    name.chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || "-_.*#".contains(ch) {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// True for the chains the policy writer owns (rewritten or removed by each install).
+pub fn owned(c: &Chains, chain: &str) -> bool {
+    c.owns(chain) && chain != c.services() && chain != c.firewall()
+}
+
+/// The `iptables-restore` script installing `rendered`: every chain it names written
+/// anew, every other policy chain in `existing` (the filter table's chains) removed, in
+/// one transaction.
+pub fn script(c: &Chains, rendered: &Rendered, existing: &[String]) -> String {
+    let stale: Vec<&String> = existing
+        .iter()
+        .filter(|ch| owned(c, ch) && !rendered.chains.contains_key(*ch))
+        .collect();
+    let mut s = String::from("*filter\n");
+    for ch in rendered.chains.keys().chain(stale.iter().copied()) {
+        let _ = writeln!(s, ":{ch} - [0:0]");
+    }
+    for rules in rendered.chains.values() {
+        for r in rules {
+            s.push_str(r);
+            s.push('\n');
+        }
+    }
+    for ch in stale {
+        let _ = writeln!(s, "-X {ch}");
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// The policy as the rules have it (`netctl policy` in iptables mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub generation: u32,
+    pub compiled: Compiled,
+    pub identities: Vec<(Ipv4Addr, u32)>,
+}
+
+/// Reads the installed policy back from the filter table; `None` before the controller
+/// installed one.
+pub fn read(c: &Chains, filter: &Table) -> Option<Installed> {
+    let policy = c.policy();
+    let generation = filter
+        .rules
+        .iter()
+        .filter(|r| r.chain == policy)
+        .find_map(|r| {
+            let comment = r.value("--comment")?;
+            let rest = comment.strip_prefix("netctl policy generation ")?;
+            rest.split_whitespace().next()?.parse::<u32>().ok()
+        })?;
+    let mut compiled = Compiled::default();
+    let mut identities = Vec::new();
+    let table = c.identities();
+    for r in filter.rules.iter().filter(|r| owned(c, &r.chain)) {
+        let Some(comment) = r.value("--comment") else {
+            continue;
+        };
+        let words: Vec<&str> = comment
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        match words.as_slice() {
+            ["entry", src, dst, port, proto, verdict, rule] => {
+                let (Ok(src), Ok(dst), Ok(port), Ok(proto), Ok(rule)) = (
+                    src.parse(),
+                    dst.parse(),
+                    port.parse(),
+                    proto.parse(),
+                    rule.parse(),
+                ) else {
+                    continue;
+                };
+                compiled.entries.insert(
+                    EntryKey {
+                        src,
+                        dst,
+                        port,
+                        proto,
+                    },
+                    EntryValue {
+                        verdict: if *verdict == "deny" {
+                            VERDICT_DENY
+                        } else {
+                            VERDICT_ALLOW
+                        },
+                        rule,
+                    },
+                );
+            }
+            ["limit", dst, rate, burst, by, _n] => {
+                let (Ok(dst), Ok(rate_milli), Ok(burst)) =
+                    (dst.parse(), rate.parse(), burst.parse())
+                else {
+                    continue;
+                };
+                compiled.rate_limits.insert(
+                    dst,
+                    RateLimit {
+                        rate_milli,
+                        burst,
+                        by: if *by == "service" {
+                            RL_BY_IDENTITY
+                        } else {
+                            RL_BY_ADDRESS
+                        },
+                        _pad: [0; 3],
+                    },
+                );
+            }
+            ["identity", id, ..] if r.chain == table => {
+                let addr = r
+                    .value("-s")
+                    .and_then(|s| s.trim_end_matches("/32").parse::<Ipv4Addr>().ok());
+                if let (Some(addr), Ok(id)) = (addr, id.parse()) {
+                    identities.push((addr, id));
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Installed {
+        generation,
+        compiled,
+        identities,
+    })
+}
+
+/// Drops the policy's rules counted (`iptables-save -c`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drops {
+    /// Reason name ([`DropReason::name`]) -> packets.
+    pub by_reason: BTreeMap<&'static str, u64>,
+    /// `(source identity, destination identity, reason) -> packets`; `ID_ANY` as the
+    /// source of entries and limits for any source.
+    pub by_pair: BTreeMap<(u32, u32, &'static str), u64>,
+}
+
+/// Reads the drop counters from a filter table saved with counters.
+pub fn drops(c: &Chains, filter: &Table) -> Drops {
+    let mut d = Drops::default();
+    for r in filter.rules.iter().filter(|r| owned(c, &r.chain)) {
+        let Some(comment) = r.value("--comment") else {
+            continue;
+        };
+        let words: Vec<&str> = comment
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        match words.as_slice() {
+            ["drop", reason, _] => {
+                if let Some(reason) = DropReason::from_name(reason) {
+                    *d.by_reason.entry(reason.name()).or_default() += r.packets;
+                }
+            }
+            ["entry", src, dst, _, _, "deny", _] if r.packets > 0 => {
+                if let (Ok(src), Ok(dst)) = (src.parse(), dst.parse()) {
+                    *d.by_pair
+                        .entry((src, dst, DropReason::PolicyDenied.name()))
+                        .or_default() += r.packets;
+                }
+            }
+            ["over", src, dst] if r.packets > 0 => {
+                if let (Ok(src), Ok(dst)) = (src.parse(), dst.parse()) {
+                    *d.by_pair
+                        .entry((src, dst, DropReason::RateLimited.name()))
+                        .or_default() += r.packets;
+                }
+            }
+            _ => {}
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use netctl_common::flow::{IPPROTO_TCP, IPPROTO_UDP};
+
+    use super::*;
+    use crate::{
+        net::iptables::parse_table,
+        policy::compile,
+        topology::{Source, policy::Peer},
+    };
+
+    fn plan(policy: &str) -> Plan {
+        Source {
+            name: "t".into(),
+            text: format!(
+                r#"
+[networks.app]
+subnet = "10.9.0.0/24"
+[services.web]
+network = "app"
+address = "10.9.0.10"
+replicas = 2
+ports = [80]
+[services.api]
+network = "app"
+address = "10.9.0.20"
+ports = [3000]
+[services.db]
+network = "app"
+address = "10.9.0.30"
+ports = [5432]
+[services.legacy]
+ports = [7000]
+backends = ["10.9.0.50:7001"]
+{policy}"#
+            ),
+        }
+        .plan(None)
+        .expect("valid")
+    }
+
+    fn rendered(p: &Plan) -> (Compiled, Rendered, Vec<(Ipv4Addr, u32)>) {
+        let compiled = compile::compile(p);
+        let ids = identity::addresses(p);
+        let r = render(
+            &Chains::for_instance("t1"),
+            &Input {
+                plan: p,
+                compiled: &compiled,
+                identities: &ids,
+                generation: 7,
+            },
+        );
+        (compiled, r, ids)
+    }
+
+    /// A packet walked through the rendered chains, as the kernel would: which verdict
+    /// (and whether a rate-limit chain was reached) for a new connection.
+    struct Walk<'a> {
+        chains: &'a BTreeMap<String, Vec<String>>,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        dnat: bool,
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum End {
+        Return,
+        Drop(String),
+    }
+
+    impl Walk<'_> {
+        fn run(&self, chain: &str, limits: &mut Vec<String>) -> End {
+            let Some(rules) = self.chains.get(chain) else {
+                panic!("jump to missing chain {chain}");
+            };
+            for rule in rules {
+                let words = crate::net::iptables::split_words(rule);
+                if !self.matches(&words) {
+                    continue;
+                }
+                let at = |opt: &str| {
+                    words
+                        .iter()
+                        .position(|w| w == opt)
+                        .and_then(|i| words.get(i + 1))
+                        .cloned()
+                };
+                if words.iter().any(|w| w == "hashlimit" || w == "limit")
+                    && words.iter().any(|w| w == "RETURN")
+                {
+                    limits.push(chain.to_string());
+                    return End::Return;
+                }
+                if let Some(t) = at("-g") {
+                    return self.run(&t, limits);
+                }
+                match at("-j").as_deref() {
+                    None | Some("LOG") => {}
+                    Some("RETURN") => return End::Return,
+                    Some("DROP") => return End::Drop(chain.to_string()),
+                    Some(t) => {
+                        if let End::Drop(c) = self.run(t, limits) {
+                            return End::Drop(c);
+                        }
+                    }
+                }
+            }
+            End::Return
+        }
+
+        fn matches(&self, words: &[String]) -> bool {
+            let mut i = 2; // "-A CHAIN"
+            while i < words.len() {
+                let w = words[i].as_str();
+                let v = words.get(i + 1).map(String::as_str).unwrap_or("");
+                let ok = match w {
+                    "-s" => v.parse::<Ipv4Net>().is_ok_and(|n| n.contains(&self.src)),
+                    "-d" => v.parse::<Ipv4Net>().is_ok_and(|n| n.contains(&self.dst)),
+                    "-p" => Proto::from_number(self.proto).is_some_and(|p| p.name() == v),
+                    "--dport" => v.parse::<u16>() == Ok(self.port),
+                    "--ctstate" => v != "DNAT" || self.dnat,
+                    _ => true,
+                };
+                if !ok {
+                    return false;
+                }
+                i += if w.starts_with('-') && !["-j", "-g"].contains(&w) {
+                    2
+                } else {
+                    1
+                };
+                if w == "-j" || w == "-g" {
+                    break;
+                }
+            }
+            true
+        }
+    }
+
+    fn peers() -> Vec<(Peer, Ipv4Addr)> {
+        vec![
+            (Peer::Service("web".into()), Ipv4Addr::new(10, 9, 0, 11)),
+            (Peer::Service("api".into()), Ipv4Addr::new(10, 9, 0, 20)),
+            (Peer::Service("db".into()), Ipv4Addr::new(10, 9, 0, 30)),
+            (Peer::Host, Ipv4Addr::new(10, 9, 0, 1)),
+            (Peer::World, Ipv4Addr::new(192, 0, 2, 7)),
+        ]
+    }
+
+    /// Every (src, dst, port, proto) of a small universe: the rules walk to the model's
+    /// verdict.
+    fn assert_rules_follow_the_model(p: &Plan) {
+        let (_, r, _) = rendered(p);
+        for (src, saddr) in peers() {
+            for (dst, daddr) in peers() {
+                for port in [22u16, 53, 80, 443, 3000, 5432, 8001] {
+                    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+                        let want =
+                            crate::policy::model::verdict(&p.policy, &src, &dst, port, proto);
+                        let walk = Walk {
+                            chains: &r.chains,
+                            src: saddr,
+                            dst: daddr,
+                            port,
+                            proto,
+                            dnat: false,
+                        };
+                        let got = walk.run(&Chains::for_instance("t1").policy(), &mut Vec::new());
+                        assert_eq!(
+                            got == End::Return,
+                            want.allow,
+                            "{} -> {}:{port}/{proto}: rules {got:?}, model {want:?}\npolicy: {:#?}\nrules: {:#?}",
+                            src.name(),
+                            dst.name(),
+                            p.policy,
+                            r.chains
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_policy_is_one_comment_and_no_chain() {
+        let p = plan("");
+        let (_, r, _) = rendered(&p);
+        assert_eq!(r.chains.len(), 1);
+        let rules = &r.chains["NCTL-t1-POLICY"];
+        assert_eq!(
+            rules,
+            &vec![
+                "-A NCTL-t1-POLICY -m comment --comment \"netctl policy generation 7 identities 0 entries 0 limits 0\"".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn the_seed_like_policy_walks_to_the_models_verdicts() {
+        let p = plan(
+            r#"
+[policy]
+default_deny = ["db", "world"]
+[[policy.rules]]
+from = ["api"]
+to = "db"
+ports = [5432]
+[[policy.rules]]
+to = "world"
+ports = [80, 443, "53/udp"]
+[[policy.rules]]
+from = ["world"]
+to = "web"
+ports = [80]
+action = "deny"
+[[policy.rate_limits]]
+to = "api"
+rate = "100/minute"
+burst = 20
+"#,
+        );
+        assert_rules_follow_the_model(&p);
+        let (_, r, _) = rendered(&p);
+        let all: Vec<&String> = r.chains.values().flatten().collect();
+        let has = |needle: &str| all.iter().any(|l| l.contains(needle));
+        assert!(has("-j LOG --log-prefix \"NCTL-t1 default deny: \""));
+        assert!(has("-j LOG --log-prefix \"NCTL-t1 r3 deny: \""));
+        assert!(has(
+            "--hashlimit-upto 100/minute --hashlimit-burst 20 --hashlimit-mode srcip"
+        ));
+        assert!(has("--hashlimit-htable-expire 12005"));
+        assert!(has("-p udp -m udp --dport 53"));
+    }
+
+    #[test]
+    fn random_policies_walk_to_the_models_verdicts() {
+        let names = ["web", "api", "db", "host", "world"];
+        let ports = ["22", "80", "53/udp", "5432", "3000", "8000-8002"];
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let mut checked = 0;
+        for _ in 0..150 {
+            let mut text = String::from("[policy]\n");
+            let deny: Vec<String> = names
+                .iter()
+                .filter(|_| next(3) == 0)
+                .map(|n| format!("{n:?}"))
+                .collect();
+            text.push_str(&format!(
+                "default_deny = [{}]\nallow_host = {}\n",
+                deny.join(", "),
+                next(2) == 0
+            ));
+            for _ in 0..next(8) + 1 {
+                text.push_str("[[policy.rules]]\n");
+                if next(2) == 0 {
+                    let from: BTreeSet<&str> =
+                        (0..next(3) + 1).map(|_| names[next(names.len())]).collect();
+                    let from: Vec<String> = from.iter().map(|n| format!("{n:?}")).collect();
+                    text.push_str(&format!("from = [{}]\n", from.join(", ")));
+                }
+                text.push_str(&format!("to = {:?}\n", names[next(names.len())]));
+                if next(2) == 0 {
+                    let ps: BTreeSet<&str> =
+                        (0..next(2) + 1).map(|_| ports[next(ports.len())]).collect();
+                    let ps: Vec<String> = ps.iter().map(|p| format!("{p:?}")).collect();
+                    text.push_str(&format!("ports = [{}]\n", ps.join(", ")));
+                }
+                if next(2) == 0 {
+                    text.push_str("action = \"deny\"\n");
+                }
+            }
+            let full = Source {
+                name: "t".into(),
+                text: format!(
+                    "[networks.app]\nsubnet = \"10.9.0.0/24\"\n[services.web]\nnetwork = \"app\"\naddress = \"10.9.0.10\"\nreplicas = 2\nports = [80]\n[services.api]\nnetwork = \"app\"\naddress = \"10.9.0.20\"\nports = [3000]\n[services.db]\nnetwork = \"app\"\naddress = \"10.9.0.30\"\nports = [5432]\n{text}"
+                ),
+            }
+            .plan(None);
+            if let Ok(p) = full {
+                assert_rules_follow_the_model(&p);
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "only {checked} random policies were valid");
+    }
+
+    #[test]
+    fn a_connection_dnated_to_a_listed_backend_is_judged_as_its_service() {
+        let p = plan(
+            r#"
+[policy]
+default_deny = ["legacy"]
+[[policy.rules]]
+from = ["api"]
+to = "legacy"
+"#,
+        );
+        let (_, r, _) = rendered(&p);
+        let walk = |src: Ipv4Addr, dnat: bool| {
+            Walk {
+                chains: &r.chains,
+                src,
+                dst: Ipv4Addr::new(10, 9, 0, 50),
+                port: 7001,
+                proto: IPPROTO_TCP,
+                dnat,
+            }
+            .run("NCTL-t1-POLICY", &mut Vec::new())
+        };
+        assert_eq!(walk(Ipv4Addr::new(10, 9, 0, 20), true), End::Return);
+        assert!(matches!(
+            walk(Ipv4Addr::new(10, 9, 0, 10), true),
+            End::Drop(_)
+        ));
+        // Straight to the backend's address (no DNAT): that address is the world's.
+        assert_eq!(walk(Ipv4Addr::new(10, 9, 0, 10), false), End::Return);
+    }
+
+    #[test]
+    fn rate_limits_go_per_address_or_per_identity() {
+        let p = plan(
+            r#"
+[[policy.rate_limits]]
+to = "api"
+rate = "5/second"
+burst = 3
+[[policy.rate_limits]]
+to = "db"
+rate = "100/minute"
+burst = 20
+per = "service"
+"#,
+        );
+        let (_, r, _) = rendered(&p);
+        let c = Chains::for_instance("t1");
+        let api = identity::of(&p, &Peer::Service("api".into()));
+        let db = identity::of(&p, &Peer::Service("db".into()));
+        let web = identity::of(&p, &Peer::Service("web".into()));
+        assert!(r.chains[&c.rl(api)][0].contains("--hashlimit-upto 5/second --hashlimit-burst 3"));
+        let walk = |src: Ipv4Addr, dst: Ipv4Addr| {
+            let mut limits = Vec::new();
+            let end = Walk {
+                chains: &r.chains,
+                src,
+                dst,
+                port: 1,
+                proto: IPPROTO_TCP,
+                dnat: false,
+            }
+            .run("NCTL-t1-POLICY", &mut limits);
+            (end, limits)
+        };
+        let (end, limits) = walk(Ipv4Addr::new(10, 9, 0, 10), Ipv4Addr::new(10, 9, 0, 20));
+        assert_eq!((end, limits), (End::Return, vec![c.rl(api)]));
+        // Both web replicas share one bucket for the db; the world has its own.
+        for replica in [10, 11] {
+            let (_, limits) = walk(
+                Ipv4Addr::new(10, 9, 0, replica),
+                Ipv4Addr::new(10, 9, 0, 30),
+            );
+            assert_eq!(limits, vec![c.rls(web, db)]);
+        }
+        let (_, limits) = walk(Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(10, 9, 0, 30));
+        assert_eq!(limits, vec![c.rls(ID_WORLD, db)]);
+        let (_, limits) = walk(Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(10, 9, 0, 30));
+        assert_eq!(limits, vec![c.rls(ID_HOST, db)]);
+        assert!(
+            r.chains[&c.rls(web, db)][0].contains("-m limit --limit 100/minute --limit-burst 20")
+        );
+    }
+
+    #[test]
+    fn rates_are_written_in_the_unit_that_says_them() {
+        assert_eq!(rate_text(1666), "100/minute");
+        assert_eq!(rate_text(5000), "5/second");
+        assert_eq!(rate_text(10), "36/hour");
+        assert_eq!(rate_text(1), "86/day");
+    }
+
+    #[test]
+    fn the_installed_policy_reads_back_as_compiled_and_drops_count() {
+        let p = plan(
+            r#"
+[policy]
+default_deny = ["db"]
+[[policy.rules]]
+from = ["api", "host"]
+to = "db"
+ports = [5432]
+[[policy.rate_limits]]
+to = "web"
+rate = "100/minute"
+burst = 20
+per = "service"
+"#,
+        );
+        let (compiled, r, ids) = rendered(&p);
+        let c = Chains::for_instance("t1");
+        let text = script(&c, &r, &[]);
+        assert!(text.starts_with("*filter\n") && text.ends_with("COMMIT\n"));
+        // iptables-save prints the rules as written, with counters when asked.
+        let mut saved = String::from("*filter\n");
+        for (ch, rules) in &r.chains {
+            saved.push_str(&format!(":{ch} - [0:0]\n"));
+            for rule in rules {
+                let n = if rule.contains("drop policy-denied") {
+                    4
+                } else {
+                    0
+                };
+                saved.push_str(&format!("[{n}:240] {rule}\n"));
+            }
+        }
+        saved.push_str("COMMIT\n");
+        let table = parse_table(&saved);
+        let back = read(&c, &table).expect("installed");
+        assert_eq!(back.generation, 7);
+        assert_eq!(back.compiled, compiled);
+        let mut want_ids = ids.clone();
+        want_ids.sort_unstable();
+        let mut got_ids = back.identities.clone();
+        got_ids.sort_unstable();
+        assert_eq!(got_ids, want_ids);
+        let d = drops(&c, &table);
+        assert_eq!(d.by_reason.get("policy-denied"), Some(&4));
+        // An earlier install's chains that are not wanted any more are removed.
+        let again = script(&c, &Rendered::default(), &table.chains);
+        assert!(again.contains(&format!("-X {}", c.deny_default())));
+        assert!(!again.contains("-X NCTL-t1-SERVICES"));
+    }
+}
