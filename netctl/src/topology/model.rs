@@ -3,7 +3,7 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::validate::TopologyError;
+use super::{health::HealthSpec, validate::TopologyError};
 
 /// A whole topology file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -79,6 +79,17 @@ pub struct ServiceSpec {
     /// Namespace (and host-side veth) name; default: prefix + service name, with
     /// `-1`, `-2`, ... per replica when there are several.
     pub namespace: Option<String>,
+    /// A built-in program to run in each namespace: `registry`, `gateway`, `product`,
+    /// `order` (netctl's own services), `redis`, `postgres`, `nginx` (Debian programs).
+    pub kind: Option<String>,
+    /// Any other program to run in each namespace (argv). Not together with `kind`.
+    pub command: Option<Vec<String>>,
+    /// Extra environment for what runs (with `kind`, overrides what netctl sets).
+    #[serde(default)]
+    pub env: IndexMap<String, String>,
+    /// How to tell that it serves; default for a `kind`: HTTP `/health`, or TCP for
+    /// redis and postgres.
+    pub health: Option<HealthSpec>,
 }
 
 fn one() -> u32 {

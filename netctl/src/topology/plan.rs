@@ -6,6 +6,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::{health::HealthCheck, run::Kind, run::Run};
+
 /// Name of the namespace end of every veth, as Docker and Kubernetes do.
 pub const ENDPOINT_IFNAME: &str = "eth0";
 
@@ -43,6 +45,12 @@ pub struct Endpoint {
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
     pub ports: Vec<u16>,
+    /// What the supervisor runs in the namespace; `None`: nothing, the namespace only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Run>,
+    /// How to tell it serves (also for load balancing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 impl Plan {
@@ -60,6 +68,19 @@ impl Plan {
         self.endpoints.iter().find(|e| e.address == addr)
     }
 
+    /// Endpoints that run something, in plan order.
+    pub fn supervised(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.iter().filter(|e| e.run.is_some())
+    }
+
+    /// Every replica of the service of built-in `kind`, in replica order.
+    pub fn endpoints_of_kind(&self, kind: Kind) -> Vec<&Endpoint> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.kind() == Some(kind))
+            .collect()
+    }
+
     /// A readable name for any address: endpoint, bridge gateway (`host`), or the address.
     pub fn name_of(&self, addr: Ipv4Addr) -> String {
         if let Some(ep) = self.endpoint_by_addr(addr) {
@@ -75,6 +96,16 @@ impl Plan {
 impl Endpoint {
     pub fn display_name(&self) -> String {
         self.name.clone()
+    }
+
+    /// The built-in program of this endpoint, if it runs one.
+    pub fn kind(&self) -> Option<Kind> {
+        self.run.as_ref().and_then(Run::kind)
+    }
+
+    /// The first port: where a built-in listens.
+    pub fn port(&self) -> Option<u16> {
+        self.ports.first().copied()
     }
 }
 

@@ -8,6 +8,8 @@ use ipnet::Ipv4Net;
 use super::{
     model::{ServiceSpec, Topology},
     plan::{Endpoint, Network, Plan},
+    run::Kind,
+    validate_run,
 };
 
 /// Linux limit on interface names (IFNAMSIZ - 1).
@@ -103,6 +105,47 @@ pub enum TopologyError {
     BadPort { field: String, value: u32 },
     #[error("{field}: {value} replicas (must be 1-{MAX_REPLICAS})")]
     BadReplicas { field: String, value: u32 },
+    #[error("{field}: {value:?} is not a kind (known: {known})")]
+    UnknownKind {
+        field: String,
+        value: String,
+        known: String,
+    },
+    #[error("{field}: give either kind (a built-in program) or command, not both")]
+    KindAndCommand { field: String },
+    #[error("{field}: {reason}")]
+    BadCommand { field: String, reason: &'static str },
+    #[error("{field}: {reason}")]
+    BadEnv { field: String, reason: &'static str },
+    #[error("{field}: {reason}")]
+    BadHealth { field: String, reason: String },
+    #[error("{field}: {value:?} is not a duration ({reason}; e.g. \"500ms\", \"2s\", \"1m\")")]
+    BadDuration {
+        field: String,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("{field}: a {kind} service needs {needs} in the topology")]
+    MissingDependency {
+        field: String,
+        kind: Kind,
+        needs: String,
+    },
+    #[error(
+        "{field}: {other} is already of kind {kind:?}; built-in services find each other by \
+         kind, so each kind can appear once (use replicas for more instances)"
+    )]
+    DuplicateKind {
+        field: String,
+        kind: Kind,
+        other: String,
+    },
+    #[error("{field}: {kind} keeps its own data and runs once; {replicas} replicas asked")]
+    KindSingleReplica {
+        field: String,
+        kind: Kind,
+        replicas: u32,
+    },
     #[error("network {network:?} ({subnet}) has no free address left for {field}")]
     SubnetExhausted {
         field: String,
@@ -148,6 +191,7 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
         v.errors.push(TopologyError::Empty);
     }
     let endpoints = v.endpoints(topology, &networks);
+    validate_run::check_wiring(topology, &mut v.errors);
 
     if v.errors.is_empty() {
         Ok(Plan {
@@ -161,6 +205,15 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
         Err(v.errors)
     }
 }
+
+/// A service whose addresses are known, waiting for automatic ones.
+type Pending<'a> = (
+    String,
+    &'a ServiceSpec,
+    &'a Network,
+    Vec<Option<Ipv4Addr>>,
+    validate_run::Resolved,
+);
 
 #[derive(Default)]
 struct Validator {
@@ -239,7 +292,7 @@ impl Validator {
     fn endpoints(&mut self, topology: &Topology, networks: &[Network]) -> Vec<Endpoint> {
         // Explicit addresses first, so automatic ones never take an address a later
         // service asked for.
-        let mut pending: Vec<(String, &ServiceSpec, &Network, Vec<Option<Ipv4Addr>>)> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
         for (name, spec) in &topology.services {
             let field = format!("services.{name}");
             self.check_name(&format!("{field} (name)"), name);
@@ -291,11 +344,17 @@ impl Validator {
                     }
                 }
             }
-            pending.push((name.to_string(), spec, network, addrs));
+            let ports: Vec<u16> = spec
+                .ports
+                .iter()
+                .filter_map(|p| u16::try_from(*p).ok().filter(|p| *p != 0))
+                .collect();
+            let resolved = validate_run::resolve(name, spec, ports, &mut self.errors);
+            pending.push((name.to_string(), spec, network, addrs, resolved));
         }
 
         let mut out = Vec::new();
-        for (name, spec, network, addrs) in pending {
+        for (name, spec, network, addrs, resolved) in pending {
             let field = format!("services.{name}");
             for (r, addr) in addrs.into_iter().enumerate() {
                 let replica = r as u32 + 1;
@@ -343,11 +402,9 @@ impl Validator {
                     address,
                     prefix_len: network.subnet.prefix_len(),
                     gateway: network.gateway,
-                    ports: spec
-                        .ports
-                        .iter()
-                        .filter_map(|p| u16::try_from(*p).ok())
-                        .collect(),
+                    ports: resolved.ports.clone(),
+                    run: resolved.run.clone(),
+                    health: resolved.health.clone(),
                 });
             }
         }
