@@ -11,4 +11,5 @@ pub mod controller;
 pub mod dataplane;
 pub mod net;
 pub mod output;
+pub mod services;
 pub mod topology;

@@ -3,6 +3,7 @@
 
 mod down;
 mod flows;
+mod serve;
 mod status;
 mod up;
 mod validate;
@@ -49,6 +50,9 @@ enum Command {
     Flows(flows::Args),
     /// Check a topology file without changing anything (no root needed).
     Validate(validate::Args),
+    /// Run one of the reference services in this process (the supervisor does this in
+    /// each service's namespace).
+    Serve(serve::Args),
     /// Run the controller of an instance in this process (`up` starts it in the background).
     #[command(hide = true)]
     Controller,
@@ -66,7 +70,13 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_logging(cli.verbose);
+    // Services log what they do; commands only what goes wrong, unless asked.
+    let quiet = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,6 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args, prefix).await,
         Command::Flows(args) => flows::run(args, prefix),
         Command::Validate(args) => validate::run(args, prefix),
+        Command::Serve(args) => serve::run(args).await,
         Command::Controller => {
             crate::controller::preflight::require_root("controller")?;
             let instance = resolve_instance(prefix)?
@@ -111,9 +122,9 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: &str) {
     let default = match verbose {
-        0 => "warn",
+        0 => quiet,
         1 => "info",
         _ => "debug",
     };
