@@ -12,4 +12,5 @@ pub mod dataplane;
 pub mod net;
 pub mod output;
 pub mod services;
+pub mod supervisor;
 pub mod topology;

@@ -3,6 +3,7 @@
 //! run), the `netctl` binary, namespace-bound sockets, and host snapshots for leak checks.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod packets;
 pub mod snapshot;
 pub mod traffic;
@@ -93,9 +94,9 @@ impl Slot {
     }
 
     /// Whatever a crashed earlier holder of this slot left: its platform (through the
-    /// journal) and any extra namespace or link a test made with the prefix.
+    /// journal), its data, and any extra namespace or link a test made with the prefix.
     fn clean_leftovers(&self) {
-        let _ = self.netctl(&["down"]);
+        let _ = self.netctl(&["down", "--volumes"]);
         let prefix = self.prefix();
         for ns in netctl::net::netns::list() {
             if ns.starts_with(&prefix) {
@@ -122,10 +123,25 @@ pub struct Platform<'a> {
 }
 
 impl<'a> Platform<'a> {
-    /// The embedded default topology, moved into the slot's prefix and subnets.
+    /// The embedded default topology, moved into the slot's prefix and subnets: the whole
+    /// reference platform, services included.
     pub fn default_topology(slot: &'a Slot) -> Platform<'a> {
         let mut topology = Topology::parse(DEFAULT_TOPOLOGY).expect("default parses");
         relocate(&mut topology, slot.block());
+        Self::from_topology(slot, &topology)
+    }
+
+    /// The default topology's network only: the same namespaces, nothing running in them
+    /// (for tests of the network and dataplane, which bind their own sockets there).
+    pub fn network_only(slot: &'a Slot) -> Platform<'a> {
+        let mut topology = Topology::parse(DEFAULT_TOPOLOGY).expect("default parses");
+        relocate(&mut topology, slot.block());
+        for svc in topology.services.values_mut() {
+            svc.kind = None;
+            svc.command = None;
+            svc.env.clear();
+            svc.health = None;
+        }
         Self::from_topology(slot, &topology)
     }
 
@@ -158,6 +174,11 @@ impl<'a> Platform<'a> {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `http://<edge address>` (until the host port forward exists).
+    pub fn edge_url(&self) -> String {
+        format!("http://{}", self.endpoint("edge").address)
+    }
+
     pub fn endpoint(&self, name: &str) -> &netctl::topology::Endpoint {
         self.plan
             .endpoints
@@ -169,7 +190,7 @@ impl<'a> Platform<'a> {
 
 impl Drop for Platform<'_> {
     fn drop(&mut self) {
-        let out = self.slot.netctl(&["down"]);
+        let out = self.slot.netctl(&["down", "--volumes"]);
         if !out.status.success() {
             eprintln!(
                 "cleanup: netctl down failed: {}",

@@ -11,6 +11,8 @@ pub struct Snapshot {
     pub pins: BTreeSet<String>,
     pub nft_tables: BTreeSet<String>,
     pub state_files: BTreeSet<String>,
+    /// Instances with data under /var/lib/netctl.
+    pub volumes: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -35,6 +37,13 @@ impl Snapshot {
                 .into_iter()
                 .filter(keep)
                 .collect(),
+            volumes: std::fs::read_dir(netctl::supervisor::paths::VOLUME_ROOT)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(keep)
+                .collect(),
         }
     }
 
@@ -54,6 +63,7 @@ impl Snapshot {
         cmp("pin", &self.pins, &after.pins);
         cmp("nft table", &self.nft_tables, &after.nft_tables);
         cmp("state file", &self.state_files, &after.state_files);
+        cmp("volume", &self.volumes, &after.volumes);
         out
     }
 

@@ -18,6 +18,11 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",  // inspecting programs, maps and TCX links
     "sudo",     // the README's `sudo netctl up`
     "curl",
+    // The reference platform's data stores and edge, run in their namespaces by netctl.
+    "redis-server", // product cache (also creates the `redis` user)
+    "postgresql",   // catalog and orders (initdb, postgres, psql; the `postgres` user)
+    "nginx-light",  // edge load balancer in front of the gateway
+    "wrk",          // cross-check of `cargo xtask bench http`
 ];
 
 /// bpf-linker release that fits the nightly toolchain (see ../shared/TOOLCHAIN.md).

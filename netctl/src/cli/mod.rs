@@ -3,6 +3,7 @@
 
 mod down;
 mod flows;
+mod logs;
 mod serve;
 mod status;
 mod up;
@@ -50,6 +51,8 @@ enum Command {
     Flows(flows::Args),
     /// Check a topology file without changing anything (no root needed).
     Validate(validate::Args),
+    /// What a service wrote (its log, and the supervisor's notes on it).
+    Logs(logs::Args),
     /// Run one of the reference services in this process (the supervisor does this in
     /// each service's namespace).
     Serve(serve::Args),
@@ -99,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flows(args) => flows::run(args, prefix),
         Command::Validate(args) => validate::run(args, prefix),
         Command::Serve(args) => serve::run(args).await,
+        Command::Logs(args) => logs::run(args, prefix).await,
         Command::Controller => {
             crate::controller::preflight::require_root("controller")?;
             let instance = resolve_instance(prefix)?

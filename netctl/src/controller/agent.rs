@@ -68,7 +68,7 @@ pub type Component = (&'static str, fn(AgentCtx) -> ComponentFuture);
 
 /// The components every controller runs (each issue's feature adds its own here).
 pub fn components() -> Vec<Component> {
-    Vec::new()
+    vec![("services", crate::supervisor::component)]
 }
 
 /// Runs the controller of `instance` until SIGTERM/SIGINT.

@@ -12,6 +12,7 @@ use super::daemon;
 use crate::{
     dataplane::{Hook, Pins, loader},
     net::{nat, netlink::Netlink, netns},
+    supervisor,
     topology::{Plan, plan::ENDPOINT_IFNAME},
 };
 
@@ -43,6 +44,11 @@ pub enum Resource {
         hook: Hook,
         pins: Pins,
     },
+    /// The processes that run in the namespaces, supervised by the controller. Created
+    /// before the controller (so removed after it): removing it stops every process the
+    /// records name, and anything else in the platform's namespaces, with or without a
+    /// controller.
+    Services { instance: String },
     /// The background controller process (`netctl controller`).
     Controller { instance: String, prefix: String },
 }
@@ -92,6 +98,9 @@ impl Resource {
                 });
             }
         }
+        out.push(Resource::Services {
+            instance: plan.instance(),
+        });
         if with_controller {
             out.push(Resource::Controller {
                 instance: plan.instance(),
@@ -108,6 +117,7 @@ impl Resource {
             Resource::Masquerade { .. } => "nat",
             Resource::Dataplane { .. } => "dataplane",
             Resource::TcHook { .. } => "tc-hook",
+            Resource::Services { .. } => "services",
             Resource::Controller { .. } => "controller",
         }
     }
@@ -119,7 +129,9 @@ impl Resource {
             Resource::Masquerade { table, .. } => format!("ip {table}"),
             Resource::Dataplane { pins } => pins.root.display().to_string(),
             Resource::TcHook { ifname, hook, .. } => format!("{ifname}/{}", hook.as_str()),
-            Resource::Controller { instance, .. } => instance.clone(),
+            Resource::Services { instance } | Resource::Controller { instance, .. } => {
+                instance.clone()
+            }
         }
     }
 
@@ -141,6 +153,11 @@ impl Resource {
             Resource::Dataplane { .. } => "programs + maps pinned".into(),
             Resource::TcHook { pins, ifname, hook } => {
                 pins.link(ifname, *hook).display().to_string()
+            }
+            Resource::Services { instance } => {
+                let records = supervisor::record::all(instance);
+                let alive = records.iter().filter(|r| r.is_alive()).count();
+                format!("{alive} running, {} recorded", records.len())
             }
             Resource::Controller { instance, .. } => match daemon::running(instance) {
                 Some(id) => format!("pid {}", id.pid),
@@ -198,6 +215,10 @@ impl Resource {
                 loaded
             }
             Resource::TcHook { ifname, hook, pins } => loader::attach(pins, ifname, *hook),
+            Resource::Services { instance } => {
+                let dir = supervisor::paths::run_dir(instance);
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
+            }
             Resource::Controller { instance, prefix } => {
                 daemon::spawn(instance, prefix).await.map(drop)
             }
@@ -263,6 +284,7 @@ impl Resource {
             Resource::TcHook { ifname, hook, pins } => {
                 loader::detach(pins, ifname, *hook).map(drop)
             }
+            Resource::Services { instance } => supervisor::stop_all(instance).await,
             Resource::Controller { instance, .. } => {
                 daemon::stop(instance, CONTROLLER_GRACE).await.map(drop)
             }
@@ -285,6 +307,7 @@ impl Resource {
             Resource::Masquerade { table, .. } => nat::exists(table)?,
             Resource::Dataplane { pins } => loader::is_loaded(pins),
             Resource::TcHook { ifname, hook, pins } => loader::is_attached(pins, ifname, *hook),
+            Resource::Services { instance } => supervisor::paths::run_dir(instance).is_dir(),
             Resource::Controller { instance, .. } => daemon::running(instance).is_some(),
         })
     }
@@ -318,7 +341,7 @@ impl Resource {
                 .root
                 .exists()
                 .then(|| format!("{} already exists", pins.root.display())),
-            Resource::TcHook { .. } => None,
+            Resource::TcHook { .. } | Resource::Services { .. } => None,
             Resource::Controller { instance, .. } => daemon::running(instance).map(|id| {
                 format!(
                     "a controller of instance {instance} is running (pid {})",

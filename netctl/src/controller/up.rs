@@ -32,11 +32,13 @@ pub struct UpReport {
     pub created: Vec<Resource>,
     pub removed: Vec<Resource>,
     pub unchanged: usize,
+    /// The plan changed in what runs (no resource changed): the controller reloaded it.
+    pub plan_changed: bool,
 }
 
 impl UpReport {
     pub fn changed(&self) -> bool {
-        !self.created.is_empty() || !self.removed.is_empty()
+        !self.created.is_empty() || !self.removed.is_empty() || self.plan_changed
     }
 }
 
@@ -81,6 +83,13 @@ pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
         ..UpReport::default()
     };
     if remove.is_empty() && create.is_empty() {
+        // Same network; what runs in it (commands, env, health checks) may differ.
+        if state.plan != *plan {
+            state.plan = plan.clone();
+            state.save()?;
+            daemon::reload(&instance)?;
+            report.plan_changed = true;
+        }
         return Ok(report);
     }
 

@@ -53,17 +53,38 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         CREATE TRIGGER products_changed AFTER INSERT OR UPDATE OR DELETE ON products
             FOR EACH ROW EXECUTE FUNCTION notify_product_changed();",
     ),
+    (
+        4,
+        "order idempotency keys",
+        // A client that retries an order with the same key gets the first one back.
+        "ALTER TABLE orders ADD COLUMN idempotency_key TEXT UNIQUE;",
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serializes migrations.
 const MIGRATION_LOCK: i64 = 0x6e65_7463_746c; // "netctl"
 
+/// Longest a statement may run; PostgreSQL cancels (and rolls back) it after that.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a request waits for a free connection (a burst of orders queues here).
+pub const POOL_WAIT: Duration = Duration::from_secs(5);
+/// Longest making a new connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Together, the most a request spends on the database: below the gateway's upstream
+/// timeout (10 s), so the service always answers — 201 after a commit, or 503 without
+/// one — before the gateway gives up on it.
+pub const MAX_DATABASE_TIME: Duration = Duration::from_secs(9);
+
 /// A pool of at most `size` connections to `url`; connections are made lazily.
 pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     let config: tokio_postgres::Config = url.parse().context("DATABASE_URL is not a valid URL")?;
     let mut config = config;
-    config.connect_timeout(Duration::from_secs(2));
+    config.connect_timeout(CONNECT_TIMEOUT);
     config.application_name("netctl");
+    config.options(format!(
+        "-c statement_timeout={}",
+        STATEMENT_TIMEOUT.as_millis()
+    ));
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -74,9 +95,9 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .create_timeout(Some(Duration::from_secs(3)))
-        .recycle_timeout(Some(Duration::from_secs(2)))
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
         .build()
         .context("building the database pool")
 }
@@ -112,14 +133,20 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<usize> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-            version INTEGER PRIMARY KEY,
-            name TEXT NOT NULL,
-            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-        )",
-    )
-    .await?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE schema_migrations (
+                version INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+    }
     let done: Vec<i32> = tx
         .query("SELECT version FROM schema_migrations", &[])
         .await?

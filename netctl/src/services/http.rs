@@ -292,7 +292,12 @@ mod tests {
         let big = Full::new(Bytes::from(vec![b'x'; 100]));
         let r = futures::executor::block_on(read_body(&headers, big, 10)).unwrap_err();
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(body_json(*r)["error"].as_str().unwrap().contains("10 bytes"));
+        assert!(
+            body_json(*r)["error"]
+                .as_str()
+                .unwrap()
+                .contains("10 bytes")
+        );
 
         let mut declared = HeaderMap::new();
         declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000000"));

@@ -68,6 +68,18 @@ impl Plan {
         self.endpoints.iter().find(|e| e.address == addr)
     }
 
+    /// A digest of the whole plan: the controller reports the plan it has applied, so that
+    /// `up` can wait for its own.
+    pub fn fingerprint(&self) -> String {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+
     /// Endpoints that run something, in plan order.
     pub fn supervised(&self) -> impl Iterator<Item = &Endpoint> {
         self.endpoints.iter().filter(|e| e.run.is_some())

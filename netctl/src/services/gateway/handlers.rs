@@ -104,6 +104,8 @@ where
     .await
 }
 
+/// Healthy once it knows an instance of every upstream (until then, and whenever an
+/// upstream has none, it could only answer 503).
 fn health(gw: &Gateway) -> Resp {
     let describe = |u: &Upstream| {
         json!({
@@ -112,10 +114,23 @@ fn health(gw: &Gateway) -> Resp {
             "discovery_error": u.discovery_error(),
         })
     };
+    let missing: Vec<&str> = [&gw.product, &gw.order]
+        .iter()
+        .filter(|u| u.targets().is_empty())
+        .map(|u| u.name)
+        .collect();
+    let (code, status) = if missing.is_empty() {
+        (StatusCode::OK, "healthy".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no instance of {} known", missing.join(", ")),
+        )
+    };
     http::json(
-        StatusCode::OK,
+        code,
         &json!({
-            "status": "healthy",
+            "status": status,
             "service": "gateway",
             "instance": gw.instance_id,
             "upstreams": {

@@ -24,10 +24,11 @@ use super::{
 };
 use upstream::{Source, Upstream};
 
-/// Whole exchange with an upstream (connect, request, answer).
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole exchange with an upstream (connect, request, answer); longer than the services'
+/// own bounds on database work (`db::MAX_DATABASE_TIME`), so that they answer first.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const DISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn run() -> anyhow::Result<()> {
     let identity = Identity::from_env("gateway", 3000)?;

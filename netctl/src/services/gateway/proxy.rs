@@ -20,7 +20,12 @@ use crate::services::{
 /// Instances tried for one request.
 const MAX_ATTEMPTS: usize = 3;
 /// Answer headers passed back to the client.
-const PASS_BACK: [&str; 3] = ["x-instance-id", "x-cache", "retry-after"];
+const PASS_BACK: [&str; 4] = [
+    "x-instance-id",
+    "x-cache",
+    "retry-after",
+    "idempotent-replayed",
+];
 
 pub struct Forward<'a> {
     pub method: Method,
@@ -118,8 +123,10 @@ fn request(f: &Forward<'_>, authority: &str) -> anyhow::Result<Request<Full<Byte
         .unwrap_or(&peer)
         .to_string();
     req = req.header("x-real-ip", real_ip);
-    if let Some(id) = f.headers.get("x-request-id") {
-        req = req.header("x-request-id", id);
+    for name in ["x-request-id", "idempotency-key"] {
+        if let Some(v) = f.headers.get(name) {
+            req = req.header(name, v);
+        }
     }
     Ok(req.body(Full::new(f.body.clone()))?)
 }

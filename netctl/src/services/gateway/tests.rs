@@ -156,6 +156,9 @@ async fn failures_are_502_503_504_with_json() {
     .unwrap();
 
     let gw = gateway(refused, empty, Duration::from_millis(300));
+    let (s, _, v) = call(&gw, "GET", "/health", "", None).await;
+    assert_eq!(s, 503, "no order instance known yet: {v}");
+    assert_eq!(v["status"], "no instance of order known");
     let (s, _, v) = call(&gw, "GET", "/api/products", "", None).await;
     assert_eq!(s, 502, "{v}");
     assert_eq!(v["upstream"], "product");

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /health` | 200 healthy / 503 when the database does not answer |
 //! | `POST /orders` `{"customer_id", "product_id", "quantity"}` | 201 `Order` once committed; 400 (each bad field named, unknown product), 413, 415, 503 |
+//! | ... with `Idempotency-Key: K` | the same, once per key: a retry gets 200 and the first order; 409 when K was used for another order |
 //! | `GET /orders/{id}` | 200 `Order`; 400 (not a positive integer), 404 |
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
 use super::{
-    store,
+    store::{self, Created},
     validate::{parse_order, parse_order_id},
 };
 use crate::services::{
@@ -73,6 +74,10 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let key = match idempotency_key(req.headers()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
     let value = match http::json_body(req).await {
         Ok(v) => v,
         Err(r) => return *r,
@@ -81,9 +86,18 @@ where
         Ok(o) => o,
         Err(details) => return http::invalid("invalid order", &details),
     };
-    match store::create(&svc.pool, &new).await {
-        Ok(Some(order)) => http::json(StatusCode::CREATED, &order),
-        Ok(None) => http::invalid(
+    match store::create(&svc.pool, &new, key.as_deref()).await {
+        Ok(Created::New(order)) => http::json(StatusCode::CREATED, &order),
+        Ok(Created::Replayed(order)) => http::with_header(
+            http::json(StatusCode::OK, &order),
+            "idempotent-replayed",
+            "true",
+        ),
+        Ok(Created::KeyReused) => http::error(
+            StatusCode::CONFLICT,
+            "this Idempotency-Key was used for a different order",
+        ),
+        Ok(Created::UnknownProduct) => http::invalid(
             "invalid order",
             &[FieldError::new(
                 "product_id",
@@ -91,6 +105,22 @@ where
             )],
         ),
         Err(e) => e.answer(),
+    }
+}
+
+/// The optional `Idempotency-Key` header: 1 to 200 visible ASCII characters.
+fn idempotency_key(headers: &hyper::HeaderMap) -> Result<Option<String>, http::Rejected> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(Box::new(http::error(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key must be 1 to 200 visible ASCII characters",
+        ))),
     }
 }
 
@@ -209,6 +239,18 @@ mod tests {
         assert_eq!(call("DELETE", "/orders/1", "", None).0, 405);
         assert_eq!(call("GET", "/orders", "", None).0, 405);
         assert_eq!(call("POST", "/health", "", None).0, 405);
+        let req = Request::builder()
+            .method("POST")
+            .uri("/orders")
+            .header("idempotency-key", "has space")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let resp = rt.block_on(handle(&service(), req));
+        assert_eq!(resp.status(), 400);
         assert_eq!(call("GET", "/nope", "", None).0, 404);
     }
 

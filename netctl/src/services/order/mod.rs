@@ -15,7 +15,7 @@ use super::{
 };
 
 /// Database connections per order process.
-const POOL_SIZE: usize = 16;
+const POOL_SIZE: usize = 24;
 
 pub async fn run() -> anyhow::Result<()> {
     let identity = Identity::from_env("order", 5000)?;

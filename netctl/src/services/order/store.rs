@@ -36,19 +36,57 @@ fn order(row: &Row) -> Order {
     }
 }
 
-/// Stores the order; `None` when the product is not in the catalog.
-pub async fn create(pool: &Pool, new: &NewOrder) -> Result<Option<Order>, DbError> {
+/// What storing an order did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    New(Order),
+    /// The idempotency key was used before, for this same order: that order.
+    Replayed(Order),
+    /// The idempotency key was used before, for a different order.
+    KeyReused,
+    UnknownProduct,
+}
+
+/// Stores the order (once per idempotency key, when one is given).
+pub async fn create(pool: &Pool, new: &NewOrder, key: Option<&str>) -> Result<Created, DbError> {
     let client = pool.get().await?;
     let sql = format!(
-        "INSERT INTO orders (customer_id, product_id, quantity, unit_price, total_price)
-         SELECT $1, p.id, $3, p.price, p.price * $3 FROM products p WHERE p.id = $2
+        "INSERT INTO orders (customer_id, product_id, quantity, unit_price, total_price, idempotency_key)
+         SELECT $1, p.id, $3::integer, p.price, p.price * $3::integer, $4 FROM products p WHERE p.id = $2
+         ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING {COLUMNS}"
     );
     let stmt = client.prepare_cached(&sql).await?;
     let row = client
-        .query_opt(&stmt, &[&new.customer_id, &new.product_id, &new.quantity])
+        .query_opt(
+            &stmt,
+            &[&new.customer_id, &new.product_id, &new.quantity, &key],
+        )
         .await?;
-    Ok(row.as_ref().map(order))
+    if let Some(row) = row {
+        return Ok(Created::New(order(&row)));
+    }
+    let Some(key) = key else {
+        return Ok(Created::UnknownProduct);
+    };
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM orders WHERE idempotency_key = $1"
+        ))
+        .await?;
+    Ok(
+        match client.query_opt(&stmt, &[&key]).await?.as_ref().map(order) {
+            Some(o)
+                if o.customer_id == new.customer_id
+                    && o.product_id == new.product_id
+                    && o.quantity == new.quantity =>
+            {
+                Created::Replayed(o)
+            }
+            Some(_) => Created::KeyReused,
+            None => Created::UnknownProduct,
+        },
+    )
 }
 
 pub async fn get(pool: &Pool, id: i64) -> Result<Option<Order>, DbError> {
