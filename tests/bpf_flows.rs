@@ -26,7 +26,7 @@ const A: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 10);
 const B: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 20);
 
 fn load() -> Ebpf {
-    loader::load(None).expect("the eBPF object loads and verifies")
+    loader::load(None, loader::LoadOptions::default()).expect("the eBPF object loads and verifies")
 }
 
 /// Runs `prog` once on `frame` with an optional `__sk_buff` context.

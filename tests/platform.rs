@@ -7,10 +7,11 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
-
 use aya::programs::{SchedClassifier, TcAttachType};
-use common::{Platform, Slot, assert_success, block_on, flows, snapshot::Snapshot, traffic};
+use common::{
+    Platform, Slot, assert_success, block_on, flows, internet::Internet, snapshot::Snapshot,
+    traffic,
+};
 use ipnet::Ipv4Net;
 use netctl::net::{netlink::Netlink, netns};
 use serde_json::Value;
@@ -212,57 +213,6 @@ fn traffic_between_namespaces_is_counted_once_per_packet_with_names() {
         "{text}"
     );
     assert!(!text.contains("edge"), "filtered to product: {text}");
-}
-
-/// A namespace with a veth to the host, standing in for the internet. Removed on drop.
-struct Internet {
-    name: String,
-    host_addr: Ipv4Addr,
-    addr: Ipv4Addr,
-}
-
-impl Internet {
-    fn create(slot: &Slot) -> Internet {
-        let name = format!("{}inet", slot.prefix());
-        let host_addr = Ipv4Addr::new(198, 18, slot.n as u8, 1);
-        let addr = Ipv4Addr::new(198, 18, slot.n as u8, 2);
-        let internet = Internet {
-            name: name.clone(),
-            host_addr,
-            addr,
-        };
-        netns::create(&name).expect("internet namespace");
-        block_on(async {
-            let host = Netlink::current().expect("netlink");
-            let ns = netns::open(&name).expect("open");
-            let idx = host
-                .create_veth_into(&name, "eth0", std::os::fd::AsFd::as_fd(&ns))
-                .await
-                .expect("veth");
-            host.add_address(idx, host_addr, 30)
-                .await
-                .expect("host address");
-            host.set_up(idx).await.expect("up");
-            let inside = Netlink::in_netns(&name).expect("netlink inside");
-            let eth = inside.index_of("eth0").await.expect("eth0");
-            inside.add_address(eth, addr, 30).await.expect("address");
-            inside.set_up(eth).await.expect("up");
-            let lo = inside.index_of("lo").await.expect("lo");
-            inside.set_up(lo).await.expect("lo up");
-        });
-        internet
-    }
-}
-
-impl Drop for Internet {
-    fn drop(&mut self) {
-        block_on(async {
-            if let Ok(host) = Netlink::current() {
-                let _ = host.delete_link(&self.name).await;
-            }
-        });
-        let _ = netns::delete(&self.name);
-    }
 }
 
 #[test]

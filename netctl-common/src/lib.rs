@@ -5,10 +5,17 @@
 //! Every map is described in `bpf-maps.md` at the repository root; change both together.
 #![cfg_attr(not(test), no_std)]
 
+pub mod ct;
 pub mod flow;
+pub mod lb;
 pub mod maps;
+pub mod sock;
+pub mod stats;
 
+pub use ct::CtEntry;
 pub use flow::{FlowKey, FlowStats};
+pub use lb::{Backend, ServiceKey, ServiceValue};
+pub use stats::DropReason;
 
 /// Asserts at compile time that a map type has the layout `bpf-maps.md` documents.
 #[macro_export]

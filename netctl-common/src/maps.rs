@@ -10,15 +10,69 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/netctl";
 pub const FLOWS: &str = "FLOWS";
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 
+/// `CT`: LRU hash, [`crate::FlowKey`] -> [`crate::CtEntry`]; two entries per connection.
+pub const CT: &str = "CT";
+/// Default capacity (entries, so half as many connections); `up` may size it differently.
+pub const CT_MAX_ENTRIES: u32 = 262_144;
+
+/// `LB_SERVICES`: hash, [`crate::ServiceKey`] -> [`crate::ServiceValue`].
+pub const LB_SERVICES: &str = "LB_SERVICES";
+pub const LB_SERVICES_MAX_ENTRIES: u32 = 131_072;
+/// `LB_BACKENDS`: hash, backend id (`u32`) -> [`crate::Backend`].
+pub const LB_BACKENDS: &str = "LB_BACKENDS";
+pub const LB_BACKENDS_MAX_ENTRIES: u32 = 65_536;
+/// `LB_MAGLEV`: array of backend ids, `MAGLEV_TABLES` tables of `MAGLEV_M` cells.
+pub const LB_MAGLEV: &str = "LB_MAGLEV";
+/// `SOCK_REVNAT`: LRU hash, [`crate::sock::SockRevNatKey`] -> [`crate::sock::SockRevNatValue`].
+pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 65_536;
+
+/// `DROPS`: per-CPU array, drop reason -> packets dropped for it.
+pub const DROPS: &str = "DROPS";
+/// `COUNTERS`: per-CPU array of event counters (`stats::CNT_*`).
+pub const COUNTERS: &str = "COUNTERS";
+/// `CONFIG`: array of `u32` settings (`CFG_*` indexes).
+pub const CONFIG: &str = "CONFIG";
+pub const CONFIG_MAX_ENTRIES: u32 = 8;
+/// `CONFIG[CFG_FLAGS]`: bit set of `CFG_F_*`.
+pub const CFG_FLAGS: u32 = 0;
+/// `CONFIG[CFG_HOST_NETNS_LO/HI]`: the host network namespace's cookie, low and high
+/// 32 bits. Socket-level LB serves host ports only to sockets of the host's namespace
+/// (`localhost:8080`); a namespace standing in for another machine must not be redirected.
+pub const CFG_HOST_NETNS_LO: u32 = 1;
+pub const CFG_HOST_NETNS_HI: u32 = 2;
+/// Socket-level load balancing on (connect/sendmsg go straight to a backend).
+pub const CFG_F_SOCKET_LB: u32 = 0x1;
+
 /// Every map of the eBPF object. The loader pins exactly these (the object declares no
 /// pinning itself, so tests can load it without bpffs) and refuses an object with others.
-pub const ALL: &[&str] = &[FLOWS];
+pub const ALL: &[&str] = &[
+    FLOWS,
+    CT,
+    LB_SERVICES,
+    LB_BACKENDS,
+    LB_MAGLEV,
+    SOCK_REVNAT,
+    DROPS,
+    COUNTERS,
+    CONFIG,
+];
 
 /// Bit of `skb->mark` the TC program sets on a packet it counted at the ingress of a
 /// host-side veth, so that the egress hook of the destination veth does not count it again.
 /// Chosen clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0F00 ranges.
 pub const MARK_COUNTED: u32 = 0x0100_0000;
+/// Bit of `skb->mark` set on a packet conntrack has seen (at a veth's or an uplink's
+/// ingress), so that the egress hook tracks only what comes from the host or outside.
+pub const MARK_TRACKED: u32 = 0x0200_0000;
 
 /// Names of the TC programs in the eBPF object.
 pub const PROG_TC_INGRESS: &str = "netctl_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "netctl_tc_egress";
+pub const PROG_UPLINK_INGRESS: &str = "netctl_uplink_ingress";
+pub const PROG_UPLINK_EGRESS: &str = "netctl_uplink_egress";
+/// Names of the cgroup socket programs (socket-level load balancing).
+pub const PROG_SOCK_CONNECT4: &str = "netctl_sock_connect4";
+pub const PROG_SOCK_SENDMSG4: &str = "netctl_sock_sendmsg4";
+pub const PROG_SOCK_RECVMSG4: &str = "netctl_sock_recvmsg4";
+pub const PROG_SOCK_GETPEERNAME4: &str = "netctl_sock_getpeername4";

@@ -7,20 +7,18 @@
 
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_or, atomic_xadd};
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns, macros::map, maps::LruHashMap,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::LruHashMap, programs::TcContext};
 use netctl_common::{FlowKey, FlowStats, maps};
 
-use crate::{Hook, parse::Packet};
+use crate::Hook;
 
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowStats> =
     LruHashMap::with_max_entries(maps::FLOWS_MAX_ENTRIES, 0);
 
+/// Counts one packet under `key` (the real endpoints: after DNAT, before un-NAT).
 #[inline(always)]
-pub fn account(ctx: &TcContext, pkt: &Packet, hook: Hook) {
+pub fn account(ctx: &TcContext, key: &FlowKey, tcp_flags: u8, hook: Hook, now: u64) {
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let skb = unsafe { &mut *ctx.skb.skb };
     match hook {
@@ -33,11 +31,9 @@ pub fn account(ctx: &TcContext, pkt: &Packet, hook: Hook) {
     }
     let segments = skb.gso_segs.max(1) as u64;
     let bytes = skb.len as u64;
-    // SAFETY: plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
 
-    if let Some(stats) = FLOWS.get_ptr_mut(pkt.key) {
-        add(stats, segments, bytes, pkt.tcp_flags, now);
+    if let Some(stats) = FLOWS.get_ptr_mut(key) {
+        add(stats, segments, bytes, tcp_flags, now);
         return;
     }
     let fresh = FlowStats {
@@ -45,14 +41,14 @@ pub fn account(ctx: &TcContext, pkt: &Packet, hook: Hook) {
         bytes,
         first_seen_ns: now,
         last_seen_ns: now,
-        tcp_flags: pkt.tcp_flags as u32,
+        tcp_flags: tcp_flags as u32,
         _pad: 0,
     };
     // Another CPU may have created the entry since our lookup: then add to its entry.
-    if FLOWS.insert(pkt.key, fresh, BPF_NOEXIST as u64).is_err()
-        && let Some(stats) = FLOWS.get_ptr_mut(pkt.key)
+    if FLOWS.insert(key, fresh, BPF_NOEXIST as u64).is_err()
+        && let Some(stats) = FLOWS.get_ptr_mut(key)
     {
-        add(stats, segments, bytes, pkt.tcp_flags, now);
+        add(stats, segments, bytes, tcp_flags, now);
     }
 }
 

@@ -1,5 +1,7 @@
-//! netctl's eBPF dataplane: the TC pipeline attached to both directions of every host-side
-//! veth. One parse, then each stage in turn; today the only stage is per-flow accounting.
+//! netctl's eBPF dataplane: one TC pipeline attached to both directions of every host-side
+//! veth (and to the uplinks, for host ports), plus cgroup socket programs for socket-level
+//! load balancing. One parse, then each stage in turn: conntrack, service load balancing
+//! and NAT, per-flow accounting.
 //!
 //! Entry points stay thin (`tc_ingress` -> `try_pipeline`) so that the verifier-facing code
 //! lives in small, separately readable modules.
@@ -10,10 +12,22 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod conntrack;
 mod flow;
+mod lb;
+mod nat;
 mod parse;
+mod service;
+mod sock;
+mod stats;
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_boot_ns,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
+use netctl_common::{DropReason, maps::MARK_TRACKED};
 
 /// Which hook of the host-side veth the program runs on.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -24,24 +38,113 @@ pub enum Hook {
     ToEndpoint,
 }
 
+/// Packets a namespace sends: conntrack, load balancing, NAT, accounting.
 #[classifier]
 pub fn netctl_tc_ingress(ctx: TcContext) -> i32 {
-    pipeline(&ctx, Hook::FromEndpoint)
+    let Some(mut pkt) = parse::parse_ipv4(&ctx) else {
+        // Not IPv4 (ARP, IPv6): not ours to judge.
+        return TC_ACT_OK;
+    };
+    let now = now();
+    let mut key = pkt.key;
+    if pkt.has_ports {
+        match service::from_endpoint(&ctx, &mut pkt, now) {
+            Ok(k) => key = k,
+            Err(reason) => return drop(reason),
+        }
+        set_mark(&ctx, MARK_TRACKED);
+    }
+    flow::account(&ctx, &key, pkt.tcp_flags, Hook::FromEndpoint, now);
+    TC_ACT_OK
 }
 
+/// Packets delivered into a namespace: conntrack for what comes from the host or outside
+/// (the rest was tracked at the sender's hook), accounting (each packet once).
 #[classifier]
 pub fn netctl_tc_egress(ctx: TcContext) -> i32 {
-    pipeline(&ctx, Hook::ToEndpoint)
+    if let Some(pkt) = parse::parse_ipv4(&ctx) {
+        let now = now();
+        if pkt.has_ports && mark(&ctx) & MARK_TRACKED == 0 {
+            service::to_endpoint(&pkt, now);
+        }
+        flow::account(&ctx, &pkt.key, pkt.tcp_flags, Hook::ToEndpoint, now);
+    }
+    TC_ACT_OK
+}
+
+/// Packets arriving on an uplink: host ports (port forwards) are load-balanced here.
+#[classifier]
+pub fn netctl_uplink_ingress(ctx: TcContext) -> i32 {
+    if let Some(mut pkt) = parse::parse_ipv4(&ctx)
+        && pkt.has_ports
+    {
+        match service::from_uplink(&ctx, &mut pkt, now()) {
+            Ok(true) => set_mark(&ctx, MARK_TRACKED),
+            Ok(false) => {}
+            Err(reason) => return drop(reason),
+        }
+    }
+    TC_ACT_OK
+}
+
+/// Packets leaving through an uplink: host-port replies get the host's address back.
+#[classifier]
+pub fn netctl_uplink_egress(ctx: TcContext) -> i32 {
+    if let Some(mut pkt) = parse::parse_ipv4(&ctx)
+        && pkt.has_ports
+        && let Err(reason) = service::to_uplink(&ctx, &mut pkt, now())
+    {
+        return drop(reason);
+    }
+    TC_ACT_OK
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn netctl_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn netctl_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn netctl_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn netctl_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx);
+    1
 }
 
 #[inline(always)]
-fn pipeline(ctx: &TcContext, hook: Hook) -> i32 {
-    // Anything we cannot parse (ARP, IPv6, truncated frames) passes untouched: accounting
-    // must never change what the network does.
-    if let Some(pkt) = parse::parse_ipv4(ctx) {
-        flow::account(ctx, &pkt, hook);
-    }
-    TC_ACT_OK
+fn drop(reason: DropReason) -> i32 {
+    stats::drop(reason);
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn mark(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer the kernel handed to this program.
+    unsafe { (*ctx.skb.skb).mark }
+}
+
+#[inline(always)]
+fn set_mark(ctx: &TcContext, bit: u32) {
+    // SAFETY: as above; `mark` is writable from TC programs.
+    unsafe { (*ctx.skb.skb).mark |= bit };
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
 }
 
 #[cfg(not(test))]

@@ -9,12 +9,38 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 const ETH_P_IP: u16 = 0x0800;
 /// Offset of the TCP flags byte inside the TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
+/// Offsets of the checksum inside the TCP and UDP headers.
+const TCP_CSUM_OFFSET: usize = 16;
+const UDP_CSUM_OFFSET: usize = 6;
+
+/// Offset of the IPv4 header (no VLAN tags on our veths).
+pub const L3_OFF: usize = EthHdr::LEN;
 
 /// What later stages need to know about one IPv4 packet.
 pub struct Packet {
+    /// The 5-tuple as on the wire (ports 0 when there are none).
     pub key: FlowKey,
     /// TCP flag byte, 0 for other protocols.
     pub tcp_flags: u8,
+    /// Offset of the L4 header.
+    pub l4_off: usize,
+    /// TCP or UDP with its ports (not a later fragment): conntrack and NAT apply.
+    pub has_ports: bool,
+}
+
+impl Packet {
+    pub fn is_tcp(&self) -> bool {
+        self.key.proto == flow::IPPROTO_TCP
+    }
+
+    /// Offset of the L4 checksum field (meaningful when `has_ports`).
+    pub fn l4_csum_off(&self) -> usize {
+        if self.is_tcp() {
+            self.l4_off + TCP_CSUM_OFFSET
+        } else {
+            self.l4_off + UDP_CSUM_OFFSET
+        }
+    }
 }
 
 #[inline(always)]
@@ -23,25 +49,30 @@ pub fn parse_ipv4(ctx: &TcContext) -> Option<Packet> {
     if u16::from_be(eth.ether_type) != ETH_P_IP {
         return None;
     }
-    let ip: Ipv4Hdr = ctx.load(EthHdr::LEN).ok()?;
+    let ip: Ipv4Hdr = ctx.load(L3_OFF).ok()?;
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
     if ihl < Ipv4Hdr::LEN {
         return None;
     }
-    let l4 = EthHdr::LEN + ihl;
+    let l4_off = L3_OFF + ihl;
     // Only the first fragment carries the L4 header; later ones count under port 0.
     let first_fragment = u16::from_be_bytes(ip.frags) & 0x1fff == 0;
 
-    let mut key = FlowKey::new(ip.src_addr, ip.dst_addr, 0, 0, ip.proto);
-    let mut tcp_flags = 0;
+    let mut pkt = Packet {
+        key: FlowKey::new(ip.src_addr, ip.dst_addr, 0, 0, ip.proto),
+        tcp_flags: 0,
+        l4_off,
+        has_ports: false,
+    };
     if first_fragment && (ip.proto == flow::IPPROTO_TCP || ip.proto == flow::IPPROTO_UDP) {
         // Source and destination ports are the first four bytes of both TCP and UDP.
-        let ports: [u8; 4] = ctx.load(l4).ok()?;
-        key.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-        key.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+        let ports: [u8; 4] = ctx.load(l4_off).ok()?;
+        pkt.key.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+        pkt.key.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
         if ip.proto == flow::IPPROTO_TCP {
-            tcp_flags = ctx.load::<u8>(l4 + TCP_FLAGS_OFFSET).ok()?;
+            pkt.tcp_flags = ctx.load::<u8>(l4_off + TCP_FLAGS_OFFSET).ok()?;
         }
+        pkt.has_ports = true;
     }
-    Some(Packet { key, tcp_flags })
+    Some(pkt)
 }

@@ -108,7 +108,7 @@ pub fn psql(platform: &Platform, sql: &str) -> String {
         "postgresql://shop:{}@{}:{}/shop",
         password.trim(),
         pg.address,
-        pg.ports[0]
+        pg.ports[0].port
     );
     let out = Command::new("psql")
         .args([&url, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
@@ -122,7 +122,12 @@ pub fn psql(platform: &Platform, sql: &str) -> String {
 pub fn redis_cli(platform: &Platform, args: &[&str]) -> String {
     let r = platform.endpoint("redis");
     let out = Command::new("redis-cli")
-        .args(["-h", &r.address.to_string(), "-p", &r.ports[0].to_string()])
+        .args([
+            "-h",
+            &r.address.to_string(),
+            "-p",
+            &r.ports[0].port.to_string(),
+        ])
         .args(args)
         .output()
         .expect("running redis-cli");

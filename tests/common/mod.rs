@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod internet;
 pub mod packets;
 pub mod snapshot;
 pub mod traffic;
@@ -72,6 +73,11 @@ impl Slot {
 
     pub fn instance(&self) -> String {
         format!("t{:02}", self.n)
+    }
+
+    /// The i-th host port this slot may forward: 18000 + 10 * slot + i.
+    pub fn host_port(&self, i: usize) -> u16 {
+        18_000 + 10 * self.n as u16 + i as u16
     }
 
     /// The /16 this slot's subnets come from.
@@ -145,22 +151,33 @@ impl<'a> Platform<'a> {
         Self::from_topology(slot, &topology)
     }
 
+    /// A topology written for the test (subnets anywhere, they are moved into the slot's).
+    pub fn from_toml(slot: &'a Slot, text: &str) -> Platform<'a> {
+        let mut topology = Topology::parse(text).expect("test topology parses");
+        relocate(&mut topology, slot.block());
+        Self::from_topology(slot, &topology)
+    }
+
+    /// Uses `topology` with the slot's prefix, its host ports (`slot.host_port(i)`) and no
+    /// uplink unless the topology names one: tests never hook the machine's real uplink.
     pub fn from_topology(slot: &'a Slot, topology: &Topology) -> Platform<'a> {
-        let mut topology = topology.clone();
-        topology.platform.prefix = slot.prefix();
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("topology.toml");
-        fs::write(&file, toml::to_string(&topology).expect("serializes")).expect("write");
-        let plan = netctl::topology::Source::read(&file)
-            .expect("read")
-            .plan(None)
-            .expect("relocated topology is valid");
+        let plan = write_topology(slot, topology, &file);
         Platform {
             slot,
             file,
             plan,
             _dir: dir,
         }
+    }
+
+    /// Replaces the topology (moved into the slot like `from_toml`) and runs `up` again.
+    pub fn update_toml(&mut self, text: &str) {
+        let mut topology = Topology::parse(text).expect("test topology parses");
+        relocate(&mut topology, self.slot.block());
+        self.plan = write_topology(self.slot, &topology, &self.file);
+        self.up_ok();
     }
 
     pub fn up(&self) -> Output {
@@ -200,9 +217,34 @@ impl Drop for Platform<'_> {
     }
 }
 
+/// Writes `topology` to `file` with the slot's prefix, host ports and (unless it names one)
+/// no uplink, and returns its plan.
+fn write_topology(slot: &Slot, topology: &Topology, file: &Path) -> netctl::topology::Plan {
+    let mut topology = topology.clone();
+    topology.platform.prefix = slot.prefix();
+    if topology.platform.uplinks.is_none() {
+        topology.platform.uplinks = Some(Vec::new());
+    }
+    for (i, pf) in topology.port_forwards.iter_mut().enumerate() {
+        pf.host_port = u32::from(slot.host_port(i));
+    }
+    fs::write(file, toml::to_string(&topology).expect("serializes")).expect("write");
+    netctl::topology::Source::read(file)
+        .expect("read")
+        .plan(None)
+        .expect("relocated topology is valid")
+}
+
 /// Moves every network of `topology` into `block` (network i -> block + i*256), keeping
 /// each address's offset in its subnet. Networks must be /24 or smaller.
 pub fn relocate(topology: &mut Topology, block: Ipv4Net) {
+    // Service VIPs too: 10.(200+NN).240.0/20.
+    let vips =
+        Ipv4Net::new(Ipv4Addr::from(u32::from(block.network()) + 240 * 256), 20).expect("valid");
+    topology.platform.service_cidr = vips.to_string();
+    for svc in topology.services.values_mut() {
+        svc.vip = None;
+    }
     let mut moves: Vec<(String, Ipv4Net, Ipv4Net)> = Vec::new();
     for (i, (name, net)) in topology.networks.iter_mut().enumerate() {
         let old: Ipv4Net = net.subnet.parse().expect("valid subnet");

@@ -1,4 +1,5 @@
-//! Hand-built Ethernet/IPv4/TCP/UDP frames for BPF_PROG_TEST_RUN.
+//! Hand-built Ethernet/IPv4/TCP/UDP frames for BPF_PROG_TEST_RUN, and checks of the
+//! frames the programs send back.
 
 use std::net::Ipv4Addr;
 
@@ -30,6 +31,7 @@ fn eth_ipv4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4_len: usize) -> Vec<u8> {
     f
 }
 
+/// A TCP segment with valid IP and TCP checksums.
 pub fn tcp(
     src: Ipv4Addr,
     sport: u16,
@@ -48,20 +50,39 @@ pub fn tcp(
     tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
     f.extend_from_slice(&tcp);
     f.extend(std::iter::repeat_n(0x61, payload));
+    let sum = l4_checksum(&f);
+    let at = ETH_LEN + IPV4_LEN + 16;
+    f[at..at + 2].copy_from_slice(&sum.to_be_bytes());
     f
 }
 
+/// A UDP datagram without checksum (0: allowed for UDP over IPv4).
 pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: usize) -> Vec<u8> {
     let mut f = eth_ipv4(17, src, dst, UDP_LEN + payload);
     f.extend_from_slice(&sport.to_be_bytes());
     f.extend_from_slice(&dport.to_be_bytes());
     f.extend_from_slice(&((UDP_LEN + payload) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]); // no checksum (allowed for UDP over IPv4)
+    f.extend_from_slice(&[0, 0]);
     f.extend(std::iter::repeat_n(0x62, payload));
     f
 }
 
-/// Internet checksum of a header.
+/// A UDP datagram with a valid checksum.
+pub fn udp_checked(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    payload: usize,
+) -> Vec<u8> {
+    let mut f = udp(src, sport, dst, dport, payload);
+    let sum = l4_checksum(&f);
+    let at = ETH_LEN + IPV4_LEN + 6;
+    f[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// Internet checksum of a byte string.
 pub fn checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for chunk in bytes.chunks(2) {
@@ -72,6 +93,48 @@ pub fn checksum(bytes: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// The TCP/UDP checksum a frame's L4 header should carry (pseudo header included),
+/// computed with the checksum field taken as zero.
+pub fn l4_checksum(frame: &[u8]) -> u16 {
+    let ip = &frame[ETH_LEN..ETH_LEN + IPV4_LEN];
+    let l4 = &frame[ETH_LEN + IPV4_LEN..];
+    let proto = ip[9];
+    let csum_at = if proto == 6 { 16 } else { 6 };
+    let mut data = Vec::with_capacity(12 + l4.len());
+    data.extend_from_slice(&ip[12..20]);
+    data.push(0);
+    data.push(proto);
+    data.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    data.extend_from_slice(l4);
+    data[12 + csum_at] = 0;
+    data[12 + csum_at + 1] = 0;
+    let sum = checksum(&data);
+    if proto == 17 && sum == 0 { 0xffff } else { sum }
+}
+
+/// True when the frame's IPv4 header checksum and L4 checksum are both right.
+pub fn checksums_valid(frame: &[u8]) -> bool {
+    let ip = &frame[ETH_LEN..ETH_LEN + IPV4_LEN];
+    let ip_ok = checksum(ip) == 0;
+    let proto = ip[9];
+    let at = ETH_LEN + IPV4_LEN + if proto == 6 { 16 } else { 6 };
+    let carried = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let l4_ok = (proto == 17 && carried == 0) || carried == l4_checksum(frame);
+    ip_ok && l4_ok
+}
+
+/// Source and destination of a frame: `(src, sport, dst, dport)`.
+pub fn endpoints(frame: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let ip = &frame[ETH_LEN..ETH_LEN + IPV4_LEN];
+    let l4 = &frame[ETH_LEN + IPV4_LEN..];
+    (
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        u16::from_be_bytes([l4[0], l4[1]]),
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        u16::from_be_bytes([l4[2], l4[3]]),
+    )
 }
 
 /// A `struct __sk_buff` prefix for `ctx_in`: the kernel takes `mark` and `gso_segs` from it

@@ -74,6 +74,10 @@ impl Snapshot {
 }
 
 /// Names like `t07-edge`, `netctl_t07`, `/sys/fs/bpf/netctl/t07/...` of a slot other than ours.
+/// Instances of test-like runs that do not take a slot: netctl-bench's unit test brings up
+/// its `bn-` platform, in parallel with the tests.
+const OTHER_INSTANCES: [&str; 1] = ["bn"];
+
 fn is_other_test(name: &str, own_prefix: &str) -> bool {
     let own = own_prefix.trim_end_matches('-');
     let candidates = [
@@ -81,15 +85,22 @@ fn is_other_test(name: &str, own_prefix: &str) -> bool {
         name.strip_prefix("netctl_").unwrap_or(""),
         name.strip_prefix("/sys/fs/bpf/netctl/").unwrap_or(""),
     ];
-    candidates.iter().any(|c| {
-        let b = c.as_bytes();
-        b.len() >= 3
-            && b[0] == b't'
-            && b[1].is_ascii_digit()
-            && b[2].is_ascii_digit()
-            && (b.len() == 3 || !b[3].is_ascii_alphanumeric())
-            && !c.starts_with(own)
-    })
+    let other_instance = |c: &str| {
+        OTHER_INSTANCES.iter().any(|i| {
+            c.strip_prefix(i)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '/']))
+        })
+    };
+    candidates.iter().any(|c| other_instance(c))
+        || candidates.iter().any(|c| {
+            let b = c.as_bytes();
+            b.len() >= 3
+                && b[0] == b't'
+                && b[1].is_ascii_digit()
+                && b[2].is_ascii_digit()
+                && (b.len() == 3 || !b[3].is_ascii_alphanumeric())
+                && !c.starts_with(own)
+        })
 }
 
 /// Names of the host's links, over netlink.

@@ -109,3 +109,212 @@ pub fn udp_send(
         None => send().expect("udp send from host"),
     }
 }
+
+/// A TCP server in a namespace that greets every connection with its name and then echoes
+/// lines, until dropped (which closes the listener, as a killed process would).
+pub struct NamedServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NamedServer {
+    pub fn start(ns: &str, addr: Ipv4Addr, port: u16, name: &str) -> NamedServer {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (ns, name, stop2) = (ns.to_string(), name.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let _ = netns::run_in(&ns, move || {
+                let listener = TcpListener::bind(SocketAddrV4::new(addr, port))?;
+                listener.set_nonblocking(true)?;
+                let _ = ready_tx.send(());
+                while !stop2.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            let name = name.clone();
+                            let stop3 = stop2.clone();
+                            std::thread::spawn(move || serve_named(conn, &name, &stop3));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Ok(())
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("named server listening");
+        NamedServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn serve_named(mut conn: TcpStream, name: &str, stop: &std::sync::atomic::AtomicBool) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+    if conn.write_all(format!("{name}\n").as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 1024];
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // A killed server's connections die with it.
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let answer = format!("{name}:{}", String::from_utf8_lossy(&buf[..n]));
+                if conn.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for NamedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Opens `count` connections from `ns` to `addr:port`, one after another, and returns the
+/// greeting (server name) of each; a failed connection gives `Err`.
+pub fn greetings(ns: &str, addr: Ipv4Addr, port: u16, count: usize) -> Vec<Result<String, String>> {
+    netns::run_in(ns, move || {
+        Ok((0..count).map(|_| greeting(addr, port)).collect())
+    })
+    .expect("greetings")
+}
+
+fn greeting(addr: Ipv4Addr, port: u16) -> Result<String, String> {
+    let s = TcpStream::connect_timeout(
+        &SocketAddrV4::new(addr, port).into(),
+        Duration::from_secs(2),
+    )
+    .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line)
+        .map_err(|e| e.to_string())?;
+    Ok(line.trim().to_string())
+}
+
+/// A long-lived connection opened from inside a namespace (the socket keeps working from
+/// any thread once connected).
+pub struct Session {
+    pub stream: TcpStream,
+    pub server: String,
+}
+
+impl Session {
+    pub fn open(ns: &str, addr: Ipv4Addr, port: u16) -> Session {
+        let stream = netns::run_in(ns, move || {
+            Ok(TcpStream::connect_timeout(
+                &SocketAddrV4::new(addr, port).into(),
+                Duration::from_secs(2),
+            )?)
+        })
+        .expect("session connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut line)
+            .expect("greeting");
+        Session {
+            stream,
+            server: line.trim().to_string(),
+        }
+    }
+
+    /// Sends `msg` and returns the echo (`server:msg`).
+    pub fn ask(&mut self, msg: &str) -> std::io::Result<String> {
+        self.stream.write_all(msg.as_bytes())?;
+        let mut buf = [0u8; 1024];
+        let n = self.stream.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+/// A UDP server that answers every datagram with its name, until dropped.
+pub struct UdpNamedServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpNamedServer {
+    pub fn start(ns: &str, addr: Ipv4Addr, port: u16, name: &str) -> UdpNamedServer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (ns, name, stop2) = (ns.to_string(), name.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let _ = netns::run_in(&ns, move || {
+                let sock = UdpSocket::bind(SocketAddrV4::new(addr, port))?;
+                sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+                let _ = ready_tx.send(());
+                let mut buf = [0u8; 1500];
+                while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(name.as_bytes(), peer);
+                    }
+                }
+                Ok(())
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("udp server bound");
+        UdpNamedServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpNamedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// From `ns`, sends `count` datagrams to `addr:port` on one unconnected socket and returns
+/// each answer with the address it came from.
+pub fn udp_ask(ns: &str, addr: Ipv4Addr, port: u16, count: usize) -> Vec<(String, SocketAddr)> {
+    netns::run_in(ns, move || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1500];
+        for _ in 0..count {
+            sock.send_to(b"hello", SocketAddrV4::new(addr, port))?;
+            let (n, from) = sock.recv_from(&mut buf)?;
+            out.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+        }
+        Ok(out)
+    })
+    .expect("udp ask")
+}

@@ -31,6 +31,12 @@ enum Task {
     BuildEbpf,
     /// cargo fmt --check and clippy -D warnings on both crates sets.
     Lint,
+    /// Benchmarks (as root): `bench lb [--quick]`; results in bench-results/.
+    Bench {
+        /// Arguments for netctl-bench, e.g. `lb --quick`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Lint, then run the whole test suite (needs root for the integration tests).
     Test {
         /// Skip the lint step.
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf => build_ebpf(),
         Task::Lint => lint(),
         Task::Test { no_lint, args } => test(no_lint, &args),
+        Task::Bench { args } => bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,6 +134,28 @@ fn test(no_lint: bool, extra: &[String]) -> anyhow::Result<()> {
     }
     cmd.args(extra).current_dir(&root);
     run(&mut cmd)
+}
+
+/// Builds netctl and netctl-bench (release) and runs the benchmark.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("benchmarks bring up namespaces and eBPF programs: run as root");
+    }
+    let root = root();
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "netctl",
+            "-p",
+            "netctl-bench",
+        ])
+        .current_dir(&root))?;
+    run(Command::new(root.join("target/release/netctl-bench"))
+        .args(args)
+        .current_dir(&root))
 }
 
 fn nix_is_root() -> bool {

@@ -1,10 +1,14 @@
 //! The `netctl` command line: argument parsing, logging set-up and dispatch. Each command
 //! lives in its own file and returns an exit code; errors print as one readable message.
 
+mod conntrack;
 mod down;
+mod drain;
 mod flows;
 mod logs;
+mod maps;
 mod serve;
+mod services;
 mod status;
 mod up;
 mod validate;
@@ -49,6 +53,14 @@ enum Command {
     Status(status::Args),
     /// Per-flow counters from the eBPF flow map.
     Flows(flows::Args),
+    /// Service frontends (VIP:port, host ports) and their backends, health and weights.
+    Services(services::Args),
+    /// Tracked connections: client, frontend, chosen backend, state, age.
+    Conntrack(conntrack::Args),
+    /// The pinned eBPF maps; `maps NAME` dumps one as JSON.
+    Maps(maps::Args),
+    /// Stop new connections to one instance (`service/instance`); established ones finish.
+    Drain(drain::Args),
     /// Check a topology file without changing anything (no root needed).
     Validate(validate::Args),
     /// What a service wrote (its log, and the supervisor's notes on it).
@@ -100,6 +112,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down(args) => down::run(args, prefix).await,
         Command::Status(args) => status::run(args, prefix).await,
         Command::Flows(args) => flows::run(args, prefix),
+        Command::Services(args) => services::run(args, prefix).await,
+        Command::Conntrack(args) => conntrack::run(args, prefix),
+        Command::Maps(args) => maps::run(args, prefix),
+        Command::Drain(args) => drain::run(args, prefix).await,
         Command::Validate(args) => validate::run(args, prefix),
         Command::Serve(args) => serve::run(args).await,
         Command::Logs(args) => logs::run(args, prefix).await,

@@ -28,7 +28,55 @@ pub struct AgentCtx {
     /// The current state; changes when `up` reconciles and signals a reload.
     pub state: watch::Receiver<Arc<State>>,
     pub board: StatusBoard,
+    /// API endpoints components add for themselves.
+    pub routes: Routes,
     pub shutdown: CancellationToken,
+}
+
+/// An API error: HTTP status and message (sent as `{"error": message}`).
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            message: message.into(),
+        }
+    }
+}
+
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send>>;
+/// Handles a request's JSON body (`null` without one).
+pub type Handler = Arc<dyn Fn(Value) -> HandlerFuture + Send + Sync>;
+
+/// `(method, path)` -> handler, for the endpoints components register.
+#[derive(Clone, Default)]
+pub struct Routes(Arc<RwLock<BTreeMap<(String, String), Handler>>>);
+
+impl Routes {
+    pub async fn add(&self, method: &str, path: &str, handler: Handler) {
+        self.0
+            .write()
+            .await
+            .insert((method.to_string(), path.to_string()), handler);
+    }
+
+    pub async fn get(&self, method: &str, path: &str) -> Option<Handler> {
+        self.0
+            .read()
+            .await
+            .get(&(method.to_string(), path.to_string()))
+            .cloned()
+    }
+
+    /// Whether any method is registered for `path` (405 rather than 404).
+    pub async fn has_path(&self, path: &str) -> bool {
+        self.0.read().await.keys().any(|(_, p)| p == path)
+    }
 }
 
 /// Component name -> its latest status, served at `/v1/status`.
@@ -66,9 +114,12 @@ pub type ComponentFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Sen
 /// A component: its name and how to start it.
 pub type Component = (&'static str, fn(AgentCtx) -> ComponentFuture);
 
-/// The components every controller runs (each issue's feature adds its own here).
+/// The components every controller runs.
 pub fn components() -> Vec<Component> {
-    vec![("services", crate::supervisor::component)]
+    vec![
+        ("services", crate::supervisor::component),
+        ("lb", super::lb::component),
+    ]
 }
 
 /// Runs the controller of `instance` until SIGTERM/SIGINT.
@@ -87,17 +138,19 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     });
+    let routes = Routes::default();
     let ctx = AgentCtx {
         instance: instance.to_string(),
         state: state_rx,
         board: board.clone(),
+        routes: routes.clone(),
         shutdown: shutdown.clone(),
     };
 
     let mut tasks = JoinSet::new();
     {
         let (instance, board, shutdown) = (instance.to_string(), board.clone(), shutdown.clone());
-        tasks.spawn(async move { ("api", api::serve(&instance, board, shutdown).await) });
+        tasks.spawn(async move { ("api", api::serve(&instance, board, routes, shutdown).await) });
     }
     for (name, start) in components() {
         let fut = start(ctx.clone());

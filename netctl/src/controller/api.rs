@@ -2,6 +2,7 @@
 //! `/run/netctl/<instance>/controller.sock`. `curl --unix-socket` works on it too.
 //!
 //! - `GET /v1/status`: process facts and each component's status.
+//! - whatever components register (e.g. `POST /v1/lb/drain`).
 
 use std::{
     convert::Infallible, fs, os::unix::fs::PermissionsExt, path::PathBuf, sync::Arc, time::Duration,
@@ -15,7 +16,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{agent::StatusBoard, state::instance_dir};
+use super::{
+    agent::{Routes, StatusBoard},
+    state::instance_dir,
+};
 
 pub fn socket_path(instance: &str) -> PathBuf {
     instance_dir(instance).join("controller.sock")
@@ -25,6 +29,7 @@ pub fn socket_path(instance: &str) -> PathBuf {
 pub async fn serve(
     instance: &str,
     board: StatusBoard,
+    routes: Routes,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let path = socket_path(instance);
@@ -37,6 +42,7 @@ pub async fn serve(
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))?;
     let board = Arc::new(board);
+    let routes = Arc::new(routes);
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -48,11 +54,11 @@ pub async fn serve(
                 }
             },
         };
-        let board = board.clone();
+        let (board, routes) = (board.clone(), routes.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let board = board.clone();
-                async move { Ok::<_, Infallible>(route(req, &board).await) }
+                let (board, routes) = (board.clone(), routes.clone());
+                async move { Ok::<_, Infallible>(route(req, &board, &routes).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -66,18 +72,56 @@ pub async fn serve(
     Ok(())
 }
 
-async fn route(req: Request<Incoming>, board: &StatusBoard) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/v1/status") => json(StatusCode::OK, &board.snapshot().await),
-        (_, "/v1/status") => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &serde_json::json!({ "error": "use GET" }),
-        ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({ "error": "no such endpoint" }),
+/// Request bodies are small JSON documents.
+const MAX_BODY: usize = 64 * 1024;
+
+async fn route(
+    req: Request<Incoming>,
+    board: &StatusBoard,
+    routes: &Routes,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    if path == "/v1/status" {
+        return if method == Method::GET {
+            json(StatusCode::OK, &board.snapshot().await)
+        } else {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        };
+    }
+    let Some(handler) = routes.get(method.as_str(), &path).await else {
+        return if routes.has_path(&path).await {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        } else {
+            error(StatusCode::NOT_FOUND, "no such endpoint")
+        };
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+    };
+    let value = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}")),
+        }
+    };
+    match handler(value).await {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => error(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &e.message,
         ),
     }
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message }))
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -93,6 +137,24 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
 
 /// `GET path` on the controller of `instance`; the JSON body of a 2xx answer.
 pub async fn get(instance: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    call(instance, Method::GET, path, None).await
+}
+
+/// `POST path` with a JSON body.
+pub async fn post(
+    instance: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    call(instance, Method::POST, path, Some(body)).await
+}
+
+async fn call(
+    instance: &str,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
     let socket = socket_path(instance);
     let stream = tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(&socket))
         .await
@@ -102,9 +164,16 @@ pub async fn get(instance: &str, path: &str) -> anyhow::Result<serde_json::Value
         .await
         .context("controller API handshake")?;
     let conn = tokio::spawn(conn);
-    let req = Request::get(path)
+    let bytes = match body {
+        Some(b) => Bytes::from(serde_json::to_vec(b).context("encoding the request")?),
+        None => Bytes::new(),
+    };
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, "netctl")
-        .body(Full::new(Bytes::new()))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes))
         .context("building the request")?;
     let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
         .await
@@ -119,10 +188,11 @@ pub async fn get(instance: &str, path: &str) -> anyhow::Result<serde_json::Value
         .to_bytes();
     conn.abort();
     if !status.is_success() {
-        bail!(
-            "controller answered {status} to {path}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        bail!("the controller refused {path}: {message} ({status})");
     }
     serde_json::from_slice(&body).context("the controller's answer is not JSON")
 }

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod daemon;
 pub mod down;
+pub mod lb;
 pub mod preflight;
 pub mod resource;
 pub mod state;

@@ -2,6 +2,7 @@
 
 use anyhow::bail;
 
+use super::state::{State, instances};
 use crate::{net::netlink::Netlink, topology::Plan};
 
 /// Creating namespaces, links and BPF programs needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN,
@@ -52,4 +53,61 @@ pub async fn check_routes(host: &Netlink, plan: &Plan) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Refuses host ports another platform forwards, or that a process on the host listens on:
+/// both would compete for the same connections.
+pub fn check_host_ports(plan: &Plan) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for other in instances().into_iter().filter(|i| *i != plan.instance()) {
+        let Ok(Some(state)) = State::load(&other) else {
+            continue;
+        };
+        for pf in &plan.port_forwards {
+            if state
+                .plan
+                .port_forwards
+                .iter()
+                .any(|o| o.host_port == pf.host_port && o.proto == pf.proto)
+            {
+                problems.push(format!(
+                    "host port {}/{} is already forwarded by platform instance {other}",
+                    pf.host_port,
+                    pf.proto.name()
+                ));
+            }
+        }
+    }
+    let listening = listening_tcp_ports();
+    for pf in &plan.port_forwards {
+        if pf.proto == crate::topology::Proto::Tcp && listening.contains(&pf.host_port) {
+            problems.push(format!(
+                "host port {}/tcp is in use by a process on the host",
+                pf.host_port
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "port_forwards collide with this host:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+    Ok(())
+}
+
+/// TCP ports with a listening socket in the host's network namespace.
+fn listening_tcp_ports() -> Vec<u16> {
+    const LISTEN: &str = "0A";
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let local = f.nth(1)?;
+            let state = f.nth(1)?;
+            (state == LISTEN).then_some(())?;
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
 }

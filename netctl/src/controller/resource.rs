@@ -2,7 +2,7 @@
 //! own partial work on failure), delete itself (treating "already gone" as success), tell
 //! whether it exists, and whether an object of its name exists that netctl did not make.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::daemon;
 use crate::{
-    dataplane::{Hook, Pins, loader},
+    dataplane::{LoadOptions, Pins, SockProgram, TcProgram, loader},
     net::{nat, netlink::Netlink, netns},
     supervisor,
     topology::{Plan, plan::ENDPOINT_IFNAME},
@@ -37,11 +37,17 @@ pub enum Resource {
         bridges: Vec<String>,
     },
     /// The eBPF object loaded with programs and maps pinned under `pins`.
-    Dataplane { pins: Pins },
-    /// A pinned TCX link of a program on one direction of a host-side veth.
+    Dataplane { pins: Pins, options: LoadOptions },
+    /// A pinned TCX link of a TC program on an interface (host-side veth or uplink).
     TcHook {
         ifname: String,
-        hook: Hook,
+        program: TcProgram,
+        pins: Pins,
+    },
+    /// A pinned cgroup link of a socket-level load-balancing program.
+    SockHook {
+        program: SockProgram,
+        cgroup: PathBuf,
         pins: Pins,
     },
     /// The processes that run in the namespaces, supervised by the controller. Created
@@ -56,6 +62,45 @@ pub enum Resource {
 /// How long the controller gets to stop after SIGTERM before it is killed.
 const CONTROLLER_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What of the host a plan uses, found out at `up` time.
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    /// Interfaces where outside traffic to port forwards arrives.
+    pub uplinks: Vec<String>,
+    /// cgroup v2 root for socket-level load balancing (`None`: socket LB off).
+    pub cgroup: Option<PathBuf>,
+}
+
+impl HostFacts {
+    /// Resolves the uplinks (explicit, or the interfaces of the default routes) and the
+    /// cgroup v2 root.
+    pub async fn discover(host: &Netlink, plan: &Plan) -> anyhow::Result<Self> {
+        let uplinks = match &plan.uplinks {
+            Some(list) => list.clone(),
+            None => {
+                let links = host.links().await?;
+                let mut names: Vec<String> = host
+                    .routes()
+                    .await?
+                    .iter()
+                    .filter(|r| r.destination.prefix_len() == 0)
+                    .filter_map(|r| r.oif)
+                    .filter_map(|i| links.iter().find(|l| l.index == i).map(|l| l.name.clone()))
+                    .collect();
+                names.sort();
+                names.dedup();
+                names
+            }
+        };
+        let cgroup = if plan.dataplane.socket_lb {
+            Some(crate::net::cgroup::v2_root()?)
+        } else {
+            None
+        };
+        Ok(Self { uplinks, cgroup })
+    }
+}
+
 /// What every resource operation needs.
 pub struct Ctx {
     pub host: Netlink,
@@ -64,7 +109,14 @@ pub struct Ctx {
 impl Resource {
     /// The resources of a plan, in creation order. The controller comes last (and so goes
     /// first); `with_controller` is false when the caller itself becomes the controller.
-    pub fn for_plan(plan: &Plan, pins: &Pins, with_controller: bool) -> Vec<Resource> {
+    /// `host` says what of the host the plan uses: uplinks for port forwards, the cgroup
+    /// for socket-level load balancing.
+    pub fn for_plan(
+        plan: &Plan,
+        pins: &Pins,
+        host: &HostFacts,
+        with_controller: bool,
+    ) -> Vec<Resource> {
         let mut out = Vec::new();
         for n in &plan.networks {
             out.push(Resource::Bridge {
@@ -88,12 +140,37 @@ impl Resource {
                 bridges: plan.networks.iter().map(|n| n.bridge.clone()).collect(),
             });
         }
-        out.push(Resource::Dataplane { pins: pins.clone() });
+        out.push(Resource::Dataplane {
+            pins: pins.clone(),
+            options: LoadOptions {
+                conntrack_max: plan.dataplane.conntrack_max,
+            },
+        });
         for e in &plan.endpoints {
-            for hook in Hook::BOTH {
+            for program in TcProgram::ENDPOINT {
                 out.push(Resource::TcHook {
                     ifname: e.host_ifname.clone(),
-                    hook,
+                    program,
+                    pins: pins.clone(),
+                });
+            }
+        }
+        if !plan.port_forwards.is_empty() {
+            for uplink in &host.uplinks {
+                for program in TcProgram::UPLINK {
+                    out.push(Resource::TcHook {
+                        ifname: uplink.clone(),
+                        program,
+                        pins: pins.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(cgroup) = &host.cgroup {
+            for program in SockProgram::ALL {
+                out.push(Resource::SockHook {
+                    program,
+                    cgroup: cgroup.clone(),
                     pins: pins.clone(),
                 });
             }
@@ -117,6 +194,7 @@ impl Resource {
             Resource::Masquerade { .. } => "nat",
             Resource::Dataplane { .. } => "dataplane",
             Resource::TcHook { .. } => "tc-hook",
+            Resource::SockHook { .. } => "sock-hook",
             Resource::Services { .. } => "services",
             Resource::Controller { .. } => "controller",
         }
@@ -127,8 +205,11 @@ impl Resource {
             Resource::Bridge { name, .. } => name.clone(),
             Resource::Endpoint { netns, .. } => netns.clone(),
             Resource::Masquerade { table, .. } => format!("ip {table}"),
-            Resource::Dataplane { pins } => pins.root.display().to_string(),
-            Resource::TcHook { ifname, hook, .. } => format!("{ifname}/{}", hook.as_str()),
+            Resource::Dataplane { pins, .. } => pins.root.display().to_string(),
+            Resource::TcHook {
+                ifname, program, ..
+            } => format!("{ifname}/{}", program.as_str()),
+            Resource::SockHook { program, .. } => program.program().to_string(),
             Resource::Services { instance } | Resource::Controller { instance, .. } => {
                 instance.clone()
             }
@@ -150,10 +231,26 @@ impl Resource {
                 let s: Vec<String> = subnets.iter().map(ToString::to_string).collect();
                 format!("masquerade {}", s.join(" "))
             }
-            Resource::Dataplane { .. } => "programs + maps pinned".into(),
-            Resource::TcHook { pins, ifname, hook } => {
-                pins.link(ifname, *hook).display().to_string()
+            Resource::Dataplane { options, .. } => {
+                format!(
+                    "programs + maps pinned, conntrack {} entries",
+                    options.conntrack_max
+                )
             }
+            Resource::TcHook {
+                pins,
+                ifname,
+                program,
+            } => pins.tc_link(ifname, *program).display().to_string(),
+            Resource::SockHook {
+                pins,
+                program,
+                cgroup,
+            } => format!(
+                "{} on {}",
+                pins.sock_link(*program).display(),
+                cgroup.display()
+            ),
             Resource::Services { instance } => {
                 let records = supervisor::record::all(instance);
                 let alive = records.iter().filter(|r| r.is_alive()).count();
@@ -173,7 +270,8 @@ impl Resource {
             (Resource::TcHook { ifname, .. }, Resource::Endpoint { host_ifname, .. }) => {
                 ifname == host_ifname
             }
-            (Resource::TcHook { pins: a, .. }, Resource::Dataplane { pins: b }) => a == b,
+            (Resource::TcHook { pins: a, .. }, Resource::Dataplane { pins: b, .. }) => a == b,
+            (Resource::SockHook { pins: a, .. }, Resource::Dataplane { pins: b, .. }) => a == b,
             _ => false,
         }
     }
@@ -207,14 +305,23 @@ impl Resource {
                 subnets: subnets.clone(),
                 bridges: bridges.clone(),
             }),
-            Resource::Dataplane { pins } => {
-                let loaded = loader::load_and_pin(pins);
+            Resource::Dataplane { pins, options } => {
+                let loaded = loader::load_and_pin(pins, *options);
                 if loaded.is_err() {
                     let _ = loader::unpin_all(pins);
                 }
                 loaded
             }
-            Resource::TcHook { ifname, hook, pins } => loader::attach(pins, ifname, *hook),
+            Resource::TcHook {
+                ifname,
+                program,
+                pins,
+            } => loader::attach_tc(pins, ifname, *program),
+            Resource::SockHook {
+                program,
+                cgroup,
+                pins,
+            } => loader::attach_sock(pins, cgroup, *program),
             Resource::Services { instance } => {
                 let dir = supervisor::paths::run_dir(instance);
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
@@ -280,9 +387,14 @@ impl Resource {
                 link.map(drop).and(ns.map(drop))
             }
             Resource::Masquerade { table, .. } => nat::delete(table).map(drop),
-            Resource::Dataplane { pins } => loader::unpin_all(pins).map(drop),
-            Resource::TcHook { ifname, hook, pins } => {
-                loader::detach(pins, ifname, *hook).map(drop)
+            Resource::Dataplane { pins, .. } => loader::unpin_all(pins).map(drop),
+            Resource::TcHook {
+                ifname,
+                program,
+                pins,
+            } => loader::unlink(&pins.tc_link(ifname, *program)).map(drop),
+            Resource::SockHook { program, pins, .. } => {
+                loader::unlink(&pins.sock_link(*program)).map(drop)
             }
             Resource::Services { instance } => supervisor::stop_all(instance).await,
             Resource::Controller { instance, .. } => {
@@ -305,8 +417,15 @@ impl Resource {
                 ..
             } => netns::exists(ns) && ctx.host.link(host_ifname).await?.is_some(),
             Resource::Masquerade { table, .. } => nat::exists(table)?,
-            Resource::Dataplane { pins } => loader::is_loaded(pins),
-            Resource::TcHook { ifname, hook, pins } => loader::is_attached(pins, ifname, *hook),
+            Resource::Dataplane { pins, .. } => loader::is_loaded(pins),
+            Resource::TcHook {
+                ifname,
+                program,
+                pins,
+            } => loader::is_linked(&pins.tc_link(ifname, *program)),
+            Resource::SockHook { program, pins, .. } => {
+                loader::is_linked(&pins.sock_link(*program))
+            }
             Resource::Services { instance } => supervisor::paths::run_dir(instance).is_dir(),
             Resource::Controller { instance, .. } => daemon::running(instance).is_some(),
         })
@@ -337,11 +456,11 @@ impl Resource {
             Resource::Masquerade { table, .. } => {
                 nat::exists(table)?.then(|| format!("nftables table ip {table} already exists"))
             }
-            Resource::Dataplane { pins } => pins
+            Resource::Dataplane { pins, .. } => pins
                 .root
                 .exists()
                 .then(|| format!("{} already exists", pins.root.display())),
-            Resource::TcHook { .. } | Resource::Services { .. } => None,
+            Resource::TcHook { .. } | Resource::SockHook { .. } | Resource::Services { .. } => None,
             Resource::Controller { instance, .. } => daemon::running(instance).map(|id| {
                 format!(
                     "a controller of instance {instance} is running (pid {})",

@@ -13,7 +13,7 @@ use anyhow::{Context, anyhow, bail};
 
 use super::{
     Resource, daemon, preflight,
-    resource::Ctx,
+    resource::{Ctx, HostFacts},
     state::{HostChanges, State, StateLock},
 };
 use crate::{
@@ -57,10 +57,12 @@ pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
         host: Netlink::current()?,
     };
     preflight::check_routes(&ctx.host, plan).await?;
+    preflight::check_host_ports(plan)?;
 
     let instance = plan.instance();
     let pins = Pins::for_instance(&instance);
-    let desired = Resource::for_plan(plan, &pins, mode == ControllerMode::Background);
+    let facts = HostFacts::discover(&ctx.host, plan).await?;
+    let desired = Resource::for_plan(plan, &pins, &facts, mode == ControllerMode::Background);
     let mut state = State::load(&instance)?.unwrap_or_else(|| State::new(plan.clone()));
 
     let remove = stale(&state, &desired, &ctx).await?;

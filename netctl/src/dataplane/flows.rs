@@ -1,17 +1,13 @@
 //! Reading the pinned `FLOWS` map: works without a running controller.
 
-use std::{
-    net::Ipv4Addr,
-    time::{Duration, SystemTime},
-};
+use std::net::Ipv4Addr;
 
 use anyhow::Context;
 use aya::maps::{HashMap, Map, MapData};
 use netctl_common::{FlowKey, FlowStats, maps::FLOWS};
-use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 
-use super::Pins;
+use super::{Pins, clock::BootClock};
 
 /// One flow direction with its counters, in user-facing units.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,54 +40,27 @@ pub fn open(pins: &Pins) -> anyhow::Result<HashMap<MapData, FlowKey, FlowStats>>
 /// Every flow in the map. Entries evicted while we iterate are skipped.
 pub fn read(pins: &Pins) -> anyhow::Result<Vec<Flow>> {
     let map = open(pins)?;
-    let clock = Clock::now()?;
+    let clock = BootClock::now()?;
     let mut flows: Vec<Flow> = map
         .iter()
         .filter_map(Result::ok)
-        .map(|(k, v)| clock.flow(&k, &v))
+        .map(|(k, v)| flow(&clock, &k, &v))
         .collect();
     flows.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.src.cmp(&b.src)));
     Ok(flows)
 }
 
-/// Converts the kernel's boot-time nanoseconds into wall-clock time.
-struct Clock {
-    boot_ns: u64,
-    wall: SystemTime,
-}
-
-impl Clock {
-    fn now() -> anyhow::Result<Self> {
-        let ts = clock_gettime(ClockId::CLOCK_BOOTTIME).context("clock_gettime(BOOTTIME)")?;
-        let boot_ns = (ts.tv_sec() as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(ts.tv_nsec() as u64);
-        Ok(Self {
-            boot_ns,
-            wall: SystemTime::now(),
-        })
-    }
-
-    fn unix(&self, boot_ns: u64) -> f64 {
-        let age = Duration::from_nanos(self.boot_ns.saturating_sub(boot_ns));
-        self.wall
-            .checked_sub(age)
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map_or(0.0, |d| d.as_secs_f64())
-    }
-
-    fn flow(&self, k: &FlowKey, v: &FlowStats) -> Flow {
-        Flow {
-            src: Ipv4Addr::from(k.src_addr),
-            dst: Ipv4Addr::from(k.dst_addr),
-            src_port: k.src_port,
-            dst_port: k.dst_port,
-            proto: k.proto,
-            packets: v.packets,
-            bytes: v.bytes,
-            first_seen: self.unix(v.first_seen_ns),
-            last_seen: self.unix(v.last_seen_ns),
-            tcp_flags: (v.tcp_flags & 0xff) as u8,
-        }
+fn flow(clock: &BootClock, k: &FlowKey, v: &FlowStats) -> Flow {
+    Flow {
+        src: Ipv4Addr::from(k.src_addr),
+        dst: Ipv4Addr::from(k.dst_addr),
+        src_port: k.src_port,
+        dst_port: k.dst_port,
+        proto: k.proto,
+        packets: v.packets,
+        bytes: v.bytes,
+        first_seen: clock.unix(v.first_seen_ns),
+        last_seen: clock.unix(v.last_seen_ns),
+        tcp_flags: (v.tcp_flags & 0xff) as u8,
     }
 }

@@ -1,11 +1,16 @@
 //! The eBPF side as the controller sees it: the embedded object, where an instance pins its
 //! programs, maps and links, loading/attaching, and typed readers of the pinned maps.
 
+pub mod clock;
+pub mod conntrack;
 pub mod flows;
+pub mod lb;
 pub mod loader;
+pub mod maglev;
 pub mod pins;
+pub mod stats;
 
-pub use loader::Hook;
+pub use loader::{LoadOptions, SockProgram, TcProgram};
 pub use pins::Pins;
 
 /// The eBPF object built from `netctl-ebpf` by the build script, embedded so that the

@@ -4,6 +4,7 @@
 //! /sys/fs/bpf/netctl/<instance>/maps/FLOWS
 //! /sys/fs/bpf/netctl/<instance>/progs/netctl_tc_ingress
 //! /sys/fs/bpf/netctl/<instance>/links/ingress/<ifname>
+//! /sys/fs/bpf/netctl/<instance>/links/cgroup/netctl_sock_connect4
 //! ```
 //!
 //! (bpffs refuses names with a dot, which it keeps for its own `*.debug` files.)
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use netctl_common::maps::PIN_ROOT;
 use serde::{Deserialize, Serialize};
 
-use super::Hook;
+use super::loader::{SockProgram, TcProgram};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pins {
@@ -50,8 +51,14 @@ impl Pins {
         self.progs_dir().join(name)
     }
 
-    pub fn link(&self, ifname: &str, hook: Hook) -> PathBuf {
-        self.links_dir().join(hook.as_str()).join(ifname)
+    /// Pinned TCX link of a TC program on `ifname`.
+    pub fn tc_link(&self, ifname: &str, which: TcProgram) -> PathBuf {
+        self.links_dir().join(which.as_str()).join(ifname)
+    }
+
+    /// Pinned cgroup link of a socket program.
+    pub fn sock_link(&self, which: SockProgram) -> PathBuf {
+        self.links_dir().join("cgroup").join(which.program())
     }
 
     /// Every pinned map of the instance, by name.

@@ -3,6 +3,7 @@
 //! Nothing here knows about topologies; the controller composes these pieces.
 
 pub mod bpffs;
+pub mod cgroup;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

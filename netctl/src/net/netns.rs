@@ -157,3 +157,25 @@ fn ensure_run_dir() -> anyhow::Result<()> {
         Err(e) => Err(e).context("making /run/netns a shared mount"),
     }
 }
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`), which eBPF
+/// programs compare with `bpf_get_netns_cookie`.
+pub fn current_cookie() -> anyhow::Result<u64> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("opening a socket")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a live u64.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
+    }
+    Ok(cookie)
+}

@@ -1,17 +1,22 @@
 //! The topology file: networks (one bridge + subnet each) and the services that live in
-//! namespaces on them, with what runs there and how to check it. Parsing is pure; [`validate`] turns a parsed file into a [`Plan`] of
-//! concrete names and addresses, or into every error it contains, before anything is touched.
+//! namespaces on them, with what runs there and how to check it. Parsing is pure;
+//! [`validate`] turns a parsed file into a [`Plan`] of concrete names and addresses, or into
+//! every error it contains, before anything is touched.
 
 pub mod health;
 mod model;
 pub mod plan;
 pub mod run;
+mod services;
 mod validate;
 mod validate_run;
 
 pub use health::{HealthCheck, HealthSpec, Probe};
-pub use model::{NatConfig, NetworkSpec, PlatformSpec, ServiceSpec, Topology};
-pub use plan::{Endpoint, Network, Plan};
+pub use model::{
+    DataplaneSpec, NatConfig, NetworkSpec, PlatformSpec, PortForwardSpec, PortSpec, ServiceSpec,
+    Topology,
+};
+pub use plan::{Algorithm, Endpoint, Network, Plan, Port, PortForward, Proto, Service};
 pub use run::{Kind, Program, Run};
 pub use validate::{TopologyError, ValidationErrors};
 pub use validate_run::GATEWAY_UPSTREAM_ENV;

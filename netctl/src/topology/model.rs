@@ -19,6 +19,11 @@ pub struct Topology {
     pub services: IndexMap<String, ServiceSpec>,
     #[serde(default)]
     pub nat: NatConfig,
+    #[serde(default)]
+    pub dataplane: DataplaneSpec,
+    /// Host ports forwarded to a service (the seed's 8080 -> edge:80).
+    #[serde(default)]
+    pub port_forwards: Vec<PortForwardSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +36,12 @@ pub struct PlatformSpec {
     /// several platforms (or test runs) can share one host. Also names the instance.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// Where service VIPs come from.
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: String,
+    /// Host interfaces through which outside traffic reaches port forwards; default: the
+    /// interfaces of the host's default routes.
+    pub uplinks: Option<Vec<String>>,
 }
 
 impl Default for PlatformSpec {
@@ -38,8 +49,14 @@ impl Default for PlatformSpec {
         Self {
             name: default_platform_name(),
             prefix: default_prefix(),
+            service_cidr: default_service_cidr(),
+            uplinks: None,
         }
     }
+}
+
+fn default_service_cidr() -> String {
+    "10.96.0.0/16".to_string()
 }
 
 fn default_platform_name() -> String {
@@ -73,9 +90,14 @@ pub struct ServiceSpec {
     pub address: Option<String>,
     #[serde(default = "one")]
     pub replicas: u32,
-    /// Ports the service listens on (used by load balancing and policy).
+    /// Ports the service listens on: `80` (TCP) or `"53/udp"`. Each becomes a frontend
+    /// `VIP:port` load-balanced over the replicas.
     #[serde(default)]
-    pub ports: Vec<u32>,
+    pub ports: Vec<PortSpec>,
+    /// The service's virtual IP; default: the next free address of `platform.service_cidr`.
+    pub vip: Option<String>,
+    /// Backend selection: `round-robin` (default), `random` or `maglev`.
+    pub lb: Option<String>,
     /// Namespace (and host-side veth) name; default: prefix + service name, with
     /// `-1`, `-2`, ... per replica when there are several.
     pub namespace: Option<String>,
@@ -112,6 +134,51 @@ impl Default for NatConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// A port as written: a number (TCP) or `"PORT/PROTO"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    Number(u32),
+    Text(String),
+}
+
+/// How the eBPF dataplane is set up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneSpec {
+    /// Socket-level load balancing: connect()/sendmsg() to a VIP go straight to a backend.
+    #[serde(default = "yes")]
+    pub socket_lb: bool,
+    /// Capacity of the conntrack table in entries (two per connection).
+    #[serde(default = "default_conntrack_max")]
+    pub conntrack_max: u32,
+}
+
+impl Default for DataplaneSpec {
+    fn default() -> Self {
+        Self {
+            socket_lb: true,
+            conntrack_max: default_conntrack_max(),
+        }
+    }
+}
+
+fn default_conntrack_max() -> u32 {
+    netctl_common::maps::CT_MAX_ENTRIES
+}
+
+/// `[[port_forwards]]`: traffic to the host's `host_port` goes to `service`'s `port`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortForwardSpec {
+    pub host_port: u32,
+    pub service: String,
+    /// The service port; default: the service's first port.
+    pub port: Option<u32>,
+    /// `tcp` (default) or `udp`.
+    pub protocol: Option<String>,
 }
 
 impl Topology {

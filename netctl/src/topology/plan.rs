@@ -18,6 +18,120 @@ pub struct Plan {
     pub networks: Vec<Network>,
     pub endpoints: Vec<Endpoint>,
     pub masquerade: bool,
+    /// Services with ports, their VIPs and algorithms, in file order.
+    pub services: Vec<Service>,
+    pub service_cidr: Ipv4Net,
+    pub port_forwards: Vec<PortForward>,
+    /// Explicit uplinks; `None`: the interfaces of the host's default routes.
+    pub uplinks: Option<Vec<String>>,
+    pub dataplane: Dataplane,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => netctl_common::flow::IPPROTO_TCP,
+            Proto::Udp => netctl_common::flow::IPPROTO_UDP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            netctl_common::flow::IPPROTO_TCP => Some(Proto::Tcp),
+            netctl_common::flow::IPPROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Port {
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.port, self.proto.name())
+    }
+}
+
+/// Backend selection algorithm of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    RoundRobin,
+    Random,
+    Maglev,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::Random => "random",
+            Algorithm::Maglev => "maglev",
+        }
+    }
+
+    /// `ServiceValue::algorithm` in the maps.
+    pub fn code(self) -> u8 {
+        match self {
+            Algorithm::RoundRobin => netctl_common::lb::ALG_ROUND_ROBIN,
+            Algorithm::Random => netctl_common::lb::ALG_RANDOM,
+            Algorithm::Maglev => netctl_common::lb::ALG_MAGLEV,
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "round-robin" => Some(Algorithm::RoundRobin),
+            "random" => Some(Algorithm::Random),
+            "maglev" => Some(Algorithm::Maglev),
+            _ => None,
+        }
+    }
+}
+
+/// A load-balanced service: `vip:port` for each port, over the service's replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    /// Numeric id in the maps (1-based, file order).
+    pub id: u32,
+    pub vip: Ipv4Addr,
+    pub ports: Vec<Port>,
+    pub algorithm: Algorithm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    pub host_port: u16,
+    pub proto: Proto,
+    pub service: String,
+    /// The service port it forwards to.
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dataplane {
+    pub socket_lb: bool,
+    pub conntrack_max: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +158,7 @@ pub struct Endpoint {
     pub address: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
-    pub ports: Vec<u16>,
+    pub ports: Vec<Port>,
     /// What the supervisor runs in the namespace; `None`: nothing, the namespace only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<Run>,
@@ -93,10 +207,22 @@ impl Plan {
             .collect()
     }
 
-    /// A readable name for any address: endpoint, bridge gateway (`host`), or the address.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    pub fn service_by_id(&self, id: u32) -> Option<&Service> {
+        self.services.iter().find(|s| s.id == id)
+    }
+
+    /// A readable name for any address: endpoint, service VIP, bridge gateway (`host`),
+    /// or the address.
     pub fn name_of(&self, addr: Ipv4Addr) -> String {
         if let Some(ep) = self.endpoint_by_addr(addr) {
             return ep.display_name();
+        }
+        if let Some(svc) = self.services.iter().find(|s| s.vip == addr) {
+            return format!("{}(vip)", svc.name);
         }
         if self.networks.iter().any(|n| n.gateway == addr) {
             return "host".to_string();
@@ -115,9 +241,12 @@ impl Endpoint {
         self.run.as_ref().and_then(Run::kind)
     }
 
-    /// The first port: where a built-in listens.
+    /// The first TCP port: where a built-in listens.
     pub fn port(&self) -> Option<u16> {
-        self.ports.first().copied()
+        self.ports
+            .iter()
+            .find(|p| p.proto == Proto::Tcp)
+            .map(|p| p.port)
     }
 }
 

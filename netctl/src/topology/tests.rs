@@ -479,10 +479,11 @@ fn a_kind_brings_its_default_port_and_health_check() {
     ))
     .expect("valid");
     let web = &p.endpoints[0];
-    assert_eq!(web.ports, [5000]);
+    assert_eq!(web.port(), Some(5000));
+    assert_eq!(web.ports.len(), 1);
     assert_eq!(web.health, Some(HealthCheck::http(5000)));
     assert_eq!(p.endpoints[1].health, Some(HealthCheck::tcp(6379)));
-    assert_eq!(p.endpoints[2].ports, [5432]);
+    assert_eq!(p.endpoints[2].port(), Some(5432));
 }
 
 #[test]

@@ -146,6 +146,36 @@ pub enum TopologyError {
         kind: Kind,
         replicas: u32,
     },
+    #[error("{field}: {value:?} is not a port (write 80, \"80/tcp\" or \"53/udp\")")]
+    BadPortSpec { field: String, value: String },
+    #[error("{field}: port {port} is listed twice")]
+    DuplicatePort { field: String, port: String },
+    #[error("{field}: {value:?} is not a load-balancing algorithm (round-robin, random, maglev)")]
+    BadAlgorithm { field: String, value: String },
+    #[error("{field}: VIP {vip} is not a host address of platform.service_cidr ({cidr})")]
+    VipOutsideServiceCidr {
+        field: String,
+        vip: Ipv4Addr,
+        cidr: Ipv4Net,
+    },
+    #[error("{field}: a VIP needs ports to balance")]
+    VipWithoutPorts { field: String },
+    #[error("{field}: platform.service_cidr ({cidr}) has no free address for another VIP")]
+    ServiceCidrExhausted { field: String, cidr: Ipv4Net },
+    #[error("{field}: unknown service {service:?} (services with ports: {known})")]
+    UnknownService {
+        field: String,
+        service: String,
+        known: String,
+    },
+    #[error("{field}: service {service:?} has no port {port}")]
+    PortForwardToUnknownPort {
+        field: String,
+        service: String,
+        port: String,
+    },
+    #[error("dataplane.conntrack_max: {value} entries is too small (at least {min})", min = super::services::MIN_CONNTRACK)]
+    ConntrackTooSmall { value: u32 },
     #[error("network {network:?} ({subnet}) has no free address left for {field}")]
     SubnetExhausted {
         field: String,
@@ -192,6 +222,18 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
     }
     let endpoints = v.endpoints(topology, &networks);
     validate_run::check_wiring(topology, &mut v.errors);
+    let lb = super::services::plan(topology, &networks, &endpoints, &mut v.errors);
+    if let Some(uplinks) = &topology.platform.uplinks {
+        for (i, name) in uplinks.iter().enumerate() {
+            if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.contains('/') {
+                v.errors.push(TopologyError::InvalidName {
+                    field: format!("platform.uplinks[{i}]"),
+                    name: name.clone(),
+                    reason: "not an interface name",
+                });
+            }
+        }
+    }
 
     if v.errors.is_empty() {
         Ok(Plan {
@@ -200,20 +242,26 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
             networks,
             endpoints,
             masquerade: topology.nat.masquerade,
+            services: lb.services,
+            service_cidr: lb.service_cidr,
+            port_forwards: lb.port_forwards,
+            uplinks: topology.platform.uplinks.clone(),
+            dataplane: lb.dataplane,
         })
     } else {
         Err(v.errors)
     }
 }
 
-/// A service whose addresses are known, waiting for automatic ones.
-type Pending<'a> = (
-    String,
-    &'a ServiceSpec,
-    &'a Network,
-    Vec<Option<Ipv4Addr>>,
-    validate_run::Resolved,
-);
+/// A service between the two passes of [`Validator::endpoints`]: explicit addresses claimed,
+/// automatic ones still to hand out.
+struct Pending<'a> {
+    name: String,
+    spec: &'a ServiceSpec,
+    network: &'a Network,
+    addrs: Vec<Option<Ipv4Addr>>,
+    resolved: validate_run::Resolved,
+}
 
 #[derive(Default)]
 struct Validator {
@@ -304,14 +352,11 @@ impl Validator {
                 });
                 continue;
             }
-            for (i, port) in spec.ports.iter().enumerate() {
-                if *port == 0 || *port > u32::from(u16::MAX) {
-                    self.errors.push(TopologyError::BadPort {
-                        field: format!("{field}.ports[{i}]"),
-                        value: *port,
-                    });
-                }
-            }
+            let ports = super::services::parse_ports(
+                &format!("{field}.ports"),
+                &spec.ports,
+                &mut self.errors,
+            );
             let Some(network) = networks.iter().find(|n| n.name == spec.network) else {
                 // A network that failed its own checks is already reported.
                 if !topology.networks.contains_key(&spec.network) {
@@ -344,17 +389,26 @@ impl Validator {
                     }
                 }
             }
-            let ports: Vec<u16> = spec
-                .ports
-                .iter()
-                .filter_map(|p| u16::try_from(*p).ok().filter(|p| *p != 0))
-                .collect();
+            // What runs there, its check, and the kind's default port when none is listed.
             let resolved = validate_run::resolve(name, spec, ports, &mut self.errors);
-            pending.push((name.to_string(), spec, network, addrs, resolved));
+            pending.push(Pending {
+                name: name.to_string(),
+                spec,
+                network,
+                addrs,
+                resolved,
+            });
         }
 
         let mut out = Vec::new();
-        for (name, spec, network, addrs, resolved) in pending {
+        for Pending {
+            name,
+            spec,
+            network,
+            addrs,
+            resolved,
+        } in pending
+        {
             let field = format!("services.{name}");
             for (r, addr) in addrs.into_iter().enumerate() {
                 let replica = r as u32 + 1;

@@ -9,6 +9,7 @@ use super::{
         HealthSpec, MAX_INTERVAL, MAX_RETRIES, MIN_INTERVAL, MIN_TIMEOUT, Probe, parse_duration,
     },
     model::{ServiceSpec, Topology},
+    plan::{Port, Proto},
     run::{Kind, Program, Run},
     validate::TopologyError,
 };
@@ -21,7 +22,7 @@ pub struct Resolved {
     pub run: Option<Run>,
     pub health: Option<HealthCheck>,
     /// The service's ports, with the kind's default port when it lists none.
-    pub ports: Vec<u16>,
+    pub ports: Vec<Port>,
 }
 
 /// Resolves `kind`/`command`/`env`/`health` of service `name`. `ports` are the service's
@@ -29,7 +30,7 @@ pub struct Resolved {
 pub fn resolve(
     name: &str,
     spec: &ServiceSpec,
-    ports: Vec<u16>,
+    ports: Vec<Port>,
     errors: &mut Vec<TopologyError>,
 ) -> Resolved {
     let field = format!("services.{name}");
@@ -41,8 +42,16 @@ pub fn resolve(
     };
     let mut ports = ports;
     if let (Some(k), true) = (kind, spec.ports.is_empty()) {
-        ports.push(k.default_port());
+        ports.push(Port {
+            port: k.default_port(),
+            proto: Proto::Tcp,
+        });
     }
+    let tcp: Vec<u16> = ports
+        .iter()
+        .filter(|p| p.proto == Proto::Tcp)
+        .map(|p| p.port)
+        .collect();
     if let Some(k) = kind
         && k.single_replica()
         && spec.replicas > 1
@@ -54,8 +63,8 @@ pub fn resolve(
         });
     }
     let health = match &spec.health {
-        Some(h) => health(&format!("{field}.health"), h, &ports, errors),
-        None => kind.and_then(|k| ports.first().map(|p| k.default_health(*p))),
+        Some(h) => health(&format!("{field}.health"), h, &tcp, errors),
+        None => kind.and_then(|k| tcp.first().map(|p| k.default_health(*p))),
     };
     Resolved {
         run: program.map(|program| Run {
@@ -186,7 +195,7 @@ fn health(
             if first.is_none() {
                 bad(
                     "port",
-                    "the service lists no ports: give the port to check".into(),
+                    "the service lists no TCP port: give the port to check".into(),
                 );
             }
             first

@@ -1,0 +1,3 @@
+//! One module per benchmark.
+
+pub mod lb;

@@ -1,0 +1,63 @@
+//! Drop reasons and dataplane counters (`DROPS`, `COUNTERS`: per-CPU arrays).
+
+/// Why the dataplane dropped a packet. The numbers are part of the map format: never
+/// renumber, only add.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A new connection to a frontend whose service has no usable backend.
+    NoBackend = 1,
+    /// A new connection the conntrack table had no room for.
+    CtFull = 2,
+    /// A packet too short or malformed to parse.
+    Malformed = 3,
+    /// Rewriting the packet (NAT, checksums) failed.
+    NatFailed = 4,
+}
+
+impl DropReason {
+    /// Every reason, in number order.
+    pub const ALL: [DropReason; 4] = [
+        DropReason::NoBackend,
+        DropReason::CtFull,
+        DropReason::Malformed,
+        DropReason::NatFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::NoBackend => "no-backend",
+            DropReason::CtFull => "conntrack-full",
+            DropReason::Malformed => "malformed",
+            DropReason::NatFailed => "nat-failed",
+        }
+    }
+
+    pub fn from_u32(n: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| *r as u32 == n)
+    }
+}
+
+/// Size of `DROPS` (index = reason number).
+pub const DROP_REASONS_MAX: u32 = 64;
+
+/// Indexes of `COUNTERS`.
+pub const CNT_CT_CREATED: u32 = 0;
+/// A TCP packet without SYN found no conntrack entry: its connection's entry was evicted
+/// (table pressure) or expired, and a NATed connection breaks.
+pub const CNT_CT_MISS_ESTABLISHED: u32 = 1;
+/// Entries found expired on lookup and replaced.
+pub const CNT_CT_EXPIRED: u32 = 2;
+/// New connections load-balanced by the TC programs.
+pub const CNT_LB_TC: u32 = 3;
+/// Connections load-balanced at connect()/sendmsg() by the socket programs.
+pub const CNT_LB_SOCK: u32 = 4;
+pub const COUNTERS_MAX: u32 = 16;
+
+pub const COUNTER_NAMES: [(u32, &str); 5] = [
+    (CNT_CT_CREATED, "ct_created"),
+    (CNT_CT_MISS_ESTABLISHED, "ct_miss_established"),
+    (CNT_CT_EXPIRED, "ct_expired"),
+    (CNT_LB_TC, "lb_tc"),
+    (CNT_LB_SOCK, "lb_sock"),
+];

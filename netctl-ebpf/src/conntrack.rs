@@ -1,0 +1,104 @@
+//! The `CT` map: lookups with expiry, per-direction bookkeeping, and creation of the
+//! forward/reverse entry pair of a new connection. See `netctl_common::ct`.
+
+use aya_ebpf::{macros::map, maps::LruHashMap};
+use netctl_common::{
+    CtEntry, FlowKey,
+    ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_REPLIED, CT_F_REVERSE, CT_F_SNAT},
+    maps,
+    stats::{CNT_CT_CREATED, CNT_CT_EXPIRED},
+};
+
+use crate::{parse::Packet, stats};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+#[map(name = "CT")]
+static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(maps::CT_MAX_ENTRIES, 0);
+
+/// The live entry for `key`; an expired one is removed and reported as a miss.
+#[inline(always)]
+pub fn lookup(key: &FlowKey, now: u64) -> Option<*mut CtEntry> {
+    let e = CT.get_ptr_mut(key)?;
+    // SAFETY: `e` points into a map value valid for this program run.
+    if unsafe { (*e).is_expired(key.proto, now) } {
+        let _ = CT.remove(key);
+        stats::count(CNT_CT_EXPIRED);
+        return None;
+    }
+    Some(e)
+}
+
+/// The key of the other direction of the connection `key`/`e` belongs to.
+#[inline(always)]
+pub fn peer_key(key: &FlowKey, e: &CtEntry) -> FlowKey {
+    if e.flags & CT_F_REVERSE != 0 {
+        // Reverse key: server -> client. Forward: client -> frontend (or server).
+        let (addr, port) = if e.flags & CT_F_SNAT != 0 {
+            (e.nat_addr, e.nat_port)
+        } else {
+            (key.src_addr, key.src_port)
+        };
+        FlowKey::new(key.dst_addr, addr, key.dst_port, port, key.proto)
+    } else {
+        // Forward key: client -> frontend. Reverse: backend (or server) -> client.
+        let (addr, port) = if e.flags & CT_F_DNAT != 0 {
+            (e.nat_addr, e.nat_port)
+        } else {
+            (key.dst_addr, key.dst_port)
+        };
+        FlowKey::new(addr, key.src_addr, port, key.src_port, key.proto)
+    }
+}
+
+/// Records a packet of this direction: last seen, TCP flags; a FIN or RST puts both
+/// directions in the short closing timeout, the first reply marks both established.
+#[inline(always)]
+pub fn touch(key: &FlowKey, e: *mut CtEntry, pkt: &Packet, now: u64) {
+    // SAFETY: `e` points into a map value valid for this program run; concurrent updates
+    // of these fields race benignly (last writer wins on a timestamp or a flag).
+    let entry = unsafe { &mut *e };
+    entry.last_seen_ns = now;
+    let mut peer_flags = 0;
+    if pkt.tcp_flags & !entry.tcp_flags != 0 {
+        entry.tcp_flags |= pkt.tcp_flags;
+    }
+    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & CT_F_CLOSING == 0 {
+        entry.flags |= CT_F_CLOSING;
+        peer_flags |= CT_F_CLOSING;
+    }
+    if entry.flags & CT_F_REVERSE != 0 && entry.flags & CT_F_REPLIED == 0 {
+        entry.flags |= CT_F_REPLIED;
+        peer_flags |= CT_F_REPLIED;
+    }
+    if peer_flags != 0 {
+        let peer = peer_key(key, entry);
+        if let Some(p) = CT.get_ptr_mut(peer) {
+            // SAFETY: as above.
+            unsafe { (*p).flags |= peer_flags };
+        }
+    }
+}
+
+/// Creates both entries of a new connection. Fails only when the kernel cannot allocate
+/// an entry (the LRU map otherwise makes room by evicting the least recently used).
+#[inline(always)]
+pub fn create(
+    fwd_key: &FlowKey,
+    fwd: &CtEntry,
+    rev_key: &FlowKey,
+    rev: &CtEntry,
+) -> Result<(), ()> {
+    CT.insert(rev_key, rev, 0).map_err(|_| ())?;
+    if CT.insert(fwd_key, fwd, 0).is_err() {
+        let _ = CT.remove(rev_key);
+        return Err(());
+    }
+    stats::count(CNT_CT_CREATED);
+    Ok(())
+}
+
+pub fn remove(key: &FlowKey) {
+    let _ = CT.remove(key);
+}

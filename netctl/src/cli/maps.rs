@@ -1,0 +1,162 @@
+//! `netctl maps [NAME]`: the instance's pinned maps, or one map's entries decoded, from
+//! bpffs alone (no controller needed).
+
+use std::{net::Ipv4Addr, process::ExitCode};
+
+use anyhow::{Context, bail};
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
+use netctl_common::{
+    Backend, CtEntry, FlowKey, FlowStats, ServiceKey, ServiceValue, maps as names,
+    sock::{SockRevNatKey, SockRevNatValue},
+};
+use serde_json::{Value, json};
+
+use super::load_state;
+use crate::{controller::preflight, dataplane::Pins, output};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A map to dump (e.g. CT, LB_SERVICES); without it, list them all.
+    name: Option<String>,
+    /// Machine-readable output (a dump is always JSON).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+    preflight::require_root("maps")?;
+    let Some(state) = load_state(prefix)? else {
+        bail!("no netctl platform is up");
+    };
+    let pins = Pins::for_instance(&state.instance);
+    match args.name {
+        Some(name) => {
+            if !pins.pinned_maps().contains(&name) {
+                bail!(
+                    "no pinned map {name:?}; pinned: {}",
+                    pins.pinned_maps().join(", ")
+                );
+            }
+            output::print_json(&dump(&pins, &name)?)?;
+        }
+        None => list(&pins, args.json)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(pins: &Pins, as_json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for name in pins.pinned_maps() {
+        let path = pins.map(&name);
+        let info =
+            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        let kind = info
+            .map_type()
+            .map_or_else(|_| "?".to_string(), |t| format!("{t:?}"));
+        let entries = dump(pins, &name)
+            .ok()
+            .and_then(|d| d.as_array().map(Vec::len));
+        rows.push(json!({
+            "name": name,
+            "type": kind,
+            "key_size": info.key_size(),
+            "value_size": info.value_size(),
+            "max_entries": info.max_entries(),
+            "entries": entries,
+            "pin": path,
+        }));
+    }
+    if as_json {
+        return output::print_json(&rows);
+    }
+    let mut t = output::table(&[
+        "name",
+        "type",
+        "key",
+        "value",
+        "max entries",
+        "entries",
+        "pin",
+    ]);
+    for r in &rows {
+        t.add_row(vec![
+            r["name"].as_str().unwrap_or("").to_string(),
+            r["type"].as_str().unwrap_or("").to_string(),
+            format!("{} B", r["key_size"]),
+            format!("{} B", r["value_size"]),
+            r["max_entries"].to_string(),
+            r["entries"].as_u64().map_or("-".into(), |n| n.to_string()),
+            r["pin"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    output::print_table(&t).map_err(Into::into)
+}
+
+/// Every entry of a known map as `{key, value}` objects.
+fn dump(pins: &Pins, name: &str) -> anyhow::Result<Value> {
+    let data = MapData::from_pin(pins.map(name)).with_context(|| format!("opening {name}"))?;
+    let entries: Vec<Value> = match name {
+        names::FLOWS => HashMap::<_, FlowKey, FlowStats>::try_from(Map::LruHashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| json!({ "key": tuple(&k), "value": {
+                "packets": v.packets, "bytes": v.bytes, "first_seen_ns": v.first_seen_ns,
+                "last_seen_ns": v.last_seen_ns, "tcp_flags": v.tcp_flags } }))
+            .collect(),
+        names::CT => HashMap::<_, FlowKey, CtEntry>::try_from(Map::LruHashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| json!({ "key": tuple(&k), "value": {
+                "created_ns": v.created_ns, "last_seen_ns": v.last_seen_ns,
+                "nat_addr": Ipv4Addr::from(v.nat_addr), "nat_port": v.nat_port,
+                "flags": v.flags, "tcp_flags": v.tcp_flags,
+                "backend_id": v.backend_id, "service_id": v.service_id } }))
+            .collect(),
+        names::LB_SERVICES => HashMap::<_, ServiceKey, ServiceValue>::try_from(Map::HashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| json!({ "key": {
+                "addr": Ipv4Addr::from(k.addr), "port": k.port, "proto": k.proto, "slot": k.slot },
+                "value": { "backend_id": v.backend_id, "service_id": v.service_id,
+                "maglev_table": v.maglev_table, "rr_next": v.rr_next, "count": v.count,
+                "algorithm": v.algorithm, "flags": v.flags } }))
+            .collect(),
+        names::LB_BACKENDS => HashMap::<_, u32, Backend>::try_from(Map::HashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| json!({ "key": k, "value": {
+                "addr": Ipv4Addr::from(v.addr), "port": v.port, "proto": v.proto, "state": v.state } }))
+            .collect(),
+        names::SOCK_REVNAT => HashMap::<_, SockRevNatKey, SockRevNatValue>::try_from(Map::LruHashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| json!({ "key": { "cookie": k.cookie,
+                "backend_addr": Ipv4Addr::from(k.backend_addr), "backend_port": k.backend_port },
+                "value": { "frontend_addr": Ipv4Addr::from(v.frontend_addr), "frontend_port": v.frontend_port } }))
+            .collect(),
+        names::DROPS | names::COUNTERS => PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(data))?
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.ok().map(|v| (i, v.iter().sum::<u64>())))
+            .filter(|(_, v)| *v != 0)
+            .map(|(i, v)| json!({ "key": i, "value": v }))
+            .collect(),
+        names::CONFIG => Array::<_, u32>::try_from(Map::Array(data))?
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.ok().map(|v| json!({ "key": i, "value": v })))
+            .collect(),
+        names::LB_MAGLEV => Array::<_, u32>::try_from(Map::Array(data))?
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.ok().filter(|v| *v != 0).map(|v| json!({ "key": i, "value": v })))
+            .collect(),
+        other => bail!("netctl does not know the layout of {other}"),
+    };
+    Ok(Value::Array(entries))
+}
+
+fn tuple(k: &FlowKey) -> Value {
+    json!({ "src": Ipv4Addr::from(k.src_addr), "dst": Ipv4Addr::from(k.dst_addr),
+            "src_port": k.src_port, "dst_port": k.dst_port, "proto": k.proto })
+}

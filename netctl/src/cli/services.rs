@@ -1,0 +1,234 @@
+//! `netctl services`: every frontend (VIP:port, host port) with its backends, from the
+//! pinned maps; health comes from the controller when it is running.
+
+use std::{collections::HashMap, net::Ipv4Addr, process::ExitCode};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::load_state;
+use crate::{
+    controller::{api, preflight},
+    dataplane::{Pins, lb::LbMaps},
+    output,
+    topology::{Plan, Proto},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    /// Only this service.
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
+}
+
+#[derive(Serialize)]
+struct FrontendRow {
+    service: String,
+    addr: Ipv4Addr,
+    port: u16,
+    proto: &'static str,
+    host_port: bool,
+    algorithm: &'static str,
+    backends: Vec<BackendRow>,
+}
+
+#[derive(Serialize)]
+struct BackendRow {
+    id: u32,
+    addr: Ipv4Addr,
+    port: u16,
+    instance: String,
+    state: &'static str,
+    weight: usize,
+    health: Value,
+}
+
+pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+    preflight::require_root("services")?;
+    let Some(state) = load_state(prefix)? else {
+        anyhow::bail!("no netctl platform is up");
+    };
+    let plan = &state.plan;
+    let maps = LbMaps::open(&Pins::for_instance(&state.instance))?;
+    let backends: HashMap<u32, netctl_common::Backend> = maps.backends().into_iter().collect();
+    // Health is only known to a running controller; the maps alone still answer.
+    let lb_status = api::get(&state.instance, "/v1/status")
+        .await
+        .map(|s| s["components"]["lb"]["backends"].clone())
+        .unwrap_or(Value::Null);
+
+    let mut rows = Vec::new();
+    for fe in maps.frontends() {
+        let service = plan
+            .service_by_id(fe.service_id)
+            .map_or_else(|| format!("#{}", fe.service_id), |s| s.name.clone());
+        if args.service.as_ref().is_some_and(|s| *s != service) {
+            continue;
+        }
+        let mut ids: Vec<u32> = fe.slots.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let backend_rows = ids
+            .iter()
+            .filter_map(|id| backends.get(id).map(|b| (*id, b)))
+            .map(|(id, b)| {
+                let addr = Ipv4Addr::from(b.addr);
+                BackendRow {
+                    id,
+                    addr,
+                    port: b.port,
+                    instance: plan.name_of(addr),
+                    state: if b.state == netctl_common::lb::BACKEND_DRAINING {
+                        "draining"
+                    } else {
+                        "active"
+                    },
+                    weight: fe.slots.iter().filter(|s| **s == id).count(),
+                    health: health_of(&lb_status, addr, b.port),
+                }
+            })
+            .collect();
+        rows.push(FrontendRow {
+            service,
+            addr: fe.addr,
+            port: fe.port,
+            proto: Proto::from_number(fe.proto).map_or("?", Proto::name),
+            host_port: fe.flags & netctl_common::lb::SVC_F_HOST_PORT != 0,
+            algorithm: algorithm_name(fe.algorithm),
+            backends: backend_rows,
+        });
+    }
+    // Draining backends belong to no frontend any more; show them under their service.
+    let draining = draining_rows(plan, &backends, &lb_status);
+
+    if args.json {
+        output::print_json(&serde_json::json!({ "frontends": rows, "draining": draining }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = output::table(&[
+        "service",
+        "frontend",
+        "algorithm",
+        "backend",
+        "instance",
+        "state",
+        "health",
+        "weight",
+    ]);
+    for r in &rows {
+        let frontend = format!(
+            "{}:{}/{}{}",
+            r.addr,
+            r.port,
+            r.proto,
+            if r.host_port { " (host port)" } else { "" }
+        );
+        if r.backends.is_empty() {
+            t.add_row(vec![
+                r.service.clone(),
+                frontend,
+                r.algorithm.into(),
+                "-".into(),
+                "-".into(),
+                "no backend".into(),
+                "".into(),
+                "".into(),
+            ]);
+            continue;
+        }
+        for (i, b) in r.backends.iter().enumerate() {
+            let (svc, fe, alg) = if i == 0 {
+                (r.service.clone(), frontend.clone(), r.algorithm.to_string())
+            } else {
+                (String::new(), String::new(), String::new())
+            };
+            t.add_row(vec![
+                svc,
+                fe,
+                alg,
+                format!("{}:{}", b.addr, b.port),
+                b.instance.clone(),
+                b.state.into(),
+                health_text(&b.health),
+                b.weight.to_string(),
+            ]);
+        }
+    }
+    for d in &draining {
+        t.add_row(vec![
+            d.instance.clone(),
+            "-".into(),
+            "-".into(),
+            format!("{}:{}", d.addr, d.port),
+            d.instance.clone(),
+            "draining".into(),
+            health_text(&d.health),
+            "0".into(),
+        ]);
+    }
+    output::print_table(&t)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn draining_rows(
+    plan: &Plan,
+    backends: &HashMap<u32, netctl_common::Backend>,
+    lb_status: &Value,
+) -> Vec<BackendRow> {
+    let mut out: Vec<BackendRow> = backends
+        .iter()
+        .filter(|(_, b)| b.state == netctl_common::lb::BACKEND_DRAINING)
+        .map(|(id, b)| {
+            let addr = Ipv4Addr::from(b.addr);
+            BackendRow {
+                id: *id,
+                addr,
+                port: b.port,
+                instance: plan.name_of(addr),
+                state: "draining",
+                weight: 0,
+                health: health_of(lb_status, addr, b.port),
+            }
+        })
+        .collect();
+    out.sort_by_key(|b| (b.addr, b.port));
+    out
+}
+
+fn health_of(lb_status: &Value, addr: Ipv4Addr, port: u16) -> Value {
+    lb_status
+        .as_array()
+        .and_then(|all| {
+            all.iter().find(|b| {
+                b["addr"].as_str() == Some(&addr.to_string())
+                    && b["port"].as_u64() == Some(u64::from(port))
+            })
+        })
+        .map_or(Value::Null, |b| b["health"].clone())
+}
+
+fn health_text(h: &Value) -> String {
+    if h.is_null() {
+        return "unknown".into();
+    }
+    if h["up"].as_bool() == Some(true) {
+        match h["latency_ms"].as_f64() {
+            Some(ms) => format!("up ({ms:.1} ms)"),
+            None => "up".into(),
+        }
+    } else {
+        format!("DOWN ({})", h["last_error"].as_str().unwrap_or("failing"))
+    }
+}
+
+pub fn algorithm_name(code: u8) -> &'static str {
+    match code {
+        netctl_common::lb::ALG_ROUND_ROBIN => "round-robin",
+        netctl_common::lb::ALG_RANDOM => "random",
+        netctl_common::lb::ALG_MAGLEV => "maglev",
+        _ => "?",
+    }
+}

@@ -1,0 +1,196 @@
+//! Reading the `CT` map as connections (forward + reverse entry pairs), and garbage
+//! collection of expired pairs. Works from the pin, without the controller.
+
+use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
+
+use anyhow::Context;
+use aya::maps::{HashMap, Map, MapData};
+use netctl_common::{
+    CtEntry, FlowKey,
+    ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_REPLIED, CT_F_REVERSE, CT_F_UPLINK},
+    flow::IPPROTO_TCP,
+    maps::CT,
+};
+use serde::Serialize;
+
+use super::{Pins, clock::BootClock};
+
+pub type CtMap = HashMap<MapData, FlowKey, CtEntry>;
+
+pub fn open(pins: &Pins) -> anyhow::Result<CtMap> {
+    let path = pins.map(CT);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is the platform up?)",
+            path.display()
+        )
+    })?;
+    HashMap::try_from(Map::LruHashMap(data)).context("CT is not the expected LRU hash map")
+}
+
+/// One tracked connection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Connection {
+    pub proto: u8,
+    pub client: Ipv4Addr,
+    pub client_port: u16,
+    /// What the client addressed (a VIP, a host port, or the server itself).
+    pub frontend: Ipv4Addr,
+    pub frontend_port: u16,
+    /// Who answers (the chosen backend, or the server).
+    pub backend: Ipv4Addr,
+    pub backend_port: u16,
+    /// `syn-sent`, `established`, `closing` (TCP) or `udp`.
+    pub state: &'static str,
+    pub nat: bool,
+    pub via_uplink: bool,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub age_s: f64,
+    pub idle_s: f64,
+    /// Seconds until it expires if idle.
+    pub expires_in_s: f64,
+}
+
+/// Every live connection, from its forward entry (a reverse entry without one is shown
+/// as a connection of its own).
+pub fn connections(map: &CtMap) -> anyhow::Result<Vec<Connection>> {
+    let clock = BootClock::now()?;
+    let entries: StdHashMap<FlowKey, CtEntry> = map.iter().filter_map(Result::ok).collect();
+    let mut out = Vec::new();
+    for (key, e) in &entries {
+        if e.flags & CT_F_REVERSE != 0 {
+            let fwd = peer_key(key, e);
+            if entries.contains_key(&fwd) {
+                continue;
+            }
+        }
+        out.push(connection(key, e, entries.get(&peer_key(key, e)), &clock));
+    }
+    out.sort_by(|a, b| a.age_s.total_cmp(&b.age_s));
+    Ok(out)
+}
+
+fn connection(key: &FlowKey, e: &CtEntry, peer: Option<&CtEntry>, clock: &BootClock) -> Connection {
+    let reverse = e.flags & CT_F_REVERSE != 0;
+    let (client, client_port, frontend, frontend_port, backend, backend_port) = if reverse {
+        // backend -> client, nat = frontend (or nothing)
+        let fe = if e.nat_addr != [0; 4] {
+            (e.nat_addr, e.nat_port)
+        } else {
+            (key.src_addr, key.src_port)
+        };
+        (
+            key.dst_addr,
+            key.dst_port,
+            fe.0,
+            fe.1,
+            key.src_addr,
+            key.src_port,
+        )
+    } else {
+        let be = if e.flags & CT_F_DNAT != 0 {
+            (e.nat_addr, e.nat_port)
+        } else {
+            (key.dst_addr, key.dst_port)
+        };
+        (
+            key.src_addr,
+            key.src_port,
+            key.dst_addr,
+            key.dst_port,
+            be.0,
+            be.1,
+        )
+    };
+    let flags = e.flags | peer.map_or(0, |p| p.flags);
+    let last = peer.map_or(e.last_seen_ns, |p| p.last_seen_ns.max(e.last_seen_ns));
+    let state = if key.proto != IPPROTO_TCP {
+        "udp"
+    } else if flags & CT_F_CLOSING != 0 {
+        "closing"
+    } else if flags & CT_F_REPLIED != 0 {
+        "established"
+    } else {
+        "syn-sent"
+    };
+    let merged = CtEntry {
+        flags,
+        last_seen_ns: last,
+        ..*e
+    };
+    let idle = clock.age_s(last);
+    Connection {
+        proto: key.proto,
+        client: client.into(),
+        client_port,
+        frontend: frontend.into(),
+        frontend_port,
+        backend: backend.into(),
+        backend_port,
+        state,
+        nat: e.flags & (CT_F_DNAT | netctl_common::ct::CT_F_SNAT) != 0,
+        via_uplink: flags & CT_F_UPLINK != 0,
+        service_id: e.service_id,
+        backend_id: e.backend_id,
+        age_s: clock.age_s(e.created_ns),
+        idle_s: idle,
+        expires_in_s: (merged.timeout_ns(key.proto) as f64 / 1e9 - idle).max(0.0),
+    }
+}
+
+/// The key of the other direction (mirrors the dataplane's `peer_key`).
+pub fn peer_key(key: &FlowKey, e: &CtEntry) -> FlowKey {
+    if e.flags & CT_F_REVERSE != 0 {
+        let (addr, port) = if e.flags & netctl_common::ct::CT_F_SNAT != 0 {
+            (e.nat_addr, e.nat_port)
+        } else {
+            (key.src_addr, key.src_port)
+        };
+        FlowKey::new(key.dst_addr, addr, key.dst_port, port, key.proto)
+    } else {
+        let (addr, port) = if e.flags & CT_F_DNAT != 0 {
+            (e.nat_addr, e.nat_port)
+        } else {
+            (key.dst_addr, key.dst_port)
+        };
+        FlowKey::new(addr, key.src_addr, port, key.src_port, key.proto)
+    }
+}
+
+/// What one garbage-collection pass found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcReport {
+    pub entries: usize,
+    pub expired: usize,
+    /// Live entries per backend id (for draining backends).
+    pub per_backend: StdHashMap<u32, usize>,
+}
+
+/// Deletes expired entries (both of a pair expire together: a pair is as old as its most
+/// recent direction) and counts the live ones per backend.
+pub fn gc(map: &mut CtMap) -> anyhow::Result<GcReport> {
+    let clock = BootClock::now()?;
+    let entries: StdHashMap<FlowKey, CtEntry> = map.iter().filter_map(Result::ok).collect();
+    let mut report = GcReport {
+        entries: entries.len(),
+        ..GcReport::default()
+    };
+    for (key, e) in &entries {
+        let peer = entries.get(&peer_key(key, e));
+        let flags = e.flags | peer.map_or(0, |p| p.flags);
+        let last = peer.map_or(e.last_seen_ns, |p| p.last_seen_ns.max(e.last_seen_ns));
+        let merged = CtEntry {
+            flags,
+            last_seen_ns: last,
+            ..*e
+        };
+        if merged.is_expired(key.proto, clock.boot_ns) {
+            let _ = map.remove(key);
+            report.expired += 1;
+        } else if e.backend_id != 0 && e.flags & CT_F_REVERSE == 0 {
+            *report.per_backend.entry(e.backend_id).or_default() += 1;
+        }
+    }
+    Ok(report)
+}

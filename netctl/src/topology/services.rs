@@ -1,0 +1,340 @@
+//! Validation and planning of what load balancing needs: service ports, VIPs from the
+//! service CIDR, algorithms, port forwards and dataplane settings.
+
+use std::{collections::HashMap, net::Ipv4Addr, str::FromStr};
+
+use ipnet::Ipv4Net;
+
+use super::{
+    model::{PortSpec, Topology},
+    plan::{Algorithm, Dataplane, Endpoint, Network, Port, PortForward, Proto, Service},
+    validate::TopologyError,
+};
+
+/// Smallest conntrack table `up` accepts (entries).
+pub const MIN_CONNTRACK: u32 = 1024;
+
+/// Parses `ports = [80, "53/udp"]`; every bad entry is reported with its index.
+pub(super) fn parse_ports(
+    field: &str,
+    specs: &[PortSpec],
+    errors: &mut Vec<TopologyError>,
+) -> Vec<Port> {
+    let mut out: Vec<Port> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let parsed = match spec {
+            PortSpec::Number(n) => port_number(&f, *n, errors).map(|port| Port {
+                port,
+                proto: Proto::Tcp,
+            }),
+            PortSpec::Text(text) => parse_port_text(&f, text, errors),
+        };
+        if let Some(p) = parsed {
+            if out.contains(&p) {
+                errors.push(TopologyError::DuplicatePort {
+                    field: f,
+                    port: p.to_string(),
+                });
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn parse_port_text(field: &str, text: &str, errors: &mut Vec<TopologyError>) -> Option<Port> {
+    let (num, proto) = text.split_once('/').unwrap_or((text, "tcp"));
+    let proto = match parse_proto(proto) {
+        Some(p) => p,
+        None => {
+            errors.push(TopologyError::BadPortSpec {
+                field: field.into(),
+                value: text.into(),
+            });
+            return None;
+        }
+    };
+    match num.trim().parse::<u32>() {
+        Ok(n) => port_number(field, n, errors).map(|port| Port { port, proto }),
+        Err(_) => {
+            errors.push(TopologyError::BadPortSpec {
+                field: field.into(),
+                value: text.into(),
+            });
+            None
+        }
+    }
+}
+
+fn parse_proto(text: &str) -> Option<Proto> {
+    match text.trim() {
+        "tcp" => Some(Proto::Tcp),
+        "udp" => Some(Proto::Udp),
+        _ => None,
+    }
+}
+
+fn port_number(field: &str, n: u32, errors: &mut Vec<TopologyError>) -> Option<u16> {
+    match u16::try_from(n) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            errors.push(TopologyError::BadPort {
+                field: field.into(),
+                value: n,
+            });
+            None
+        }
+    }
+}
+
+/// What [`plan`] resolves.
+pub(super) struct LbPlan {
+    pub services: Vec<Service>,
+    pub service_cidr: Ipv4Net,
+    pub port_forwards: Vec<PortForward>,
+    pub dataplane: Dataplane,
+}
+
+/// VIPs (explicit ones first, then the next free addresses of the service CIDR, in file
+/// order), algorithms, port forwards and dataplane settings.
+pub(super) fn plan(
+    topology: &Topology,
+    networks: &[Network],
+    endpoints: &[Endpoint],
+    errors: &mut Vec<TopologyError>,
+) -> LbPlan {
+    let service_cidr = service_cidr(topology, networks, errors);
+    let mut taken: HashMap<Ipv4Addr, String> = HashMap::new();
+    let mut explicit: HashMap<&str, Ipv4Addr> = HashMap::new();
+    for (name, spec) in &topology.services {
+        let Some(text) = &spec.vip else { continue };
+        let field = format!("services.{name}.vip");
+        let Ok(vip) = Ipv4Addr::from_str(text.trim()) else {
+            errors.push(TopologyError::BadAddress {
+                field,
+                value: text.clone(),
+            });
+            continue;
+        };
+        if !is_host_of(service_cidr, vip) {
+            errors.push(TopologyError::VipOutsideServiceCidr {
+                field,
+                vip,
+                cidr: service_cidr,
+            });
+            continue;
+        }
+        if let Some(other) = taken.get(&vip) {
+            errors.push(TopologyError::DuplicateAddress {
+                field,
+                address: vip,
+                other: other.clone(),
+            });
+            continue;
+        }
+        taken.insert(vip, field);
+        explicit.insert(name.as_str(), vip);
+    }
+
+    let mut services = Vec::new();
+    let mut next = service_cidr.hosts();
+    for (i, (name, spec)) in topology.services.iter().enumerate() {
+        let field = format!("services.{name}");
+        let algorithm = match spec.lb.as_deref() {
+            None => Algorithm::RoundRobin,
+            Some(text) => match Algorithm::parse(text) {
+                Some(a) => a,
+                None => {
+                    errors.push(TopologyError::BadAlgorithm {
+                        field: format!("{field}.lb"),
+                        value: text.into(),
+                    });
+                    continue;
+                }
+            },
+        };
+        let Some(ep) = endpoints.iter().find(|e| e.service == *name) else {
+            continue; // the service's own errors are reported already
+        };
+        if ep.ports.is_empty() {
+            if spec.vip.is_some() {
+                errors.push(TopologyError::VipWithoutPorts {
+                    field: format!("{field}.vip"),
+                });
+            }
+            continue;
+        }
+        let vip = match explicit.get(name.as_str()) {
+            Some(v) => *v,
+            None => match next.find(|a| !taken.contains_key(a)) {
+                Some(v) => {
+                    taken.insert(v, format!("{field} (automatic VIP)"));
+                    v
+                }
+                None => {
+                    errors.push(TopologyError::ServiceCidrExhausted {
+                        field: field.clone(),
+                        cidr: service_cidr,
+                    });
+                    continue;
+                }
+            },
+        };
+        services.push(Service {
+            name: name.clone(),
+            id: i as u32 + 1,
+            vip,
+            ports: ep.ports.clone(),
+            algorithm,
+        });
+    }
+
+    let port_forwards = port_forwards(topology, &services, errors);
+    let dataplane = Dataplane {
+        socket_lb: topology.dataplane.socket_lb,
+        conntrack_max: topology.dataplane.conntrack_max,
+    };
+    if dataplane.conntrack_max < MIN_CONNTRACK {
+        errors.push(TopologyError::ConntrackTooSmall {
+            value: dataplane.conntrack_max,
+        });
+    }
+    LbPlan {
+        services,
+        service_cidr,
+        port_forwards,
+        dataplane,
+    }
+}
+
+fn service_cidr(
+    topology: &Topology,
+    networks: &[Network],
+    errors: &mut Vec<TopologyError>,
+) -> Ipv4Net {
+    let field = "platform.service_cidr";
+    let text = &topology.platform.service_cidr;
+    let fallback = Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 16).unwrap_or_default();
+    let cidr = match Ipv4Net::from_str(text.trim()) {
+        Ok(c) if c.trunc() == c && c.prefix_len() <= 30 => c,
+        Ok(c) if c.trunc() != c => {
+            errors.push(TopologyError::SubnetHostBits {
+                field: field.into(),
+                value: text.clone(),
+                network: c.trunc().to_string(),
+            });
+            return fallback;
+        }
+        Ok(_) => {
+            errors.push(TopologyError::SubnetTooSmall {
+                field: field.into(),
+                value: text.clone(),
+            });
+            return fallback;
+        }
+        Err(e) => {
+            errors.push(TopologyError::BadCidr {
+                field: field.into(),
+                value: text.clone(),
+                reason: e.to_string(),
+            });
+            return fallback;
+        }
+    };
+    for n in networks {
+        if n.subnet.contains(&cidr) || cidr.contains(&n.subnet) {
+            errors.push(TopologyError::OverlappingSubnets {
+                a: n.name.clone(),
+                subnet_a: n.subnet,
+                b: "(platform.service_cidr)".into(),
+                subnet_b: cidr,
+            });
+        }
+    }
+    cidr
+}
+
+fn port_forwards(
+    topology: &Topology,
+    services: &[Service],
+    errors: &mut Vec<TopologyError>,
+) -> Vec<PortForward> {
+    let mut out: Vec<PortForward> = Vec::new();
+    for (i, spec) in topology.port_forwards.iter().enumerate() {
+        let field = format!("port_forwards[{i}]");
+        let Some(host_port) = port_number(&format!("{field}.host_port"), spec.host_port, errors)
+        else {
+            continue;
+        };
+        let proto = match spec.protocol.as_deref() {
+            None => Proto::Tcp,
+            Some(p) => match parse_proto(p) {
+                Some(p) => p,
+                None => {
+                    errors.push(TopologyError::BadPortSpec {
+                        field: format!("{field}.protocol"),
+                        value: p.into(),
+                    });
+                    continue;
+                }
+            },
+        };
+        let Some(service) = services.iter().find(|s| s.name == spec.service) else {
+            errors.push(TopologyError::UnknownService {
+                field: format!("{field}.service"),
+                service: spec.service.clone(),
+                known: services
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+            continue;
+        };
+        let port = match spec.port {
+            Some(p) => match port_number(&format!("{field}.port"), p, errors) {
+                Some(p) => p,
+                None => continue,
+            },
+            None => match service.ports.iter().find(|p| p.proto == proto) {
+                Some(p) => p.port,
+                None => 0,
+            },
+        };
+        if !service.ports.contains(&Port { port, proto }) {
+            errors.push(TopologyError::PortForwardToUnknownPort {
+                field: format!("{field}.port"),
+                service: service.name.clone(),
+                port: Port { port, proto }.to_string(),
+            });
+            continue;
+        }
+        if out
+            .iter()
+            .any(|f| f.host_port == host_port && f.proto == proto)
+        {
+            errors.push(TopologyError::DuplicatePort {
+                field: format!("{field}.host_port"),
+                port: Port {
+                    port: host_port,
+                    proto,
+                }
+                .to_string(),
+            });
+            continue;
+        }
+        out.push(PortForward {
+            host_port,
+            proto,
+            service: service.name.clone(),
+            port,
+        });
+    }
+    out
+}
+
+fn is_host_of(net: Ipv4Net, addr: Ipv4Addr) -> bool {
+    net.contains(&addr) && addr != net.network() && addr != net.broadcast()
+}
