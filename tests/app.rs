@@ -4,7 +4,7 @@
 //! in steps: catalog and cache, orders in PostgreSQL, replicas and restarts, Redis down,
 //! a controller killed and adopted, data kept across `down`/`up`, nothing left behind.
 //!
-//! Until the host port forward exists, the host reaches the edge at its namespace address.
+//! The host reaches the shop as a user would, `curl localhost:8080` (the slot's own port).
 
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::expect_used, clippy::unwrap_used)]

@@ -191,9 +191,18 @@ impl<'a> Platform<'a> {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `http://<edge address>` (until the host port forward exists).
+    /// The shop from the host: `http://localhost:<host port>` through the port forward to
+    /// the edge (the slot's stand-in for 8080), or the edge's address without one.
     pub fn edge_url(&self) -> String {
-        format!("http://{}", self.endpoint("edge").address)
+        match self
+            .plan
+            .port_forwards
+            .iter()
+            .find(|pf| pf.service == "edge")
+        {
+            Some(pf) => format!("http://127.0.0.1:{}", pf.host_port),
+            None => format!("http://{}", self.endpoint("edge").address),
+        }
     }
 
     pub fn endpoint(&self, name: &str) -> &netctl::topology::Endpoint {

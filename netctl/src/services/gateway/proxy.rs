@@ -1,8 +1,8 @@
 //! Forwarding one request to an upstream: pick an instance, send over a pooled keep-alive
 //! connection, and turn failures into JSON errors — 503 when no instance is known, 502
 //! when none could be reached or the exchange broke, 504 on timeout. A refused connection
-//! (nothing sent) is tried on the next instance; a broken exchange only for idempotent
-//! requests.
+//! (nothing sent) is tried on the next instance (or again on a fixed VIP); a broken
+//! exchange only for idempotent requests.
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -77,9 +77,13 @@ impl Upstream {
     }
 
     /// The next target in round-robin order, skipping `tried` and (when there is a
-    /// choice) recently ejected ones.
+    /// choice) recently ejected ones. A fixed URL is always the target: behind it, a
+    /// load-balanced VIP sends each new connection to a backend of its own choosing.
     pub fn pick(&self, tried: &[String]) -> Option<Target> {
         let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
+        if matches!(self.source, Source::Fixed(_)) {
+            return targets.first().cloned();
+        }
         let fresh: Vec<&Target> = targets
             .iter()
             .filter(|t| !tried.contains(&t.authority))
@@ -99,8 +103,11 @@ impl Upstream {
         Some(pool[i].clone())
     }
 
-    /// `authority` refused a connection: pass it over for a while.
+    /// `authority` refused a connection: pass it over for a while (a fixed URL, never).
     pub fn eject(&self, authority: &str) {
+        if matches!(self.source, Source::Fixed(_)) {
+            return;
+        }
         self.ejected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -269,5 +276,9 @@ mod tests {
         assert!(authority_of("not a url").is_err());
         let u = Upstream::new("order", Source::Fixed("http://10.96.0.4:5000".into())).unwrap();
         assert_eq!(u.pick(&[]).unwrap().authority, "10.96.0.4:5000");
+        // Tried again: a VIP picks another backend for the new connection.
+        u.eject("10.96.0.4:5000");
+        let tried = vec!["10.96.0.4:5000".to_string()];
+        assert_eq!(u.pick(&tried).unwrap().authority, "10.96.0.4:5000");
     }
 }
