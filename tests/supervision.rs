@@ -121,6 +121,34 @@ fn commands_are_supervised_and_failures_are_explained() {
         );
         assert!(text.contains("exited with status 3; restarting"), "{text}");
 
+        // Following a log prints what is written from then on.
+        let mut follow = std::process::Command::new(NETCTL)
+            .args(["--prefix", &slot.prefix(), "logs", "flaky", "-f", "-n", "0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = follow.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut seen = Vec::new();
+        while !seen.iter().any(|l: &String| l.contains("about to fail")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("logs -f printed no new run of flaky: {seen:?}"),
+            }
+        }
+        let _ = follow.kill();
+        let _ = follow.wait();
+
         // The environment given in the file reached the process, in its namespace.
         let web_pid = web.pid.expect("web runs");
         let environ = std::fs::read(format!("/proc/{web_pid}/environ")).unwrap();

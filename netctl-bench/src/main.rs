@@ -2,6 +2,7 @@
 //! Every figure is measured side by side in one run and reported as a ratio to a baseline,
 //! as medians over repeated rounds, because absolute times on a shared machine are noisy.
 
+mod http_load;
 mod loadgen;
 mod platform;
 mod report;
@@ -30,6 +31,9 @@ enum Bench {
     /// Load balancing: TCP request/response latency and new-connection rate through a VIP
     /// (TC path, socket LB) against the direct path to a backend.
     Lb,
+    /// HTTP end to end: the reference platform's `GET /api/products` through the host
+    /// port, nginx, the gateway and a product replica, from Redis; requests/s, p50/p99.
+    Http(scenarios::http::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         .try_init();
     let result = match cli.bench {
         Bench::Lb => scenarios::lb::run(cli.quick, &cli.out),
+        Bench::Http(args) => scenarios::http::run(cli.quick, &cli.out, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

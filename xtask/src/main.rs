@@ -31,7 +31,8 @@ enum Task {
     BuildEbpf,
     /// cargo fmt --check and clippy -D warnings on both crates sets.
     Lint,
-    /// Benchmarks (as root): `bench lb [--quick]`; results in bench-results/.
+    /// Benchmarks (as root): `bench lb [--quick]`, `bench http [--quick] [--wrk]`; results
+    /// in bench-results/.
     Bench {
         /// Arguments for netctl-bench, e.g. `lb --quick`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -1,3 +1,4 @@
 //! One module per benchmark.
 
+pub mod http;
 pub mod lb;
