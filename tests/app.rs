@@ -87,6 +87,15 @@ fn the_reference_platform_serves_the_shop_end_to_end() {
             );
         }
         let edge = platform.edge_url();
+        let status = slot.netctl(&["status"]);
+        assert_success(&status, "netctl status");
+        let text = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            text.lines().any(|l| l.starts_with("product-2")
+                && l.contains("healthy")
+                && l.contains("http :5000/health")),
+            "{text}"
+        );
 
         catalog_is_served_and_cached(&platform, &rt, &client, &edge);
         changes_drop_the_cache(&platform, &rt, &client, &edge);

@@ -3,7 +3,8 @@
 use std::{collections::BTreeSet, path::Path};
 
 /// Host objects netctl could create. Names of other tests' slots (`tNN-` prefixes other
-/// than ours) are left out so parallel tests do not see each other.
+/// than ours) and of any other platform that is up (a benchmark, a person's platform) are
+/// left out, so that what runs beside a test does not count as its leak.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub netns: BTreeSet<String>,
@@ -17,7 +18,27 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn take(own_prefix: &str) -> Snapshot {
-        let keep = |name: &String| !is_other_test(name, own_prefix);
+        let own = netctl::topology::plan::instance_name(own_prefix);
+        // Other platforms up right now: their instance names and prefixes. (A platform's
+        // state file exists before its first object and goes after its last.)
+        let others: Vec<(String, String)> = netctl::controller::state::instances()
+            .into_iter()
+            .filter(|i| *i != own)
+            .filter_map(|i| {
+                let state = netctl::controller::state::State::load(&i).ok()??;
+                Some((i, state.plan.prefix))
+            })
+            .collect();
+        let theirs = |name: &str| {
+            others.iter().any(|(inst, prefix)| {
+                (!prefix.is_empty() && name.starts_with(prefix.as_str()))
+                    || name == inst
+                    || name == format!("netctl_{inst}")
+                    || name.starts_with(&format!("/sys/fs/bpf/netctl/{inst}/"))
+                    || name == format!("/sys/fs/bpf/netctl/{inst}")
+            })
+        };
+        let keep = |name: &String| !is_other_test(name, own_prefix) && !theirs(name);
         Snapshot {
             netns: netctl::net::netns::list()
                 .into_iter()
@@ -74,10 +95,6 @@ impl Snapshot {
 }
 
 /// Names like `t07-edge`, `netctl_t07`, `/sys/fs/bpf/netctl/t07/...` of a slot other than ours.
-/// Instances of test-like runs that do not take a slot: netctl-bench's unit test brings up
-/// its `bn-` platform, in parallel with the tests.
-const OTHER_INSTANCES: [&str; 1] = ["bn"];
-
 fn is_other_test(name: &str, own_prefix: &str) -> bool {
     let own = own_prefix.trim_end_matches('-');
     let candidates = [
@@ -85,22 +102,15 @@ fn is_other_test(name: &str, own_prefix: &str) -> bool {
         name.strip_prefix("netctl_").unwrap_or(""),
         name.strip_prefix("/sys/fs/bpf/netctl/").unwrap_or(""),
     ];
-    let other_instance = |c: &str| {
-        OTHER_INSTANCES.iter().any(|i| {
-            c.strip_prefix(i)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '/']))
-        })
-    };
-    candidates.iter().any(|c| other_instance(c))
-        || candidates.iter().any(|c| {
-            let b = c.as_bytes();
-            b.len() >= 3
-                && b[0] == b't'
-                && b[1].is_ascii_digit()
-                && b[2].is_ascii_digit()
-                && (b.len() == 3 || !b[3].is_ascii_alphanumeric())
-                && !c.starts_with(own)
-        })
+    candidates.iter().any(|c| {
+        let b = c.as_bytes();
+        b.len() >= 3
+            && b[0] == b't'
+            && b[1].is_ascii_digit()
+            && b[2].is_ascii_digit()
+            && (b.len() == 3 || !b[3].is_ascii_alphanumeric())
+            && !c.starts_with(own)
+    })
 }
 
 /// Names of the host's links, over netlink.
