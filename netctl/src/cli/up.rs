@@ -134,7 +134,7 @@ async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> any
                         want.len(),
                         started.elapsed().as_secs_f64()
                     ))?;
-                    return print_services(&last);
+                    return print_services(plan, &last);
                 }
             }
             Err(e) => last_error = Some(e),
@@ -147,7 +147,7 @@ async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> any
     if let Some(e) = last_error {
         bail!("the controller does not answer: {e:#}");
     }
-    print_services(&last)?;
+    print_services(plan, &last)?;
     let waiting: Vec<String> = want
         .iter()
         .map(|n| match last.iter().find(|s| s.name == *n) {
@@ -172,13 +172,19 @@ async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> any
     )
 }
 
-pub fn print_services(services: &[ServiceStatus]) -> anyhow::Result<()> {
-    let mut t = output::table(&["service", "namespace", "address", "state", "url"]);
+/// The summary: where each service runs, its VIP (load-balanced address), its state and
+/// where to reach it.
+pub fn print_services(plan: &Plan, services: &[ServiceStatus]) -> anyhow::Result<()> {
+    let mut t = output::table(&["service", "namespace", "address", "vip", "state", "url"]);
     for s in services {
+        let vip = plan
+            .service(&s.service)
+            .map_or_else(|| "-".to_string(), |svc| svc.vip.to_string());
         t.add_row(vec![
             s.name.clone(),
             s.netns.clone(),
             s.address.to_string(),
+            vip,
             s.state.as_str().to_string(),
             s.url.clone().unwrap_or_default(),
         ]);

@@ -85,38 +85,67 @@ fn applied_file(instance: &str, name: &str) -> PathBuf {
 pub fn password(instance: &str, name: &str) -> anyhow::Result<String> {
     let path = password_file(instance, name);
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.trim().to_string())
+    let password = text.trim().to_string();
+    if password.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    Ok(password)
 }
 
 /// The password, generated (48 hex digits from the kernel's random source, file 0600)
-/// when there is none yet. Both PostgreSQL and its clients call this; the first makes it.
+/// when there is none yet. PostgreSQL and its clients all call this, perhaps at once: the
+/// file appears whole or not at all (written aside, then linked into place, which fails
+/// if another got there first).
 pub fn ensure_password(instance: &str, name: &str) -> anyhow::Result<String> {
     volume_root(instance)?;
-    let dir = paths::secrets(instance);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+    ensure_password_in(&paths::secrets(instance), name)
+}
+
+fn ensure_password_in(dir: &Path, name: &str) -> anyhow::Result<String> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("chmod {}", dir.display()))?;
-    let path = password_file(instance, name);
+    let path = dir.join(format!("{name}.password"));
+    let read = || -> anyhow::Result<String> {
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let password = text.trim().to_string();
+        if password.is_empty() {
+            bail!("{} is empty", path.display());
+        }
+        Ok(password)
+    };
+    if path.exists() {
+        return read();
+    }
     let mut bytes = [0u8; 24];
     fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .context("reading /dev/urandom")?;
     let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    match fs::OpenOptions::new()
+    let tmp = dir.join(format!(
+        ".{name}.password.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let written = fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(&path)
-    {
-        Ok(mut f) => {
-            f.write_all(fresh.as_bytes())
-                .and_then(|()| f.sync_all())
-                .with_context(|| format!("writing {}", path.display()))?;
-            Ok(fresh)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => password(instance, name),
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(fresh.as_bytes())?;
+            f.sync_all()
+        })
+        .with_context(|| format!("writing {}", tmp.display()));
+    let linked = written.and_then(|()| match fs::hard_link(&tmp, &path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
-    }
+    });
+    let _ = fs::remove_file(&tmp);
+    if linked? { Ok(fresh) } else { read() }
 }
 
 fn digest(text: &str) -> String {
@@ -244,4 +273,33 @@ fn run_as(
         bail!("{}: {}", out.status, text.trim());
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_callers_get_one_password_never_a_partial_one() {
+        use std::os::unix::fs::PermissionsExt;
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let dir = dir.path().join("secrets");
+                    std::thread::spawn(move || ensure_password_in(&dir, "postgres"))
+                })
+                .collect();
+            let got: Vec<String> = threads
+                .into_iter()
+                .map(|t| t.join().unwrap().unwrap())
+                .collect();
+            assert_eq!(got[0].len(), 48);
+            assert!(got.iter().all(|p| *p == got[0]), "{got:?}");
+            let file = dir.path().join("secrets/postgres.password");
+            assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+            let left: Vec<_> = fs::read_dir(dir.path().join("secrets")).unwrap().collect();
+            assert_eq!(left.len(), 1, "no temporary file left");
+        }
+    }
 }
