@@ -104,9 +104,26 @@ fn commands_that_change_the_host_refuse_to_run_without_root() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
-    for cmd in ["up", "down", "status", "flows"] {
+    let commands: [&[&str]; 14] = [
+        &["up"],
+        &["down"],
+        &["status"],
+        &["flows"],
+        &["services"],
+        &["conntrack"],
+        &["maps"],
+        &["drain", "product/product-1"],
+        &["policy"],
+        &["drops"],
+        &["monitor"],
+        &["report"],
+        &["topology"],
+        &["health", "--once"],
+    ];
+    for args in commands {
+        let cmd = args[0];
         let out = Command::new(&bin)
-            .arg(cmd)
+            .args(args)
             .uid(65534)
             .gid(65534)
             .output()

@@ -148,6 +148,16 @@ fn the_tc_path_spreads_new_connections_over_every_backend_with_each_algorithm() 
         // Changing the algorithm is a map update (`up` again), no program reload.
         web.platform.update_toml(&topology(algorithm, false));
         std::thread::sleep(Duration::from_millis(500));
+        let out = slot.netctl(&["services", "--json", "--service", "web"]);
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert!(
+            v["frontends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["algorithm"] == algorithm),
+            "the maps switched to {algorithm}: {v}"
+        );
         let answers = greetings(&web.client_ns(), web.vip(), WEB_TCP, 300);
         let counts = spread(&answers);
         assert_eq!(

@@ -139,19 +139,21 @@ fn traffic_between_namespaces_is_counted_once_per_packet_with_names() {
     let slot = Slot::acquire();
     let platform = Platform::network_only(&slot);
     platform.up_ok();
-    let edge = platform.endpoint("edge");
+    let order = platform.endpoint("order");
     let postgres = platform.endpoint("postgres");
+    let edge = platform.endpoint("edge");
     let p1 = platform.endpoint("product-1");
     let p2 = platform.endpoint("product-2");
 
-    // TCP across tiers (frontend -> database, routed by the host), not masqueraded.
+    // TCP across tiers (backend -> database, routed by the host; the policy allows order
+    // to reach postgres), not masqueraded.
     let sink = traffic::tcp_sink(&postgres.netns, postgres.address, 5432);
-    traffic::tcp_send(&edge.netns, postgres.address, 5432, 200_000);
+    traffic::tcp_send(&order.netns, postgres.address, 5432, 200_000);
     let got = sink.join().expect("sink thread");
     assert_eq!(got.bytes, 200_000);
     assert_eq!(
         got.peer.ip(),
-        edge.address,
+        order.address,
         "traffic between tiers keeps its source"
     );
 
@@ -160,11 +162,11 @@ fn traffic_between_namespaces_is_counted_once_per_packet_with_names() {
     const PAYLOAD: usize = 100;
     let frame = 14 + 20 + 8 + PAYLOAD;
     let sinks = [
-        traffic::udp_sink(&postgres.netns, postgres.address, 7000, N),
+        traffic::udp_sink(&edge.netns, edge.address, 7000, N),
         traffic::udp_sink(&p2.netns, p2.address, 7001, N),
         traffic::udp_sink(&postgres.netns, postgres.address, 7002, N),
     ];
-    traffic::udp_send(Some(&edge.netns), 17000, postgres.address, 7000, N, PAYLOAD);
+    traffic::udp_send(Some(&p1.netns), 17000, edge.address, 7000, N, PAYLOAD);
     traffic::udp_send(Some(&p1.netns), 17001, p2.address, 7001, N, PAYLOAD);
     traffic::udp_send(None, 0, postgres.address, 7002, N, PAYLOAD);
     for s in sinks {
@@ -172,7 +174,7 @@ fn traffic_between_namespaces_is_counted_once_per_packet_with_names() {
     }
 
     let flows = flows(&slot);
-    let tcp = find(&flows, "edge", "postgres", "tcp", 5432).expect("edge -> postgres tcp flow");
+    let tcp = find(&flows, "order", "postgres", "tcp", 5432).expect("order -> postgres tcp flow");
     assert!(tcp["bytes"].as_u64().expect("bytes") > 200_000, "{tcp}");
     assert_eq!(
         tcp["tcp_flags"].as_u64().expect("flags") & 0x02,
@@ -182,14 +184,17 @@ fn traffic_between_namespaces_is_counted_once_per_packet_with_names() {
     let back = find(
         &flows,
         "postgres",
-        "edge",
+        "order",
         "tcp",
         tcp["src_port"].as_u64().expect("port") as u16,
     )
     .expect("reply direction");
     assert!(back["packets"].as_u64().expect("packets") > 0);
 
-    for (src, dst, port) in [("edge", "postgres", 7000), ("product-1", "product-2", 7001)] {
+    for (src, dst, port) in [
+        ("product-1", "edge", 7000),
+        ("product-1", "product-2", 7001),
+    ] {
         let f = find(&flows, src, dst, "udp", port).unwrap_or_else(|| panic!("{src} -> {dst}"));
         assert_eq!(
             f["packets"], N as u64,
@@ -212,7 +217,7 @@ fn traffic_between_namespaces_is_counted_once_per_packet_with_names() {
         text.contains("product-1:17001") && text.contains("product-2:7001"),
         "{text}"
     );
-    assert!(!text.contains("edge"), "filtered to product: {text}");
+    assert!(!text.contains("order"), "filtered to product: {text}");
 }
 
 #[test]

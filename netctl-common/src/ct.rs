@@ -53,8 +53,17 @@ pub struct CtEntry {
     pub backend_id: u32,
     /// Service id of the frontend (0 without a service).
     pub service_id: u32,
+    /// Identities the policy judged the connection by (forward entries).
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// Destination port and protocol the policy judged (the service port for services).
+    pub policy_port: u16,
+    pub _pad: u16,
+    /// `CONFIG[CFG_POLICY_GEN]` when the verdict was taken: after a policy change the
+    /// connection is checked again on its next packet.
+    pub policy_gen: u32,
 }
-crate::assert_size!(CtEntry, 32);
+crate::assert_size!(CtEntry, 48);
 
 impl CtEntry {
     /// Idle lifetime of this entry given its state and protocol.
@@ -98,6 +107,10 @@ mod tests {
         assert_eq!(offset_of!(CtEntry, tcp_flags), 23);
         assert_eq!(offset_of!(CtEntry, backend_id), 24);
         assert_eq!(offset_of!(CtEntry, service_id), 28);
+        assert_eq!(offset_of!(CtEntry, src_identity), 32);
+        assert_eq!(offset_of!(CtEntry, dst_identity), 36);
+        assert_eq!(offset_of!(CtEntry, policy_port), 40);
+        assert_eq!(offset_of!(CtEntry, policy_gen), 44);
     }
 
     #[test]

@@ -6,9 +6,11 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod ct;
+pub mod event;
 pub mod flow;
 pub mod lb;
 pub mod maps;
+pub mod policy;
 pub mod sock;
 pub mod stats;
 

@@ -41,8 +41,30 @@ pub const CFG_FLAGS: u32 = 0;
 /// (`localhost:8080`); a namespace standing in for another machine must not be redirected.
 pub const CFG_HOST_NETNS_LO: u32 = 1;
 pub const CFG_HOST_NETNS_HI: u32 = 2;
+/// `CONFIG[CFG_POLICY_GEN]`: the generation of `IDENTITIES` and `POLICY` entries in force.
+pub const CFG_POLICY_GEN: u32 = 3;
+/// Send an event for every new connection (drops are always sent).
+pub const CFG_F_FLOW_EVENTS: u32 = 0x2;
 /// Socket-level load balancing on (connect/sendmsg go straight to a backend).
 pub const CFG_F_SOCKET_LB: u32 = 0x1;
+
+/// `IDENTITIES`: hash, [`crate::policy::IdentityKey`] -> identity (`u32`).
+pub const IDENTITIES: &str = "IDENTITIES";
+pub const IDENTITIES_MAX_ENTRIES: u32 = 65_536;
+/// `POLICY`: hash, [`crate::policy::PolicyKey`] -> [`crate::policy::PolicyValue`].
+pub const POLICY: &str = "POLICY";
+pub const POLICY_MAX_ENTRIES: u32 = 262_144;
+/// `RATE_LIMITS`: hash, destination identity -> [`crate::policy::RateLimit`].
+pub const RATE_LIMITS: &str = "RATE_LIMITS";
+pub const RATE_LIMITS_MAX_ENTRIES: u32 = 4096;
+/// `RATE_BUCKETS`: LRU hash, [`crate::policy::BucketKey`] -> [`crate::policy::Bucket`].
+pub const RATE_BUCKETS: &str = "RATE_BUCKETS";
+pub const RATE_BUCKETS_MAX_ENTRIES: u32 = 65_536;
+/// `EVENTS`: ring buffer of [`crate::event::Event`].
+pub const EVENTS: &str = "EVENTS";
+/// `DROP_PAIRS`: LRU hash, [`crate::event::DropPairKey`] -> packets dropped (`u64`).
+pub const DROP_PAIRS: &str = "DROP_PAIRS";
+pub const DROP_PAIRS_MAX_ENTRIES: u32 = 16_384;
 
 /// Every map of the eBPF object. The loader pins exactly these (the object declares no
 /// pinning itself, so tests can load it without bpffs) and refuses an object with others.
@@ -56,6 +78,12 @@ pub const ALL: &[&str] = &[
     DROPS,
     COUNTERS,
     CONFIG,
+    IDENTITIES,
+    POLICY,
+    RATE_LIMITS,
+    RATE_BUCKETS,
+    EVENTS,
+    DROP_PAIRS,
 ];
 
 /// Bit of `skb->mark` the TC program sets on a packet it counted at the ingress of a

@@ -13,15 +13,24 @@ pub enum DropReason {
     Malformed = 3,
     /// Rewriting the packet (NAT, checksums) failed.
     NatFailed = 4,
+    /// A new connection the policy does not allow.
+    PolicyDenied = 5,
+    /// A new connection over its source's rate limit.
+    RateLimited = 6,
+    /// An established connection the policy no longer allows (after a policy change).
+    PolicyRevoked = 7,
 }
 
 impl DropReason {
     /// Every reason, in number order.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::NoBackend,
         DropReason::CtFull,
         DropReason::Malformed,
         DropReason::NatFailed,
+        DropReason::PolicyDenied,
+        DropReason::RateLimited,
+        DropReason::PolicyRevoked,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -30,7 +39,14 @@ impl DropReason {
             DropReason::CtFull => "conntrack-full",
             DropReason::Malformed => "malformed",
             DropReason::NatFailed => "nat-failed",
+            DropReason::PolicyDenied => "policy-denied",
+            DropReason::RateLimited => "rate-limited",
+            DropReason::PolicyRevoked => "policy-revoked",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
     }
 
     pub fn from_u32(n: u32) -> Option<Self> {
@@ -52,12 +68,18 @@ pub const CNT_CT_EXPIRED: u32 = 2;
 pub const CNT_LB_TC: u32 = 3;
 /// Connections load-balanced at connect()/sendmsg() by the socket programs.
 pub const CNT_LB_SOCK: u32 = 4;
+/// Events that did not fit in the `EVENTS` ring buffer (the reader was too slow).
+pub const CNT_EVENTS_LOST: u32 = 5;
+/// Connections re-checked against a changed policy.
+pub const CNT_POLICY_RECHECKED: u32 = 6;
 pub const COUNTERS_MAX: u32 = 16;
 
-pub const COUNTER_NAMES: [(u32, &str); 5] = [
+pub const COUNTER_NAMES: [(u32, &str); 7] = [
     (CNT_CT_CREATED, "ct_created"),
     (CNT_CT_MISS_ESTABLISHED, "ct_miss_established"),
     (CNT_CT_EXPIRED, "ct_expired"),
     (CNT_LB_TC, "lb_tc"),
     (CNT_LB_SOCK, "lb_sock"),
+    (CNT_EVENTS_LOST, "events_lost"),
+    (CNT_POLICY_RECHECKED, "policy_rechecked"),
 ];

@@ -12,11 +12,14 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod config;
 mod conntrack;
+mod events;
 mod flow;
 mod lb;
 mod nat;
 mod parse;
+mod policy;
 mod service;
 mod sock;
 mod stats;
@@ -27,7 +30,13 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier},
     programs::{SockAddrContext, TcContext},
 };
-use netctl_common::{DropReason, maps::MARK_TRACKED};
+use events::Drop;
+use netctl_common::{
+    FlowKey,
+    event::{HOOK_ENDPOINT_EGRESS, HOOK_ENDPOINT_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS},
+    maps::MARK_TRACKED,
+};
+use service::At;
 
 /// Which hook of the host-side veth the program runs on.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -38,50 +47,60 @@ pub enum Hook {
     ToEndpoint,
 }
 
-/// Packets a namespace sends: conntrack, load balancing, NAT, accounting.
+/// Packets a namespace sends: conntrack, policy, load balancing, NAT, accounting.
 #[classifier]
 pub fn netctl_tc_ingress(ctx: TcContext) -> i32 {
-    let Some(mut pkt) = parse::parse_ipv4(&ctx) else {
+    let at = at(&ctx, HOOK_ENDPOINT_INGRESS);
+    let mut pkt = match parse::parse_ipv4(&ctx) {
+        Ok(Some(pkt)) => pkt,
         // Not IPv4 (ARP, IPv6): not ours to judge.
-        return TC_ACT_OK;
+        Ok(None) => return TC_ACT_OK,
+        Err(reason) => return drop(&Drop::new(reason), &FlowKey::default(), at),
     };
-    let now = now();
     let mut key = pkt.key;
     if pkt.has_ports {
-        match service::from_endpoint(&ctx, &mut pkt, now) {
+        match service::from_endpoint(&ctx, &mut pkt, at) {
             Ok(k) => key = k,
-            Err(reason) => return drop(reason),
+            Err(d) => return drop(&d, &pkt.key, at),
         }
         set_mark(&ctx, MARK_TRACKED);
     }
-    flow::account(&ctx, &key, pkt.tcp_flags, Hook::FromEndpoint, now);
+    flow::account(&ctx, &key, pkt.tcp_flags, Hook::FromEndpoint, at.now);
     TC_ACT_OK
 }
 
-/// Packets delivered into a namespace: conntrack for what comes from the host or outside
-/// (the rest was tracked at the sender's hook), accounting (each packet once).
+/// Packets delivered into a namespace: policy and conntrack for what comes from the host
+/// or outside (the rest was judged at the sender's hook), accounting (each packet once).
 #[classifier]
 pub fn netctl_tc_egress(ctx: TcContext) -> i32 {
-    if let Some(pkt) = parse::parse_ipv4(&ctx) {
-        let now = now();
-        if pkt.has_ports && mark(&ctx) & MARK_TRACKED == 0 {
-            service::to_endpoint(&pkt, now);
-        }
-        flow::account(&ctx, &pkt.key, pkt.tcp_flags, Hook::ToEndpoint, now);
+    let at = at(&ctx, HOOK_ENDPOINT_EGRESS);
+    let pkt = match parse::parse_ipv4(&ctx) {
+        Ok(Some(pkt)) => pkt,
+        Ok(None) => return TC_ACT_OK,
+        Err(reason) => return drop(&Drop::new(reason), &FlowKey::default(), at),
+    };
+    if pkt.has_ports
+        && mark(&ctx) & MARK_TRACKED == 0
+        && let Err(d) = service::to_endpoint(&pkt, at)
+    {
+        return drop(&d, &pkt.key, at);
     }
+    flow::account(&ctx, &pkt.key, pkt.tcp_flags, Hook::ToEndpoint, at.now);
     TC_ACT_OK
 }
 
 /// Packets arriving on an uplink: host ports (port forwards) are load-balanced here.
+/// Everything else belongs to the host and passes untouched, malformed or not.
 #[classifier]
 pub fn netctl_uplink_ingress(ctx: TcContext) -> i32 {
-    if let Some(mut pkt) = parse::parse_ipv4(&ctx)
+    let at = at(&ctx, HOOK_UPLINK_INGRESS);
+    if let Ok(Some(mut pkt)) = parse::parse_ipv4(&ctx)
         && pkt.has_ports
     {
-        match service::from_uplink(&ctx, &mut pkt, now()) {
+        match service::from_uplink(&ctx, &mut pkt, at) {
             Ok(true) => set_mark(&ctx, MARK_TRACKED),
             Ok(false) => {}
-            Err(reason) => return drop(reason),
+            Err(d) => return drop(&d, &pkt.key, at),
         }
     }
     TC_ACT_OK
@@ -90,11 +109,12 @@ pub fn netctl_uplink_ingress(ctx: TcContext) -> i32 {
 /// Packets leaving through an uplink: host-port replies get the host's address back.
 #[classifier]
 pub fn netctl_uplink_egress(ctx: TcContext) -> i32 {
-    if let Some(mut pkt) = parse::parse_ipv4(&ctx)
+    let at = at(&ctx, HOOK_UPLINK_EGRESS);
+    if let Ok(Some(mut pkt)) = parse::parse_ipv4(&ctx)
         && pkt.has_ports
-        && let Err(reason) = service::to_uplink(&ctx, &mut pkt, now())
+        && let Err(d) = service::to_uplink(&ctx, &mut pkt, at)
     {
-        return drop(reason);
+        return drop(&d, &pkt.key, at);
     }
     TC_ACT_OK
 }
@@ -124,9 +144,19 @@ pub fn netctl_sock_getpeername4(ctx: SockAddrContext) -> i32 {
 }
 
 #[inline(always)]
-fn drop(reason: DropReason) -> i32 {
-    stats::drop(reason);
+fn drop(d: &Drop, tuple: &FlowKey, at: At) -> i32 {
+    events::dropped(d, tuple, at.ifindex, at.hook, at.now);
     TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn at(ctx: &TcContext, hook: u8) -> At {
+    At {
+        // SAFETY: the context pointer the kernel handed to this program.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        hook,
+        now: now(),
+    }
 }
 
 #[inline(always)]

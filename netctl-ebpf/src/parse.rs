@@ -3,7 +3,7 @@
 //! `data_end` arithmetic.
 
 use aya_ebpf::programs::TcContext;
-use netctl_common::{FlowKey, flow};
+use netctl_common::{DropReason, FlowKey, flow};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 const ETH_P_IP: u16 = 0x0800;
@@ -43,16 +43,20 @@ impl Packet {
     }
 }
 
+/// `Ok(None)` for what is not IPv4 (ARP, IPv6, runt frames); `Err(Malformed)` for an
+/// IPv4 packet whose headers are not what they claim.
 #[inline(always)]
-pub fn parse_ipv4(ctx: &TcContext) -> Option<Packet> {
-    let eth: EthHdr = ctx.load(0).ok()?;
+pub fn parse_ipv4(ctx: &TcContext) -> Result<Option<Packet>, DropReason> {
+    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+        return Ok(None);
+    };
     if u16::from_be(eth.ether_type) != ETH_P_IP {
-        return None;
+        return Ok(None);
     }
-    let ip: Ipv4Hdr = ctx.load(L3_OFF).ok()?;
+    let ip: Ipv4Hdr = ctx.load(L3_OFF).map_err(|_| DropReason::Malformed)?;
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    if ihl < Ipv4Hdr::LEN {
-        return None;
+    if ihl < Ipv4Hdr::LEN || ip.vihl >> 4 != 4 {
+        return Err(DropReason::Malformed);
     }
     let l4_off = L3_OFF + ihl;
     // Only the first fragment carries the L4 header; later ones count under port 0.
@@ -66,13 +70,15 @@ pub fn parse_ipv4(ctx: &TcContext) -> Option<Packet> {
     };
     if first_fragment && (ip.proto == flow::IPPROTO_TCP || ip.proto == flow::IPPROTO_UDP) {
         // Source and destination ports are the first four bytes of both TCP and UDP.
-        let ports: [u8; 4] = ctx.load(l4_off).ok()?;
+        let ports: [u8; 4] = ctx.load(l4_off).map_err(|_| DropReason::Malformed)?;
         pkt.key.src_port = u16::from_be_bytes([ports[0], ports[1]]);
         pkt.key.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
         if ip.proto == flow::IPPROTO_TCP {
-            pkt.tcp_flags = ctx.load::<u8>(l4_off + TCP_FLAGS_OFFSET).ok()?;
+            pkt.tcp_flags = ctx
+                .load::<u8>(l4_off + TCP_FLAGS_OFFSET)
+                .map_err(|_| DropReason::Malformed)?;
         }
         pkt.has_ports = true;
     }
-    Some(pkt)
+    Ok(Some(pkt))
 }

@@ -1,35 +1,47 @@
-//! Connections through the pipeline: conntrack first, then, for a new connection to a
-//! service frontend, backend selection and the entry pair that pins it; DNAT on the way to
-//! the backend, un-NAT (SNAT back to the frontend) on the way back.
+//! Connections through the pipeline: conntrack first; for a new connection, the policy
+//! verdict and rate limit, then (to a service frontend) backend selection and the entry
+//! pair that pins it; DNAT on the way to the backend, un-NAT on the way back. An
+//! established connection is checked again only when the policy generation changed.
 //!
 //! Every function returns the tuple the flow counters record: the real endpoints of the
 //! packet (after DNAT, before un-NAT), so `netctl flows` shows which backend served.
 
+use aya_ebpf::programs::TcContext;
 use netctl_common::{
     CtEntry, DropReason, FlowKey,
     ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_REVERSE, CT_F_SNAT, CT_F_UPLINK},
     flow::IPPROTO_UDP,
     lb::{SVC_F_HOST_PORT, tuple_hash},
-    stats::{CNT_CT_MISS_ESTABLISHED, CNT_LB_TC},
+    policy::ID_SERVICE_BASE,
+    stats::{CNT_CT_MISS_ESTABLISHED, CNT_LB_TC, CNT_POLICY_RECHECKED},
 };
 
 use crate::{
-    conntrack,
+    config, conntrack,
+    events::{self, Drop},
     lb::{self, Frontend},
     nat::{self, Side},
     parse::Packet,
-    stats,
+    policy, stats,
 };
-use aya_ebpf::programs::TcContext;
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
+/// Where the packet is: for events and for which checks apply.
+#[derive(Clone, Copy)]
+pub struct At {
+    pub ifindex: u32,
+    pub hook: u8,
+    pub now: u64,
+}
+
 /// Packets a namespace sends (ingress of its host-side veth).
 #[inline(always)]
-pub fn from_endpoint(ctx: &TcContext, pkt: &mut Packet, now: u64) -> Result<FlowKey, DropReason> {
+pub fn from_endpoint(ctx: &TcContext, pkt: &mut Packet, at: At) -> Result<FlowKey, Drop> {
     let key = pkt.key;
-    if let Some(e) = conntrack::lookup(&key, now) {
+    let generation = config::policy_generation();
+    if let Some(e) = conntrack::lookup(&key, at.now) {
         // SAFETY: `e` points into a map value valid for this program run.
         let entry = unsafe { *e };
         if stale_udp_backend(&key, &entry) || reopened(pkt, &entry) {
@@ -38,7 +50,8 @@ pub fn from_endpoint(ctx: &TcContext, pkt: &mut Packet, now: u64) -> Result<Flow
             conntrack::remove(&conntrack::peer_key(&key, &entry));
             conntrack::remove(&key);
         } else {
-            conntrack::touch(&key, e, pkt, now);
+            recheck(&key, e, &entry, generation)?;
+            conntrack::touch(&key, e, pkt, at.now);
             return established(ctx, pkt, &entry, false);
         }
     } else if pkt.is_tcp() && pkt.tcp_flags & TCP_SYN == 0 {
@@ -46,66 +59,58 @@ pub fn from_endpoint(ctx: &TcContext, pkt: &mut Packet, now: u64) -> Result<Flow
         stats::count(CNT_CT_MISS_ESTABLISHED);
     }
 
+    let src = policy::identity(key.src_addr, generation);
     if let Some(fe) = lb::frontend(key.dst_addr, key.dst_port, key.proto)
         && fe.flags() & SVC_F_HOST_PORT == 0
     {
-        return new_service_connection(ctx, pkt, &fe, now, 0);
+        return new_service_connection(ctx, pkt, &fe, src, generation, at, 0);
     }
-    // A plain connection: tracked so that its replies are known, never rewritten.
-    let mut fwd = entry(now, [0; 4], 0, 0, 0, 0);
-    fwd.tcp_flags = pkt.tcp_flags;
-    let rev = entry(now, [0; 4], 0, CT_F_REVERSE, 0, 0);
-    let rev_key = FlowKey::new(
-        key.dst_addr,
-        key.src_addr,
-        key.dst_port,
-        key.src_port,
-        key.proto,
-    );
-    // A full table only costs a plain connection its tracking, not its packets.
-    let _ = conntrack::create(&key, &fwd, &rev_key, &rev);
+    let dst = policy::identity(key.dst_addr, generation);
+    admit(&key, src, dst, key.dst_port, generation, at.now)?;
+    track_plain(&key, pkt, src, dst, generation, at);
     Ok(key)
 }
 
 /// Packets delivered into a namespace that no netctl hook has tracked yet: from the host
-/// itself or from outside. Tracked as plain connections with the sender as client.
+/// itself or from outside. Judged by policy and tracked with the sender as client.
 #[inline(always)]
-pub fn to_endpoint(pkt: &Packet, now: u64) {
+pub fn to_endpoint(pkt: &Packet, at: At) -> Result<(), Drop> {
     let key = pkt.key;
-    if let Some(e) = conntrack::lookup(&key, now) {
-        conntrack::touch(&key, e, pkt, now);
-        return;
+    let generation = config::policy_generation();
+    if let Some(e) = conntrack::lookup(&key, at.now) {
+        // SAFETY: `e` points into a map value valid for this program run.
+        let entry = unsafe { *e };
+        recheck(&key, e, &entry, generation)?;
+        conntrack::touch(&key, e, pkt, at.now);
+        return Ok(());
     }
-    let mut fwd = entry(now, [0; 4], 0, 0, 0, 0);
-    fwd.tcp_flags = pkt.tcp_flags;
-    let rev = entry(now, [0; 4], 0, CT_F_REVERSE, 0, 0);
-    let rev_key = FlowKey::new(
-        key.dst_addr,
-        key.src_addr,
-        key.dst_port,
-        key.src_port,
-        key.proto,
-    );
-    let _ = conntrack::create(&key, &fwd, &rev_key, &rev);
+    let src = policy::identity(key.src_addr, generation);
+    let dst = policy::identity(key.dst_addr, generation);
+    admit(&key, src, dst, key.dst_port, generation, at.now)?;
+    track_plain(&key, pkt, src, dst, generation, at);
+    Ok(())
 }
 
 /// Packets arriving from outside on an uplink: only host ports are served here. Returns
 /// whether the packet is now tracked (then the caller marks it).
 #[inline(always)]
-pub fn from_uplink(ctx: &TcContext, pkt: &mut Packet, now: u64) -> Result<bool, DropReason> {
+pub fn from_uplink(ctx: &TcContext, pkt: &mut Packet, at: At) -> Result<bool, Drop> {
     let key = pkt.key;
-    if let Some(e) = conntrack::lookup(&key, now) {
+    let generation = config::policy_generation();
+    if let Some(e) = conntrack::lookup(&key, at.now) {
         // SAFETY: `e` points into a map value valid for this program run.
         let entry = unsafe { *e };
         if entry.flags & CT_F_UPLINK != 0 && entry.flags & CT_F_REVERSE == 0 {
-            conntrack::touch(&key, e, pkt, now);
+            recheck(&key, e, &entry, generation)?;
+            conntrack::touch(&key, e, pkt, at.now);
             return established(ctx, pkt, &entry, true).map(|_| true);
         }
         return Ok(false);
     }
     match lb::frontend(key.dst_addr, key.dst_port, key.proto) {
         Some(fe) if fe.flags() & SVC_F_HOST_PORT != 0 => {
-            new_service_connection(ctx, pkt, &fe, now, CT_F_UPLINK).map(|_| true)
+            let src = policy::identity(key.src_addr, generation);
+            new_service_connection(ctx, pkt, &fe, src, generation, at, CT_F_UPLINK).map(|_| true)
         }
         _ => Ok(false),
     }
@@ -114,17 +119,96 @@ pub fn from_uplink(ctx: &TcContext, pkt: &mut Packet, now: u64) -> Result<bool, 
 /// Packets leaving through an uplink: replies of host-port connections get the host's
 /// address and port back as their source.
 #[inline(always)]
-pub fn to_uplink(ctx: &TcContext, pkt: &mut Packet, now: u64) -> Result<(), DropReason> {
+pub fn to_uplink(ctx: &TcContext, pkt: &mut Packet, at: At) -> Result<(), Drop> {
     let key = pkt.key;
-    if let Some(e) = conntrack::lookup(&key, now) {
+    if let Some(e) = conntrack::lookup(&key, at.now) {
         // SAFETY: `e` points into a map value valid for this program run.
         let entry = unsafe { *e };
         if entry.flags & CT_F_UPLINK != 0 && entry.flags & CT_F_REVERSE != 0 {
-            conntrack::touch(&key, e, pkt, now);
+            conntrack::touch(&key, e, pkt, at.now);
             return established(ctx, pkt, &entry, true).map(drop);
         }
     }
     Ok(())
+}
+
+/// Policy and rate limit for a new connection.
+#[inline(always)]
+fn admit(
+    key: &FlowKey,
+    src: u32,
+    dst: u32,
+    port: u16,
+    generation: u32,
+    now: u64,
+) -> Result<(), Drop> {
+    let refuse = |reason| Drop {
+        reason,
+        src_identity: src,
+        dst_identity: dst,
+    };
+    if !policy::allowed(generation, src, dst, port, key.proto) {
+        return Err(refuse(DropReason::PolicyDenied));
+    }
+    if policy::rate_limited(key.src_addr, src, dst, now) {
+        return Err(refuse(DropReason::RateLimited));
+    }
+    Ok(())
+}
+
+/// After a policy change, the first packet of an established connection checks it again,
+/// with identities resolved anew (addresses may have changed hands): still allowed, it
+/// carries on; no longer allowed, it is cut.
+#[inline(always)]
+fn recheck(key: &FlowKey, e: *mut CtEntry, entry: &CtEntry, generation: u32) -> Result<(), Drop> {
+    if entry.policy_gen == generation || entry.flags & CT_F_REVERSE != 0 {
+        return Ok(());
+    }
+    stats::count(CNT_POLICY_RECHECKED);
+    let src = policy::identity(key.src_addr, generation);
+    let dst = if entry.service_id != 0 {
+        ID_SERVICE_BASE + entry.service_id
+    } else {
+        policy::identity(key.dst_addr, generation)
+    };
+    if policy::allowed(generation, src, dst, entry.policy_port, key.proto) {
+        // SAFETY: `e` points into a map value valid for this program run.
+        unsafe {
+            (*e).policy_gen = generation;
+            (*e).src_identity = src;
+            (*e).dst_identity = dst;
+        }
+        return Ok(());
+    }
+    conntrack::remove(&conntrack::peer_key(key, entry));
+    conntrack::remove(key);
+    Err(Drop {
+        reason: DropReason::PolicyRevoked,
+        src_identity: src,
+        dst_identity: dst,
+    })
+}
+
+/// Tracks a plain (un-NATed) connection. A full table only costs it its tracking.
+#[inline(always)]
+fn track_plain(key: &FlowKey, pkt: &Packet, src: u32, dst: u32, generation: u32, at: At) {
+    let mut fwd = entry(at.now, [0; 4], 0, 0, 0, 0);
+    fwd.tcp_flags = pkt.tcp_flags;
+    fwd.src_identity = src;
+    fwd.dst_identity = dst;
+    fwd.policy_port = key.dst_port;
+    fwd.policy_gen = generation;
+    let rev = entry(at.now, [0; 4], 0, CT_F_REVERSE, 0, 0);
+    let rev_key = FlowKey::new(
+        key.dst_addr,
+        key.src_addr,
+        key.dst_port,
+        key.src_port,
+        key.proto,
+    );
+    if conntrack::create(key, &fwd, &rev_key, &rev).is_ok() {
+        events::new_flow(key, src, dst, at.ifindex, at.hook, at.now);
+    }
 }
 
 /// Applies an existing entry's NAT. Host-port replies are left for the uplink's egress
@@ -135,30 +219,39 @@ fn established(
     pkt: &mut Packet,
     entry: &CtEntry,
     at_uplink: bool,
-) -> Result<FlowKey, DropReason> {
+) -> Result<FlowKey, Drop> {
     let before = pkt.key;
     if entry.flags & CT_F_DNAT != 0 {
         nat::rewrite(ctx, pkt, Side::Destination, entry.nat_addr, entry.nat_port)
-            .map_err(|_| DropReason::NatFailed)?;
+            .map_err(|_| Drop::new(DropReason::NatFailed))?;
         return Ok(pkt.key);
     }
     if entry.flags & CT_F_SNAT != 0 && (entry.flags & CT_F_UPLINK == 0 || at_uplink) {
         nat::rewrite(ctx, pkt, Side::Source, entry.nat_addr, entry.nat_port)
-            .map_err(|_| DropReason::NatFailed)?;
+            .map_err(|_| Drop::new(DropReason::NatFailed))?;
     }
     Ok(before)
 }
 
-/// Chooses a backend for a new connection to `fe`, pins it in conntrack and DNATs.
+/// Judges, load-balances and pins a new connection to `fe`, then DNATs it. The policy
+/// sees the service's identity and the service port (for a host port, the backend's).
 #[inline(always)]
 fn new_service_connection(
     ctx: &TcContext,
     pkt: &mut Packet,
     fe: &Frontend,
-    now: u64,
+    src: u32,
+    generation: u32,
+    at: At,
     extra_flags: u8,
-) -> Result<FlowKey, DropReason> {
+) -> Result<FlowKey, Drop> {
     let key = pkt.key;
+    let service_id = fe.service_id();
+    let dst = ID_SERVICE_BASE + service_id;
+    let host_port = fe.flags() & SVC_F_HOST_PORT != 0;
+    if !host_port {
+        admit(&key, src, dst, key.dst_port, generation, at.now)?;
+    }
     let hash = tuple_hash(
         key.src_addr,
         key.dst_addr,
@@ -166,10 +259,16 @@ fn new_service_connection(
         key.dst_port,
         key.proto,
     );
-    let (backend_id, backend) = lb::select(fe, hash).ok_or(DropReason::NoBackend)?;
-    let service_id = fe.service_id();
+    let (backend_id, backend) = lb::select(fe, hash).ok_or(Drop {
+        reason: DropReason::NoBackend,
+        src_identity: src,
+        dst_identity: dst,
+    })?;
+    if host_port {
+        admit(&key, src, dst, backend.port, generation, at.now)?;
+    }
     let mut fwd = entry(
-        now,
+        at.now,
         backend.addr,
         backend.port,
         CT_F_DNAT | extra_flags,
@@ -177,8 +276,12 @@ fn new_service_connection(
         service_id,
     );
     fwd.tcp_flags = pkt.tcp_flags;
+    fwd.src_identity = src;
+    fwd.dst_identity = dst;
+    fwd.policy_port = backend.port;
+    fwd.policy_gen = generation;
     let rev = entry(
-        now,
+        at.now,
         key.dst_addr,
         key.dst_port,
         CT_F_REVERSE | CT_F_SNAT | extra_flags,
@@ -192,10 +295,15 @@ fn new_service_connection(
         key.src_port,
         key.proto,
     );
-    conntrack::create(&key, &fwd, &rev_key, &rev).map_err(|_| DropReason::CtFull)?;
+    conntrack::create(&key, &fwd, &rev_key, &rev).map_err(|_| Drop {
+        reason: DropReason::CtFull,
+        src_identity: src,
+        dst_identity: dst,
+    })?;
     stats::count(CNT_LB_TC);
+    events::new_flow(&key, src, dst, at.ifindex, at.hook, at.now);
     nat::rewrite(ctx, pkt, Side::Destination, backend.addr, backend.port)
-        .map_err(|_| DropReason::NatFailed)?;
+        .map_err(|_| Drop::new(DropReason::NatFailed))?;
     Ok(pkt.key)
 }
 
@@ -227,8 +335,8 @@ fn entry(
         nat_addr: addr,
         nat_port: port,
         flags,
-        tcp_flags: 0,
         backend_id,
         service_id,
+        ..CtEntry::default()
     }
 }

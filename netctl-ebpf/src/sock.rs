@@ -6,41 +6,36 @@
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::LruHashMap,
     programs::SockAddrContext,
 };
 use netctl_common::{
     lb::{SVC_F_HOST_PORT, tuple_hash},
-    maps::{self, CFG_F_SOCKET_LB, CFG_FLAGS, CFG_HOST_NETNS_HI, CFG_HOST_NETNS_LO},
+    maps::{self, CFG_F_SOCKET_LB, CFG_HOST_NETNS_HI, CFG_HOST_NETNS_LO},
     sock::{SockRevNatKey, SockRevNatValue},
     stats::CNT_LB_SOCK,
 };
 
-use crate::{lb, stats};
+use crate::{config, lb, stats};
 
 #[map(name = "SOCK_REVNAT")]
 static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::with_max_entries(maps::SOCK_REVNAT_MAX_ENTRIES, 0);
 
-#[map(name = "CONFIG")]
-static CONFIG: Array<u32> = Array::with_max_entries(maps::CONFIG_MAX_ENTRIES, 0);
-
 fn enabled() -> bool {
-    CONFIG
-        .get(CFG_FLAGS)
-        .is_some_and(|f| f & CFG_F_SOCKET_LB != 0)
+    config::flag(CFG_F_SOCKET_LB)
 }
 
 /// Whether the socket lives in the host's network namespace.
 #[inline(always)]
 fn in_host_netns(ctx: &SockAddrContext) -> bool {
-    let (Some(lo), Some(hi)) = (CONFIG.get(CFG_HOST_NETNS_LO), CONFIG.get(CFG_HOST_NETNS_HI))
-    else {
-        return false;
-    };
+    let (lo, hi) = (
+        config::get(CFG_HOST_NETNS_LO),
+        config::get(CFG_HOST_NETNS_HI),
+    );
     // SAFETY: helper on our own context.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    cookie == (u64::from(*hi) << 32 | u64::from(*lo))
+    cookie == (u64::from(hi) << 32 | u64::from(lo))
 }
 
 /// connect()/sendmsg() to a frontend: point the socket at a backend instead.

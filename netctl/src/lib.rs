@@ -11,6 +11,18 @@ pub mod controller;
 pub mod dataplane;
 pub mod net;
 pub mod output;
+pub mod policy;
+pub mod report;
 pub mod services;
 pub mod supervisor;
 pub mod topology;
+
+/// `tcp`, `udp`, `icmp` or `other` for an IP protocol number.
+pub fn cli_protocol_name(proto: u8) -> &'static str {
+    match proto {
+        netctl_common::flow::IPPROTO_TCP => "tcp",
+        netctl_common::flow::IPPROTO_UDP => "udp",
+        netctl_common::flow::IPPROTO_ICMP => "icmp",
+        _ => "other",
+    }
+}

@@ -80,6 +80,11 @@ impl Slot {
         18_000 + 10 * self.n as u16 + i as u16
     }
 
+    /// Where this slot's controller serves Prometheus metrics.
+    pub fn metrics_port(&self) -> u16 {
+        19_000 + self.n as u16
+    }
+
     /// The /16 this slot's subnets come from.
     pub fn block(&self) -> Ipv4Net {
         Ipv4Net::new(Ipv4Addr::new(10, 200 + self.n as u8, 0, 0), 16).expect("valid block")
@@ -120,6 +125,17 @@ impl Slot {
     }
 }
 
+/// Takes away what the topology's namespaces run (kind, command, env, health checks):
+/// the network stays, for tests that bind their own sockets there.
+pub fn run_nothing(topology: &mut Topology) {
+    for svc in topology.services.values_mut() {
+        svc.kind = None;
+        svc.command = None;
+        svc.env.clear();
+        svc.health = None;
+    }
+}
+
 /// A platform a test brought up; `netctl down` when dropped, even on panic.
 pub struct Platform<'a> {
     pub slot: &'a Slot,
@@ -142,12 +158,7 @@ impl<'a> Platform<'a> {
     pub fn network_only(slot: &'a Slot) -> Platform<'a> {
         let mut topology = Topology::parse(DEFAULT_TOPOLOGY).expect("default parses");
         relocate(&mut topology, slot.block());
-        for svc in topology.services.values_mut() {
-            svc.kind = None;
-            svc.command = None;
-            svc.env.clear();
-            svc.health = None;
-        }
+        run_nothing(&mut topology);
         Self::from_topology(slot, &topology)
     }
 
@@ -170,6 +181,15 @@ impl<'a> Platform<'a> {
             plan,
             _dir: dir,
         }
+    }
+
+    /// Writes `topology` (already relocated) as the slot would run it, to a new temporary
+    /// file; keep the returned directory alive while the file is used.
+    pub fn write_file(slot: &Slot, topology: &Topology) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("topology.toml");
+        write_topology(slot, topology, &file);
+        (dir, file)
     }
 
     /// Replaces the topology (moved into the slot like `from_toml`) and runs `up` again.
@@ -237,6 +257,7 @@ fn write_topology(slot: &Slot, topology: &Topology, file: &Path) -> netctl::topo
     for (i, pf) in topology.port_forwards.iter_mut().enumerate() {
         pf.host_port = u32::from(slot.host_port(i));
     }
+    topology.metrics.listen = format!("127.0.0.1:{}", slot.metrics_port());
     fs::write(file, toml::to_string(&topology).expect("serializes")).expect("write");
     netctl::topology::Source::read(file)
         .expect("read")

@@ -318,3 +318,136 @@ pub fn udp_ask(ns: &str, addr: Ipv4Addr, port: u16, count: usize) -> Vec<(String
     })
     .expect("udp ask")
 }
+
+/// What a connection attempt got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    Connected,
+    /// Answered with a reset: the packet got through, nothing listens.
+    Refused,
+    /// No answer: dropped on the way.
+    TimedOut,
+}
+
+impl Probe {
+    /// Whether the network let the connection attempt through.
+    pub fn passed(self) -> bool {
+        self != Probe::TimedOut
+    }
+}
+
+/// One TCP connection attempt from `ns` (or the host) with a short timeout.
+pub fn probe(ns: Option<&str>, addr: Ipv4Addr, port: u16, timeout: Duration) -> Probe {
+    let attempt = move || -> anyhow::Result<Probe> {
+        Ok(
+            match TcpStream::connect_timeout(&SocketAddrV4::new(addr, port).into(), timeout) {
+                Ok(_) => Probe::Connected,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Probe::Refused,
+                Err(_) => Probe::TimedOut,
+            },
+        )
+    };
+    match ns {
+        Some(ns) => netns::run_in(ns, attempt).expect("probe"),
+        None => attempt().expect("probe"),
+    }
+}
+
+/// Starts `n` connection attempts from `ns` to `addr:port`, `spacing` apart, without
+/// waiting for any; `settle` after the last, returns how many got connected.
+pub fn burst_connects(
+    ns: &str,
+    addr: Ipv4Addr,
+    port: u16,
+    n: usize,
+    spacing: Duration,
+    settle: Duration,
+) -> usize {
+    netns::run_in(ns, move || {
+        let target = SocketAddr::from((addr, port));
+        let mut socks = Vec::new();
+        for _ in 0..n {
+            let s = socket_nonblocking()?;
+            let (sa, len) = sockaddr(target);
+            // SAFETY: `sa` is a valid sockaddr_in of `len` bytes.
+            let rc = unsafe { libc::connect(s, (&raw const sa).cast(), len) };
+            let err = std::io::Error::last_os_error();
+            if rc != 0 && err.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(err.into());
+            }
+            socks.push(s);
+            std::thread::sleep(spacing);
+        }
+        std::thread::sleep(settle);
+        let connected = socks
+            .iter()
+            .filter(|s| {
+                let mut err: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: getsockopt writes at most `len` bytes into `err`.
+                let rc = unsafe {
+                    libc::getsockopt(
+                        **s,
+                        libc::SOL_SOCKET,
+                        libc::SO_ERROR,
+                        (&raw mut err).cast(),
+                        &raw mut len,
+                    )
+                };
+                let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+                let mut plen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                // SAFETY: getpeername writes at most `plen` bytes into `peer`.
+                let has_peer =
+                    unsafe { libc::getpeername(**s, (&raw mut peer).cast(), &raw mut plen) } == 0;
+                rc == 0 && err == 0 && has_peer
+            })
+            .count();
+        for s in socks {
+            // SAFETY: closing sockets this function opened.
+            unsafe { libc::close(s) };
+        }
+        Ok(connected)
+    })
+    .expect("burst of connects")
+}
+
+fn socket_nonblocking() -> std::io::Result<libc::c_int> {
+    // SAFETY: plain socket creation.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+    if s < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(s)
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_in, libc::socklen_t) {
+    let SocketAddr::V4(v4) = addr else {
+        unreachable!("IPv4 only")
+    };
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    (
+        sa,
+        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+    )
+}
+
+/// A TCP listener that accepts and closes, until dropped.
+pub struct Listener {
+    _server: NamedServer,
+}
+
+impl Listener {
+    pub fn start(ns: &str, addr: Ipv4Addr, port: u16) -> Listener {
+        Listener {
+            _server: NamedServer::start(ns, addr, port, "listener"),
+        }
+    }
+}

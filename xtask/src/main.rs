@@ -38,6 +38,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Long fuzzing runs with libFuzzer (cargo-fuzz), e.g. `fuzz topology --seconds 600`.
+    /// The test suite runs short deterministic versions of every target.
+    Fuzz {
+        /// Target: `topology`.
+        target: String,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Lint, then run the whole test suite (needs root for the integration tests).
     Test {
         /// Skip the lint step.
@@ -57,6 +65,7 @@ fn main() -> ExitCode {
         Task::Lint => lint(),
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Bench { args } => bench(&args),
+        Task::Fuzz { target, seconds } => fuzz(&target, seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -157,6 +166,35 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     run(Command::new(root.join("target/release/netctl-bench"))
         .args(args)
         .current_dir(&root))
+}
+
+/// Installs cargo-fuzz if needed and runs one target, seeded with the real topologies.
+fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
+    let root = root();
+    let installed = Command::new("rustup")
+        .args(["run", "nightly", "cargo", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        eprintln!("fuzz: installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "--quiet", "--locked", "cargo-fuzz"]))?;
+    }
+    let corpus = root.join("fuzz").join("corpus").join(target);
+    std::fs::create_dir_all(&corpus)?;
+    if target == "topology" {
+        std::fs::copy(
+            root.join("netctl/src/topology/default.toml"),
+            corpus.join("default.toml"),
+        )?;
+        std::fs::copy(root.join("examples/flat.toml"), corpus.join("flat.toml"))?;
+    }
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "fuzz", "run", target])
+        .arg(&corpus)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .current_dir(root.join("fuzz"))
+        .env_remove("RUSTUP_TOOLCHAIN"))
 }
 
 fn nix_is_root() -> bool {

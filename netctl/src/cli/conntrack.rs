@@ -20,6 +20,9 @@ pub struct Args {
     /// Only connections of this service (to its frontends, or from/to its replicas).
     #[arg(long, value_name = "NAME")]
     service: Option<String>,
+    /// Active connections per service and per state instead of one line per connection.
+    #[arg(long)]
+    summary: bool,
 }
 
 #[derive(Serialize)]
@@ -53,6 +56,9 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         })
         .filter(|r| args.service.as_ref().is_none_or(|s| involves(plan, r, s)))
         .collect();
+    if args.summary {
+        return summary(plan, &rows, args.json);
+    }
     if args.json {
         output::print_json(&rows)?;
         return Ok(ExitCode::SUCCESS);
@@ -95,4 +101,57 @@ fn involves(plan: &Plan, r: &Row, service: &str) -> bool {
         || name_is(&r.client_name)
         || name_is(&r.frontend_name)
         || name_is(&r.backend_name)
+}
+
+/// The seed's "connection tracker": connections per destination service and state.
+fn summary(plan: &Plan, rows: &[Row], as_json: bool) -> anyhow::Result<ExitCode> {
+    const STATES: [&str; 4] = ["established", "syn-sent", "closing", "udp"];
+    let mut table: std::collections::BTreeMap<String, [usize; 4]> =
+        std::collections::BTreeMap::new();
+    for r in rows {
+        let service = r
+            .service
+            .clone()
+            .unwrap_or_else(|| crate::report::data::party(plan, r.conn.backend));
+        let i = STATES.iter().position(|s| *s == r.conn.state).unwrap_or(0);
+        table.entry(service).or_default()[i] += 1;
+    }
+    if as_json {
+        let v: Vec<serde_json::Value> = table
+            .iter()
+            .map(|(svc, n)| {
+                serde_json::json!({
+                    "service": svc,
+                    "established": n[0], "syn_sent": n[1], "closing": n[2], "udp": n[3],
+                    "total": n.iter().sum::<usize>(),
+                })
+            })
+            .collect();
+        output::print_json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = output::table(&[
+        "service",
+        "established",
+        "syn-sent",
+        "closing",
+        "udp",
+        "total",
+    ]);
+    let mut totals = [0usize; 4];
+    for (svc, n) in &table {
+        for (t, v) in totals.iter_mut().zip(n) {
+            *t += v;
+        }
+        let mut row = vec![svc.clone()];
+        row.extend(n.iter().map(ToString::to_string));
+        row.push(n.iter().sum::<usize>().to_string());
+        t.add_row(row);
+    }
+    let mut row = vec!["(all)".to_string()];
+    row.extend(totals.iter().map(ToString::to_string));
+    row.push(totals.iter().sum::<usize>().to_string());
+    t.add_row(row);
+    output::print_table(&t)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -4,12 +4,18 @@
 mod conntrack;
 mod down;
 mod drain;
+mod drops;
 mod flows;
+mod health;
 mod logs;
 mod maps;
+mod monitor;
+mod policy;
+mod report;
 mod serve;
 mod services;
 mod status;
+mod topology;
 mod up;
 mod validate;
 
@@ -61,6 +67,18 @@ enum Command {
     Maps(maps::Args),
     /// Stop new connections to one instance (`service/instance`); established ones finish.
     Drain(drain::Args),
+    /// The compiled network policy as the kernel has it; `policy apply -f FILE` changes it.
+    Policy(policy::Args),
+    /// Dropped packets by reason and by identity pair.
+    Drops(drops::Args),
+    /// Live drops and new connections.
+    Monitor(monitor::Args),
+    /// Traffic report from the flow counters: CSV, charts, an HTML page.
+    Report(report::Args),
+    /// The platform as the kernel has it: bridges, namespaces, addresses, VIPs, uplinks.
+    Topology(topology::Args),
+    /// Health of every service instance (live dashboard; `--once` for scripts).
+    Health(health::Args),
     /// Check a topology file without changing anything (no root needed).
     Validate(validate::Args),
     /// What a service wrote (its log, and the supervisor's notes on it).
@@ -116,6 +134,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Conntrack(args) => conntrack::run(args, prefix),
         Command::Maps(args) => maps::run(args, prefix),
         Command::Drain(args) => drain::run(args, prefix).await,
+        Command::Policy(args) => policy::run(args, prefix).await,
+        Command::Drops(args) => drops::run(args, prefix),
+        Command::Monitor(args) => monitor::run(args, prefix).await,
+        Command::Report(args) => report::run(args, prefix),
+        Command::Topology(args) => topology::run(args, prefix).await,
+        Command::Health(args) => health::run(args, prefix).await,
         Command::Validate(args) => validate::run(args, prefix),
         Command::Serve(args) => serve::run(args).await,
         Command::Logs(args) => logs::run(args, prefix).await,

@@ -47,7 +47,16 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     };
     let report = up::up(&plan, mode).await?;
     let took = started.elapsed();
-    if !report.changed() {
+    if report.upgraded {
+        output::print_line("dataplane upgraded in place: new programs on every link, maps kept")?;
+    }
+    if report.settings_changed {
+        output::print_line(&format!(
+            "{} (instance {}) is up; settings updated (services, policy), no network change",
+            plan.platform,
+            plan.instance()
+        ))?;
+    } else if !report.changed() {
         output::print_line(&format!(
             "{} (instance {}) is up; nothing to change",
             plan.platform,

@@ -53,9 +53,16 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + 
 /// Handles a request's JSON body (`null` without one).
 pub type Handler = Arc<dyn Fn(Value) -> HandlerFuture + Send + Sync>;
 
+/// Opens a stream of chunks (e.g. NDJSON lines) for one client; the stream ends when the
+/// sender is dropped.
+pub type StreamHandler = Arc<dyn Fn() -> tokio::sync::mpsc::Receiver<bytes::Bytes> + Send + Sync>;
+
 /// `(method, path)` -> handler, for the endpoints components register.
 #[derive(Clone, Default)]
-pub struct Routes(Arc<RwLock<BTreeMap<(String, String), Handler>>>);
+pub struct Routes(
+    Arc<RwLock<BTreeMap<(String, String), Handler>>>,
+    Arc<RwLock<BTreeMap<String, StreamHandler>>>,
+);
 
 impl Routes {
     pub async fn add(&self, method: &str, path: &str, handler: Handler) {
@@ -75,7 +82,16 @@ impl Routes {
 
     /// Whether any method is registered for `path` (405 rather than 404).
     pub async fn has_path(&self, path: &str) -> bool {
-        self.0.read().await.keys().any(|(_, p)| p == path)
+        self.0.read().await.keys().any(|(_, p)| p == path) || self.1.read().await.contains_key(path)
+    }
+
+    /// A streaming `GET path`.
+    pub async fn add_stream(&self, path: &str, handler: StreamHandler) {
+        self.1.write().await.insert(path.to_string(), handler);
+    }
+
+    pub async fn stream(&self, path: &str) -> Option<StreamHandler> {
+        self.1.read().await.get(path).cloned()
     }
 }
 
@@ -119,6 +135,9 @@ pub fn components() -> Vec<Component> {
     vec![
         ("services", crate::supervisor::component),
         ("lb", super::lb::component),
+        ("policy", super::policy::component),
+        ("events", super::events::component),
+        ("metrics", super::metrics::component),
     ]
 }
 

@@ -10,8 +10,12 @@ use std::{
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Frame, Incoming},
+    service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -75,13 +79,27 @@ pub async fn serve(
 /// Request bodies are small JSON documents.
 const MAX_BODY: usize = 64 * 1024;
 
-async fn route(
-    req: Request<Incoming>,
-    board: &StatusBoard,
-    routes: &Routes,
-) -> Response<Full<Bytes>> {
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn route(req: Request<Incoming>, board: &StatusBoard, routes: &Routes) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if method == Method::GET
+        && let Some(open) = routes.stream(&path).await
+    {
+        let rx = open();
+        let chunks = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        let mut resp = Response::new(BodyExt::boxed(StreamBody::new(chunks)));
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/x-ndjson"),
+        );
+        return resp;
+    }
     if path == "/v1/status" {
         return if method == Method::GET {
             json(StatusCode::OK, &board.snapshot().await)
@@ -120,13 +138,13 @@ async fn route(
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -195,4 +213,50 @@ async fn call(
         bail!("the controller refused {path}: {message} ({status})");
     }
     serde_json::from_slice(&body).context("the controller's answer is not JSON")
+}
+
+/// `GET path` as a stream: calls `on_line` with each newline-terminated line until the
+/// controller ends the stream or `on_line` returns false.
+pub async fn stream_lines(
+    instance: &str,
+    path: &str,
+    mut on_line: impl FnMut(&str) -> bool,
+) -> anyhow::Result<()> {
+    let socket = socket_path(instance);
+    let stream = UnixStream::connect(&socket)
+        .await
+        .with_context(|| format!("connecting to the controller at {}", socket.display()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("controller API handshake")?;
+    let conn = tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(hyper::header::HOST, "netctl")
+        .body(Full::new(Bytes::new()))
+        .context("building the request")?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .context("controller API request")?;
+    if !resp.status().is_success() {
+        bail!("the controller refused {path}: {}", resp.status());
+    }
+    let mut body = resp.into_body();
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the event stream")?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            if !on_line(String::from_utf8_lossy(&line[..line.len() - 1]).as_ref()) {
+                conn.abort();
+                return Ok(());
+            }
+        }
+    }
+    conn.abort();
+    Ok(())
 }

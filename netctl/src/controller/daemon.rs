@@ -81,6 +81,18 @@ pub fn running(instance: &str) -> Option<ProcessId> {
     id.is_alive().then_some(id)
 }
 
+/// Whether the running controller of `instance` runs this very binary. A rebuilt or
+/// upgraded `netctl` makes `up` replace an older controller.
+pub fn is_current(id: &ProcessId) -> bool {
+    let (Ok(running), Ok(me)) = (
+        fs::read_link(format!("/proc/{}/exe", id.pid)),
+        std::env::current_exe(),
+    ) else {
+        return false;
+    };
+    running == me
+}
+
 /// Starts `netctl controller` for `instance` in its own session, logging to the instance's
 /// log directory, and waits until its API answers.
 pub async fn spawn(instance: &str, prefix: &str) -> anyhow::Result<ProcessId> {

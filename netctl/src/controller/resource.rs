@@ -36,8 +36,14 @@ pub enum Resource {
         subnets: Vec<Ipv4Net>,
         bridges: Vec<String>,
     },
-    /// The eBPF object loaded with programs and maps pinned under `pins`.
-    Dataplane { pins: Pins, options: LoadOptions },
+    /// The eBPF object loaded with programs and maps pinned under `pins`. `object` is the
+    /// object's fingerprint: a new build is upgraded in place (see `up`).
+    Dataplane {
+        pins: Pins,
+        options: LoadOptions,
+        #[serde(default)]
+        object: String,
+    },
     /// A pinned TCX link of a TC program on an interface (host-side veth or uplink).
     TcHook {
         ifname: String,
@@ -69,6 +75,8 @@ pub struct HostFacts {
     pub uplinks: Vec<String>,
     /// cgroup v2 root for socket-level load balancing (`None`: socket LB off).
     pub cgroup: Option<PathBuf>,
+    /// Fingerprint of the eBPF object this `netctl` would load.
+    pub object: String,
 }
 
 impl HostFacts {
@@ -97,7 +105,12 @@ impl HostFacts {
         } else {
             None
         };
-        Ok(Self { uplinks, cgroup })
+        let object = loader::fingerprint(&loader::object()?);
+        Ok(Self {
+            uplinks,
+            cgroup,
+            object,
+        })
     }
 }
 
@@ -145,6 +158,7 @@ impl Resource {
             options: LoadOptions {
                 conntrack_max: plan.dataplane.conntrack_max,
             },
+            object: host.object.clone(),
         });
         for e in &plan.endpoints {
             for program in TcProgram::ENDPOINT {
@@ -305,7 +319,7 @@ impl Resource {
                 subnets: subnets.clone(),
                 bridges: bridges.clone(),
             }),
-            Resource::Dataplane { pins, options } => {
+            Resource::Dataplane { pins, options, .. } => {
                 let loaded = loader::load_and_pin(pins, *options);
                 if loaded.is_err() {
                     let _ = loader::unpin_all(pins);
@@ -427,7 +441,9 @@ impl Resource {
                 loader::is_linked(&pins.sock_link(*program))
             }
             Resource::Services { instance } => supervisor::paths::run_dir(instance).is_dir(),
-            Resource::Controller { instance, .. } => daemon::running(instance).is_some(),
+            Resource::Controller { instance, .. } => {
+                daemon::running(instance).is_some_and(|id| daemon::is_current(&id))
+            }
         })
     }
 

@@ -32,13 +32,15 @@ pub struct UpReport {
     pub created: Vec<Resource>,
     pub removed: Vec<Resource>,
     pub unchanged: usize,
-    /// The plan changed in what runs (no resource changed): the controller reloaded it.
-    pub plan_changed: bool,
+    /// Only settings changed (services, algorithms, policy): applied by the controller.
+    pub settings_changed: bool,
+    /// A new build of the eBPF programs replaced the running one in place.
+    pub upgraded: bool,
 }
 
 impl UpReport {
     pub fn changed(&self) -> bool {
-        !self.created.is_empty() || !self.removed.is_empty() || self.plan_changed
+        !self.created.is_empty() || !self.removed.is_empty() || self.settings_changed
     }
 }
 
@@ -64,6 +66,7 @@ pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
     let facts = HostFacts::discover(&ctx.host, plan).await?;
     let desired = Resource::for_plan(plan, &pins, &facts, mode == ControllerMode::Background);
     let mut state = State::load(&instance)?.unwrap_or_else(|| State::new(plan.clone()));
+    let upgraded = upgrade_in_place(&mut state, &desired, &ctx).await?;
 
     let remove = stale(&state, &desired, &ctx).await?;
     let kept: Vec<&Resource> = state
@@ -82,15 +85,20 @@ pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
         .any(|r| matches!(r, Resource::Controller { .. }));
     let mut report = UpReport {
         unchanged: kept.len(),
+        upgraded,
         ..UpReport::default()
     };
     if remove.is_empty() && create.is_empty() {
-        // Same network; what runs in it (commands, env, health checks) may differ.
+        // Same kernel objects, but settings the controller applies (services, algorithms,
+        // policy, what runs and its health checks) may differ: record them and let the
+        // controller know.
         if state.plan != *plan {
             state.plan = plan.clone();
             state.save()?;
-            daemon::reload(&instance)?;
-            report.plan_changed = true;
+            report.settings_changed = true;
+            if controller_kept {
+                daemon::reload(&instance)?;
+            }
         }
         return Ok(report);
     }
@@ -143,6 +151,44 @@ pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
         daemon::reload(&instance)?;
     }
     Ok(report)
+}
+
+/// A running dataplane whose object differs only in build: upgrade it in place (maps kept,
+/// programs swapped on their links) instead of removing and recreating it, which would cut
+/// every connection.
+async fn upgrade_in_place(
+    state: &mut State,
+    desired: &[Resource],
+    ctx: &Ctx,
+) -> anyhow::Result<bool> {
+    let Some(
+        want @ Resource::Dataplane {
+            pins,
+            options,
+            object,
+        },
+    ) = desired
+        .iter()
+        .find(|r| matches!(r, Resource::Dataplane { .. }))
+    else {
+        return Ok(false);
+    };
+    let Some(rec) = state.resources.iter_mut().find(|r| {
+        r.done
+            && matches!(&r.resource, Resource::Dataplane { pins: p, options: o, object: b }
+                if p == pins && o == options && b != object)
+    }) else {
+        return Ok(false);
+    };
+    if !rec.resource.exists(ctx).await? {
+        return Ok(false);
+    }
+    tracing::info!("upgrading the dataplane in place to object {object}");
+    crate::dataplane::loader::upgrade(pins, *options)
+        .context("upgrading the dataplane in place")?;
+    rec.resource = want.clone();
+    state.save()?;
+    Ok(true)
 }
 
 /// Records to remove before creating: partial, unwanted, vanished, and their dependents.

@@ -64,3 +64,13 @@ fn flow(clock: &BootClock, k: &FlowKey, v: &FlowStats) -> Flow {
         tcp_flags: (v.tcp_flags & 0xff) as u8,
     }
 }
+
+/// Deletes every flow entry (a new counting window); returns how many there were.
+pub fn clear(pins: &Pins) -> anyhow::Result<usize> {
+    let mut map = open(pins)?;
+    let keys: Vec<FlowKey> = map.keys().filter_map(Result::ok).collect();
+    for k in &keys {
+        let _ = map.remove(k);
+    }
+    Ok(keys.len())
+}

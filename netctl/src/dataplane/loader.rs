@@ -17,7 +17,7 @@ use aya::{
 use netctl_common::maps::{self, *};
 use serde::{Deserialize, Serialize};
 
-use super::{EBPF_OBJECT, Pins};
+use super::{EBPF_OBJECT, Pins, bpf_sys};
 
 /// A TC program and the hook it goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -143,8 +143,9 @@ pub fn load(pins: Option<&Pins>, opts: LoadOptions) -> anyhow::Result<Ebpf> {
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
+    let object = object()?;
     let mut ebpf = loader
-        .load(EBPF_OBJECT)
+        .load(&object)
         .context("loading the eBPF object into the kernel")?;
     if let Some((name, _)) = ebpf.maps().find(|(name, _)| !maps::ALL.contains(name)) {
         return Err(anyhow!(
@@ -185,6 +186,102 @@ fn program_names() -> impl Iterator<Item = &'static str> {
         .into_iter()
         .map(TcProgram::program)
         .chain(SockProgram::ALL.into_iter().map(SockProgram::program))
+}
+
+/// The object to load: the embedded one, or `NETCTL_DATAPLANE_OBJECT` (a file) to run
+/// another build of the dataplane without rebuilding `netctl`.
+pub fn object() -> anyhow::Result<std::borrow::Cow<'static, [u8]>> {
+    match std::env::var_os(OBJECT_ENV) {
+        Some(path) => fs::read(&path)
+            .map(std::borrow::Cow::Owned)
+            .with_context(|| format!("reading {OBJECT_ENV}={}", path.to_string_lossy())),
+        None => Ok(std::borrow::Cow::Borrowed(EBPF_OBJECT)),
+    }
+}
+
+pub const OBJECT_ENV: &str = "NETCTL_DATAPLANE_OBJECT";
+
+/// A short fingerprint of the object (FNV-1a 64), so a new build is recognised.
+pub fn fingerprint(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+/// Upgrades a running dataplane in place: loads the new object reusing every pinned map
+/// (so conntrack, flows and services carry over), swaps the program of every pinned link
+/// atomically (`BPF_LINK_UPDATE`), and re-pins the programs. Established connections do
+/// not notice. Refused, before any change, when a map's layout differs.
+pub fn upgrade(pins: &Pins, opts: LoadOptions) -> anyhow::Result<()> {
+    check_map_layouts(pins, opts)?;
+    let mut ebpf = load(Some(pins), opts)?;
+    for which in TcProgram::ALL {
+        let dir = pins.links_dir().join(which.as_str());
+        let prog = classifier(&mut ebpf, which.program())?;
+        let fd = prog.fd().context("program fd")?;
+        for entry in fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            bpf_sys::link_update(&entry.path(), std::os::fd::AsFd::as_fd(fd))?;
+        }
+    }
+    for which in SockProgram::ALL {
+        let link = pins.sock_link(which);
+        if link.exists() {
+            let prog = sock_program(&mut ebpf, which.program())?;
+            let fd = prog.fd().context("program fd")?;
+            bpf_sys::link_update(&link, std::os::fd::AsFd::as_fd(fd))?;
+        }
+    }
+    for name in program_names() {
+        let path = pins.prog(name);
+        remove_pin(&path)?;
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+        program
+            .pin(&path)
+            .with_context(|| format!("pinning program {name} at {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Every pinned map must have the type, key, value and size the new object declares.
+fn check_map_layouts(pins: &Pins, opts: LoadOptions) -> anyhow::Result<()> {
+    let fresh = load(None, opts).context("loading the new object to compare its maps")?;
+    for (name, map) in fresh.maps() {
+        let Ok(pinned) = aya::maps::MapInfo::from_pin(pins.map(name)) else {
+            continue; // a new map: it will be created and pinned
+        };
+        let want = match map {
+            aya::maps::Map::Array(d)
+            | aya::maps::Map::HashMap(d)
+            | aya::maps::Map::LruHashMap(d)
+            | aya::maps::Map::PerCpuArray(d)
+            | aya::maps::Map::RingBuf(d) => d.info().context("map info")?,
+            _ => continue,
+        };
+        let same = pinned.map_type().ok() == want.map_type().ok()
+            && pinned.key_size() == want.key_size()
+            && pinned.value_size() == want.value_size()
+            && pinned.max_entries() == want.max_entries();
+        if !same {
+            anyhow::bail!(
+                "map {name} changed layout (key {} -> {}, value {} -> {}, entries {} -> {}): \
+                 this upgrade needs `netctl down` and `netctl up`",
+                pinned.key_size(),
+                want.key_size(),
+                pinned.value_size(),
+                want.value_size(),
+                pinned.max_entries(),
+                want.max_entries()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// True when the instance's programs are pinned.

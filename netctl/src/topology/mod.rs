@@ -3,9 +3,11 @@
 //! [`validate`] turns a parsed file into a [`Plan`] of concrete names and addresses, or into
 //! every error it contains, before anything is touched.
 
+pub mod fuzz;
 pub mod health;
 mod model;
 pub mod plan;
+pub mod policy;
 pub mod run;
 mod services;
 mod validate;

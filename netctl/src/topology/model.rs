@@ -24,6 +24,32 @@ pub struct Topology {
     /// Host ports forwarded to a service (the seed's 8080 -> edge:80).
     #[serde(default)]
     pub port_forwards: Vec<PortForwardSpec>,
+    /// Network policy: allow/deny rules, default-deny destinations, rate limits.
+    #[serde(default)]
+    pub policy: super::policy::PolicySpec,
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+}
+
+/// The controller's Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// `ADDRESS:PORT` to serve `/metrics` on; `""` turns it off.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9469".to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,6 +180,9 @@ pub struct DataplaneSpec {
     /// Capacity of the conntrack table in entries (two per connection).
     #[serde(default = "default_conntrack_max")]
     pub conntrack_max: u32,
+    /// Send an event for every new connection (`netctl monitor`); drops always are.
+    #[serde(default = "yes")]
+    pub flow_events: bool,
 }
 
 impl Default for DataplaneSpec {
@@ -161,6 +190,7 @@ impl Default for DataplaneSpec {
         Self {
             socket_lb: true,
             conntrack_max: default_conntrack_max(),
+            flow_events: true,
         }
     }
 }

@@ -11,6 +11,8 @@ use super::{health::HealthCheck, run::Kind, run::Run};
 /// Name of the namespace end of every veth, as Docker and Kubernetes do.
 pub const ENDPOINT_IFNAME: &str = "eth0";
 
+/// Fields added after the first release default when an older state file is read, so that
+/// `down` can always remove what an older `up` made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub platform: String,
@@ -18,13 +20,23 @@ pub struct Plan {
     pub networks: Vec<Network>,
     pub endpoints: Vec<Endpoint>,
     pub masquerade: bool,
+    #[serde(default)]
     /// Services with ports, their VIPs and algorithms, in file order.
     pub services: Vec<Service>,
+    #[serde(default)]
     pub service_cidr: Ipv4Net,
+    #[serde(default)]
     pub port_forwards: Vec<PortForward>,
     /// Explicit uplinks; `None`: the interfaces of the host's default routes.
+    #[serde(default)]
     pub uplinks: Option<Vec<String>>,
+    #[serde(default)]
     pub dataplane: Dataplane,
+    #[serde(default)]
+    pub policy: super::policy::Policy,
+    /// Where the controller serves Prometheus metrics (`None`: nowhere).
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -132,6 +144,30 @@ pub struct PortForward {
 pub struct Dataplane {
     pub socket_lb: bool,
     pub conntrack_max: u32,
+    pub flow_events: bool,
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Self {
+            socket_lb: true,
+            conntrack_max: netctl_common::maps::CT_MAX_ENTRIES,
+            flow_events: true,
+        }
+    }
+}
+
+impl Dataplane {
+    /// `CONFIG[CFG_FLAGS]` for these settings.
+    pub fn config_flags(&self) -> u32 {
+        use netctl_common::maps::{CFG_F_FLOW_EVENTS, CFG_F_SOCKET_LB};
+        (if self.socket_lb { CFG_F_SOCKET_LB } else { 0 })
+            | (if self.flow_events {
+                CFG_F_FLOW_EVENTS
+            } else {
+                0
+            })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +184,9 @@ pub struct Endpoint {
     /// `product-2` for a replica of a replicated service, `edge` otherwise (no prefix).
     pub name: String,
     pub service: String,
+    /// The service's number (topology order, 1-based): its map id and identity.
+    #[serde(default)]
+    pub service_id: u32,
     /// 1-based replica number.
     pub replica: u32,
     pub netns: String,
@@ -175,6 +214,11 @@ impl Plan {
 
     pub fn network(&self, name: &str) -> Option<&Network> {
         self.networks.iter().find(|n| n.name == name)
+    }
+
+    /// The endpoint (replica) named `name`, e.g. `product-2`.
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.name == name)
     }
 
     /// The endpoint that owns `addr`, for naming flows.

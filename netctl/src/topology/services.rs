@@ -195,6 +195,7 @@ pub(super) fn plan(
     let dataplane = Dataplane {
         socket_lb: topology.dataplane.socket_lb,
         conntrack_max: topology.dataplane.conntrack_max,
+        flow_events: topology.dataplane.flow_events,
     };
     if dataplane.conntrack_max < MIN_CONNTRACK {
         errors.push(TopologyError::ConntrackTooSmall {

@@ -174,6 +174,12 @@ pub enum TopologyError {
         service: String,
         port: String,
     },
+    #[error("{field}: {message}")]
+    BadPolicy { field: String, message: String },
+    #[error("{field}: unknown peer {name:?} (services, \"host\", \"world\" or \"any\")")]
+    UnknownPeer { field: String, name: String },
+    #[error("policy.rules[{a}] and policy.rules[{b}] conflict: {what}")]
+    ConflictingRules { a: usize, b: usize, what: String },
     #[error("dataplane.conntrack_max: {value} entries is too small (at least {min})", min = super::services::MIN_CONNTRACK)]
     ConntrackTooSmall { value: u32 },
     #[error("network {network:?} ({subnet}) has no free address left for {field}")]
@@ -223,6 +229,20 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
     let endpoints = v.endpoints(topology, &networks);
     validate_run::check_wiring(topology, &mut v.errors);
     let lb = super::services::plan(topology, &networks, &endpoints, &mut v.errors);
+    let policy = super::policy::plan(&topology.policy, topology, &mut v.errors);
+    let metrics_listen = match topology.metrics.listen.trim() {
+        "" => None,
+        text => match text.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                v.errors.push(TopologyError::BadAddress {
+                    field: "metrics.listen".into(),
+                    value: text.into(),
+                });
+                None
+            }
+        },
+    };
     if let Some(uplinks) = &topology.platform.uplinks {
         for (i, name) in uplinks.iter().enumerate() {
             if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.contains('/') {
@@ -247,6 +267,8 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
             port_forwards: lb.port_forwards,
             uplinks: topology.platform.uplinks.clone(),
             dataplane: lb.dataplane,
+            policy,
+            metrics_listen,
         })
     } else {
         Err(v.errors)
@@ -448,6 +470,10 @@ impl Validator {
                 out.push(Endpoint {
                     name: local,
                     service: name.clone(),
+                    service_id: topology
+                        .services
+                        .get_index_of(&name)
+                        .map_or(0, |i| i as u32 + 1),
                     replica,
                     netns: netns.clone(),
                     host_ifname: netns,

@@ -1,5 +1,6 @@
 //! The controller's load-balancing component: keeps the eBPF service and backend maps in
-//! step with the topology's services, the instances the registry knows, their health and
+//! step with the topology's services, the instances the registry knows (polled twice a
+//! second; the topology's replicas until it answers), their health and
 //! drain requests (within a tick, 200 ms), and collects expired conntrack entries.
 //!
 //! API: `POST /v1/lb/drain` `{"service": "product", "instance": "product-2", "drain": true}`
@@ -8,6 +9,7 @@
 pub mod apply;
 pub mod desired;
 pub mod health;
+pub mod registry;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -50,6 +52,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         .maps()
         .set_host_netns_cookie(crate::net::netns::current_cookie()?)?;
     let mut checker = Checker::default();
+    let mut registry = registry::Watch::default();
     let drains: Drains = Arc::default();
     register_routes(&ctx, drains.clone()).await;
     let netlink = Netlink::current()?;
@@ -72,11 +75,9 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         }
         let plan = state.borrow().plan.clone();
         let socket_lb = plan.dataplane.socket_lb;
-        reconciler.maps().set_config_flags(if socket_lb {
-            netctl_common::maps::CFG_F_SOCKET_LB
-        } else {
-            0
-        })?;
+        reconciler
+            .maps()
+            .set_config_flags(plan.dataplane.config_flags())?;
 
         if last_host_scan.elapsed() >= HOST_ADDRS_EVERY {
             last_host_scan = Instant::now();
@@ -88,7 +89,8 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 });
         }
 
-        let instances = desired::instances_from_plan(&plan);
+        registry.tick(&plan).await;
+        let instances = registry::instances(&plan, registry.known());
         let probes: Vec<(Instance, Probe)> = instances
             .iter()
             .map(|i| (i.clone(), probe_for(&plan, i)))
@@ -155,6 +157,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             &drained,
             socket_lb,
             &gc_summary,
+            registry.status(),
         );
         ctx.board.publish("lb", status).await;
     }
@@ -251,6 +254,7 @@ fn status(
     drains: &HashSet<(String, String)>,
     socket_lb: bool,
     gc: &Value,
+    registry: Value,
 ) -> Value {
     let mut backends = Vec::new();
     for svc in &plan.services {
@@ -298,5 +302,6 @@ fn status(
         "socket_lb": socket_lb,
         "backends": backends,
         "conntrack": gc,
+        "registry": registry,
     })
 }

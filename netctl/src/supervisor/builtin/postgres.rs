@@ -297,7 +297,10 @@ mod tests {
             assert_eq!(got[0].len(), 48);
             assert!(got.iter().all(|p| *p == got[0]), "{got:?}");
             let file = dir.path().join("secrets/postgres.password");
-            assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
             let left: Vec<_> = fs::read_dir(dir.path().join("secrets")).unwrap().collect();
             assert_eq!(left.len(), 1, "no temporary file left");
         }

@@ -1,0 +1,102 @@
+//! `netctl drops`: dropped packets by reason and by identity pair, from the pinned maps.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use aya::maps::{HashMap, Map, MapData};
+use netctl_common::{DropReason, event::DropPairKey, maps::DROP_PAIRS};
+use serde_json::json;
+
+use super::load_state;
+use crate::{
+    controller::preflight,
+    dataplane::{Pins, conntrack, stats},
+    output,
+    policy::identity,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+    preflight::require_root("drops")?;
+    let Some(state) = load_state(prefix)? else {
+        anyhow::bail!("no netctl platform is up");
+    };
+    let pins = Pins::for_instance(&state.instance);
+    let by_reason = stats::drops(&pins)?;
+    let counters = stats::counters(&pins)?;
+    let lost = counters
+        .iter()
+        .find(|(n, _)| *n == "events_lost")
+        .map_or(0, |(_, v)| *v);
+    let data = MapData::from_pin(pins.map(DROP_PAIRS)).context("opening DROP_PAIRS")?;
+    let pairs: HashMap<_, DropPairKey, u64> = HashMap::try_from(Map::LruHashMap(data))?;
+    let mut by_pair: Vec<(String, String, &'static str, u64)> = pairs
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, n)| {
+            (
+                identity::name(&state.plan, k.src_identity),
+                identity::name(&state.plan, k.dst_identity),
+                DropReason::from_u32(k.reason).map_or("?", DropReason::name),
+                n,
+            )
+        })
+        .collect();
+    by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
+    let ct = conntrack::open(&pins)?;
+    let entries = ct.keys().filter_map(Result::ok).count();
+    let capacity = state.plan.dataplane.conntrack_max;
+    let fill = entries as f64 / f64::from(capacity.max(1));
+    let miss = counters
+        .iter()
+        .find(|(n, _)| *n == "ct_miss_established")
+        .map_or(0, |(_, v)| *v);
+    if args.json {
+        output::print_json(&json!({
+            "conntrack": { "entries": entries, "capacity": capacity, "fill": fill, "miss_established": miss },
+            "by_reason": by_reason.iter().map(|(r, n)| json!({ "reason": r.name(), "number": *r as u32, "packets": n })).collect::<Vec<_>>(),
+            "by_pair": by_pair.iter().map(|(s, d, r, n)| json!({ "source": s, "destination": d, "reason": r, "packets": n })).collect::<Vec<_>>(),
+            "events_lost": lost,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = output::table(&["reason", "packets"]);
+    for (r, n) in &by_reason {
+        t.add_row(vec![r.name().to_string(), n.to_string()]);
+    }
+    output::print_table(&t)?;
+    if !by_pair.is_empty() {
+        output::print_line("")?;
+        let mut t = output::table(&["source", "destination", "reason", "packets"]);
+        for (s, d, r, n) in &by_pair {
+            t.add_row(vec![s.clone(), d.clone(), r.to_string(), n.to_string()]);
+        }
+        output::print_table(&t)?;
+    }
+    output::print_line(&format!(
+        "\nconntrack: {entries} of {capacity} entries ({:.0}%){}",
+        fill * 100.0,
+        if fill > 0.9 {
+            " — FULL: new connections evict the least recently used (see bpf-maps.md)"
+        } else {
+            ""
+        }
+    ))?;
+    if miss > 0 {
+        output::print_line(&format!(
+            "{miss} mid-connection TCP packets found no conntrack entry (evicted or expired)"
+        ))?;
+    }
+    if lost > 0 {
+        output::print_line(&format!(
+            "\n{lost} events were lost (the event reader fell behind)"
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,250 @@
+//! `netctl health`: every service instance, UP or DOWN by the controller's health checks,
+//! with check latency, its state in the load-balancing maps, and (when the controller
+//! supervises processes) restarts. A live dashboard, or `--once` for scripts: exit 1 when
+//! something is down.
+
+use std::{collections::BTreeMap, process::ExitCode, time::Duration};
+
+use anyhow::{Context, bail};
+use ratatui::{
+    crossterm::event::{self, Event, KeyCode, KeyModifiers},
+    layout::{Constraint, Layout},
+    style::{Color, Modifier, Style},
+    widgets::{Block, Borders, Cell, Paragraph, Row, Table},
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::resolve_instance;
+use crate::{
+    controller::{api, preflight},
+    output,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print one table and exit (1 when an instance is down).
+    #[arg(long)]
+    once: bool,
+    /// Machine-readable output (implies --once).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceHealth {
+    pub service: String,
+    pub instance: String,
+    pub address: String,
+    pub up: bool,
+    /// `unchecked` until the first check.
+    pub status: String,
+    pub latency_ms: Option<f64>,
+    pub last_error: Option<String>,
+    /// Seconds in the current up/down state.
+    pub for_s: Option<f64>,
+    /// `active`, `draining`, `down` or `unchecked` in the LB maps.
+    pub lb: String,
+    pub restarts: Option<u64>,
+}
+
+pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+    preflight::require_root("health")?;
+    let Some(instance) = resolve_instance(prefix)? else {
+        bail!("no netctl platform is up");
+    };
+    if args.once || args.json {
+        let rows = fetch(&instance).await?;
+        if args.json {
+            output::print_json(&rows)?;
+        } else {
+            print(&rows)?;
+        }
+        let all_up = !rows.is_empty() && rows.iter().all(|r| r.up);
+        return Ok(if all_up {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    dashboard(&instance).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One row per instance, from the controller's status.
+pub async fn fetch(instance: &str) -> anyhow::Result<Vec<InstanceHealth>> {
+    let status = api::get(instance, "/v1/status")
+        .await
+        .context("asking the controller (health checks run there; `netctl up` restarts it)")?;
+    Ok(rows(&status))
+}
+
+fn rows(status: &Value) -> Vec<InstanceHealth> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let restarts = restarts(status);
+    let mut by_instance: BTreeMap<(String, String), InstanceHealth> = BTreeMap::new();
+    for b in status["components"]["lb"]["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let service = b["service"].as_str().unwrap_or("").to_string();
+        let instance = b["instance"].as_str().unwrap_or("").to_string();
+        let h = &b["health"];
+        let up = h["up"].as_bool().unwrap_or(false);
+        let entry = by_instance
+            .entry((service.clone(), instance.clone()))
+            .or_insert_with(|| InstanceHealth {
+                restarts: restarts.get(&instance).copied(),
+                service,
+                instance: instance.clone(),
+                address: format!("{}:{}", b["addr"].as_str().unwrap_or(""), b["port"]),
+                up,
+                status: if h.is_null() {
+                    "unchecked".into()
+                } else if up {
+                    "UP".into()
+                } else {
+                    "DOWN".into()
+                },
+                latency_ms: h["latency_ms"].as_f64(),
+                last_error: h["last_error"].as_str().map(str::to_string),
+                for_s: h["since"].as_f64().map(|s| (now - s).max(0.0)),
+                lb: b["state"].as_str().unwrap_or("").to_string(),
+            });
+        // Several ports: the instance is only as active as its least active port.
+        if b["state"] != "active" {
+            entry.lb = b["state"].as_str().unwrap_or("").to_string();
+        }
+    }
+    by_instance.into_values().collect()
+}
+
+/// Restart counts published by the process supervisor, by instance, if it runs.
+/// Restarts per endpoint, from the supervisor's part of the controller's status (the
+/// `services` component: a list of processes).
+fn restarts(status: &Value) -> BTreeMap<String, u64> {
+    status["components"]["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["restarts"].as_u64()?)))
+        .collect()
+}
+
+fn cells(r: &InstanceHealth) -> Vec<String> {
+    vec![
+        r.service.clone(),
+        r.instance.clone(),
+        r.address.clone(),
+        match (&r.status[..], &r.last_error) {
+            ("DOWN", Some(e)) => format!("DOWN ({e})"),
+            (s, _) => s.to_string(),
+        },
+        r.latency_ms.map_or("-".into(), |ms| format!("{ms:.1} ms")),
+        r.lb.clone(),
+        r.for_s.map_or("-".into(), age),
+        r.restarts.map_or("-".into(), |n| n.to_string()),
+    ]
+}
+
+const HEADER: [&str; 8] = [
+    "service", "instance", "address", "health", "latency", "lb", "for", "restarts",
+];
+
+fn print(rows: &[InstanceHealth]) -> anyhow::Result<()> {
+    let mut t = output::table(&HEADER);
+    for r in rows {
+        t.add_row(cells(r));
+    }
+    output::print_table(&t)?;
+    let down = rows.iter().filter(|r| !r.up).count();
+    output::print_line(&format!("{} up, {down} down", rows.len() - down))?;
+    Ok(())
+}
+
+fn age(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+/// Full-screen table refreshed every second; q, Esc or Ctrl-C quits.
+async fn dashboard(instance: &str) -> anyhow::Result<()> {
+    let mut terminal = ratatui::init();
+    let result = async {
+        loop {
+            let rows = fetch(instance).await;
+            terminal.draw(|f| {
+                let [top, body] = Layout::vertical([Constraint::Length(3), Constraint::Min(3)]).areas(f.area());
+                let (text, table_rows) = match &rows {
+                    Ok(rows) => {
+                        let down = rows.iter().filter(|r| !r.up).count();
+                        (
+                            format!(
+                                "netctl health — instance {instance} — {} up, {down} down — q to quit",
+                                rows.len() - down
+                            ),
+                            rows.clone(),
+                        )
+                    }
+                    Err(e) => (format!("controller unreachable: {e:#}"), Vec::new()),
+                };
+                f.render_widget(Paragraph::new(text).block(Block::default().borders(Borders::ALL)), top);
+                let widths = [12, 12, 22, 28, 10, 10, 6, 8].map(Constraint::Length);
+                let table = Table::new(
+                    table_rows.iter().map(|r| {
+                        let color = if r.up { Color::Green } else { Color::Red };
+                        Row::new(cells(r).into_iter().enumerate().map(|(i, c)| {
+                            let cell = Cell::from(c);
+                            if i == 3 { cell.style(Style::default().fg(color)) } else { cell }
+                        }))
+                    }),
+                    widths,
+                )
+                .header(Row::new(HEADER.map(|h| h.to_uppercase())).style(Style::default().add_modifier(Modifier::BOLD)))
+                .block(Block::default().borders(Borders::ALL));
+                f.render_widget(table, body);
+            })?;
+            if event::poll(Duration::from_secs(1))?
+                && let Event::Key(k) = event::read()?
+                && (matches!(k.code, KeyCode::Char('q') | KeyCode::Esc)
+                    || (k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL)))
+            {
+                return Ok::<(), anyhow::Error>(());
+            }
+        }
+    }
+    .await;
+    ratatui::restore();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn restarts_come_from_the_supervisor_component() {
+        let status = json!({"components": {
+            "services": [
+                {"name": "product-1", "restarts": 2},
+                {"name": "edge", "restarts": 0},
+                {"name": "broken"}
+            ],
+            "lb": {"backends": []}
+        }});
+        let r = restarts(&status);
+        assert_eq!(r.get("product-1"), Some(&2));
+        assert_eq!(r.get("edge"), Some(&0));
+        assert_eq!(r.len(), 2);
+        assert!(restarts(&json!({})).is_empty());
+    }
+}

@@ -1,0 +1,154 @@
+//! `netctl policy`: the compiled policy as the kernel has it, with names; `policy apply -f
+//! FILE`: install a changed policy (and nothing else) without touching the network.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, bail};
+use netctl_common::policy::{ANY_PORT, ANY_PROTO, VERDICT_DENY};
+use serde_json::json;
+
+use super::{load_state, up::plan_from};
+use crate::{
+    controller::{
+        daemon, preflight,
+        state::{State, StateLock},
+    },
+    dataplane::{Pins, policy::PolicyMaps},
+    output,
+    policy::identity,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Install the policy of a topology file whose network is the one that is up.
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(Command::Apply { file }) => apply(file, prefix),
+        None => show(args.json, prefix),
+    }
+}
+
+fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+    preflight::require_root("policy")?;
+    let Some(state) = load_state(prefix)? else {
+        bail!("no netctl platform is up");
+    };
+    let plan = &state.plan;
+    let installed = PolicyMaps::open(&Pins::for_instance(&state.instance))?.read()?;
+    let (generation, compiled, identities) = (
+        installed.generation,
+        installed.compiled,
+        installed.identities,
+    );
+    let rules: Vec<_> = compiled
+        .entries
+        .iter()
+        .map(|(k, v)| {
+            json!({
+                "source": identity::name(plan, k.src),
+                "destination": identity::name(plan, k.dst),
+                "port": if k.port == ANY_PORT { None } else { Some(k.port) },
+                "protocol": if k.proto == ANY_PROTO { "*" } else { crate::cli_protocol_name(k.proto) },
+                "verdict": if v.verdict == VERDICT_DENY { "deny" } else { "allow" },
+                "rule": if v.rule == 0 { None } else { Some(v.rule) },
+            })
+        })
+        .collect();
+    let limits: Vec<_> = compiled
+        .rate_limits
+        .iter()
+        .map(|(dst, l)| {
+            json!({
+                "destination": identity::name(plan, *dst),
+                "per_second": f64::from(l.rate_milli) / 1000.0,
+                "burst": l.burst,
+                "per": if l.by == netctl_common::policy::RL_BY_IDENTITY { "service" } else { "source" },
+            })
+        })
+        .collect();
+    if as_json {
+        output::print_json(
+            &json!({ "generation": generation, "identities": identities.len(), "rules": rules, "rate_limits": limits }),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    output::print_line(&format!(
+        "policy generation {generation}: {} entries, {} addresses with identities (most specific entry wins; none: allow)",
+        rules.len(),
+        identities.len()
+    ))?;
+    let mut t = output::table(&["source", "destination", "port", "verdict", "rule"]);
+    for r in &rules {
+        let port = match (r["port"].as_u64(), r["protocol"].as_str()) {
+            (Some(p), Some(proto)) => format!("{p}/{proto}"),
+            (Some(p), None) => p.to_string(),
+            (None, Some("*")) | (None, None) => "*".into(),
+            (None, Some(proto)) => format!("*/{proto}"),
+        };
+        let rule = r["rule"]
+            .as_u64()
+            .map_or_else(|| "default".to_string(), |n| format!("#{n}"));
+        t.add_row(vec![
+            r["source"].as_str().unwrap_or("").to_string(),
+            r["destination"].as_str().unwrap_or("").to_string(),
+            port,
+            r["verdict"].as_str().unwrap_or("").to_string(),
+            rule,
+        ]);
+    }
+    output::print_table(&t)?;
+    if !limits.is_empty() {
+        output::print_line("")?;
+        let mut t = output::table(&["rate limit to", "per second", "burst", "bucket per"]);
+        for l in &limits {
+            t.add_row(vec![
+                l["destination"].as_str().unwrap_or("").to_string(),
+                format!("{:.3}", l["per_second"].as_f64().unwrap_or(0.0)),
+                l["burst"].to_string(),
+                l["per"].as_str().unwrap_or("").to_string(),
+            ]);
+        }
+        output::print_table(&t)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn apply(file: Option<PathBuf>, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+    let plan = plan_from(file.as_deref(), prefix)?;
+    preflight::require_root("policy apply")?;
+    let _lock = StateLock::acquire()?;
+    let instance = plan.instance();
+    let mut state =
+        State::load(&instance)?.with_context(|| format!("instance {instance} is not up"))?;
+    let mut same_network = state.plan.clone();
+    same_network.policy = plan.policy.clone();
+    if same_network != plan {
+        bail!("the file changes more than the policy; bring it up with `netctl up -f FILE`");
+    }
+    if state.plan.policy == plan.policy {
+        output::print_line("policy unchanged")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    state.plan = plan;
+    state.save()?;
+    if !daemon::reload(&instance)? {
+        bail!("the policy is saved, but no controller is running to install it (run `netctl up`)");
+    }
+    output::print_line("policy saved; the controller installs it as a new generation")?;
+    Ok(ExitCode::SUCCESS)
+}

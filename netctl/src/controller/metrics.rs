@@ -1,0 +1,358 @@
+//! The controller's Prometheus endpoint (`GET /metrics`, text format 0.0.4) on the
+//! topology's `[metrics] listen` address: flows and bytes by service pair, drops by reason
+//! and pair, dataplane counters, conntrack fill, map pressure, backend health. Everything
+//! is read fresh from the pinned maps at each scrape.
+
+use std::{collections::BTreeMap, convert::Infallible, fmt::Write as _};
+
+use anyhow::Context;
+use aya::maps::{HashMap, Map, MapData, MapInfo};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use netctl_common::{DropReason, event::DropPairKey, maps as names};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use super::agent::{AgentCtx, ComponentFuture, StatusBoard};
+use crate::{
+    dataplane::{Pins, conntrack, flows, stats},
+    policy::identity,
+    report,
+    topology::Plan,
+};
+
+pub fn component(ctx: AgentCtx) -> ComponentFuture {
+    Box::pin(run(ctx))
+}
+
+async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
+    let mut state = ctx.state.clone();
+    loop {
+        let listen = state.borrow().plan.metrics_listen;
+        let Some(addr) = listen else {
+            // Off: wait for a change of the topology.
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return Ok(()),
+                r = state.changed() => { if r.is_err() { return Ok(()); } continue; }
+            }
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+        ctx.board
+            .publish("metrics", serde_json::json!({ "listen": addr }))
+            .await;
+        loop {
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return Ok(()),
+                r = state.changed() => {
+                    if r.is_err() { return Ok(()); }
+                    if state.borrow().plan.metrics_listen != Some(addr) { break; }
+                }
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    serve(stream, &ctx);
+                }
+            }
+        }
+    }
+}
+
+fn serve(stream: tokio::net::TcpStream, ctx: &AgentCtx) {
+    let (state, board, instance) = (ctx.state.clone(), ctx.board.clone(), ctx.instance.clone());
+    tokio::spawn(async move {
+        let service = service_fn(move |req: Request<Incoming>| {
+            let (state, board, instance) = (state.clone(), board.clone(), instance.clone());
+            async move {
+                if req.uri().path() != "/metrics" {
+                    let mut r = Response::new(Full::new(Bytes::from_static(b"see /metrics\n")));
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    return Ok::<_, Infallible>(r);
+                }
+                let plan = state.borrow().plan.clone();
+                let body = match render(&plan, &instance, &board).await {
+                    Ok(text) => text,
+                    Err(e) => format!("# error: {e:#}\n"),
+                };
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                Ok(r)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+}
+
+/// The metrics text, read from the maps (off the async threads) and the status board.
+pub async fn render(plan: &Plan, instance: &str, board: &StatusBoard) -> anyhow::Result<String> {
+    let status = board.snapshot().await;
+    let (plan, instance) = (plan.clone(), instance.to_string());
+    tokio::task::spawn_blocking(move || render_maps(&plan, &instance, &status))
+        .await
+        .context("metrics task")?
+}
+
+fn render_maps(plan: &Plan, instance: &str, status: &Value) -> anyhow::Result<String> {
+    let pins = Pins::for_instance(instance);
+    let mut m = Metrics::default();
+
+    let all_flows = flows::read(&pins)?;
+    let analysis = report::analyse(plan, &all_flows, None);
+    m.gauge(
+        "netctl_flow_entries",
+        "Flow directions in the FLOWS map.",
+        &[],
+        all_flows.len() as f64,
+    );
+    for (src, dst, c) in &analysis.pairs {
+        let l = [("source", src.as_str()), ("destination", dst.as_str())];
+        m.counter(
+            "netctl_flow_packets_total",
+            "Packets between services (eBPF flow counters).",
+            &l,
+            c.packets as f64,
+        );
+        m.counter(
+            "netctl_flow_bytes_total",
+            "Bytes between services (eBPF flow counters).",
+            &l,
+            c.bytes as f64,
+        );
+    }
+    for (proto, c) in &analysis.protocols {
+        m.counter(
+            "netctl_protocol_packets_total",
+            "Packets by protocol.",
+            &[("protocol", proto.as_str())],
+            c.packets as f64,
+        );
+    }
+    for (svc, c) in &analysis.talkers {
+        m.counter(
+            "netctl_service_sent_packets_total",
+            "Packets a service sent.",
+            &[("service", svc.as_str())],
+            c.packets as f64,
+        );
+    }
+
+    for (reason, n) in stats::drops(&pins)? {
+        m.counter(
+            "netctl_drops_total",
+            "Packets dropped by the dataplane, by reason.",
+            &[("reason", reason.name())],
+            n as f64,
+        );
+    }
+    let pairs_data = MapData::from_pin(pins.map(names::DROP_PAIRS)).context("DROP_PAIRS")?;
+    let pairs: HashMap<_, DropPairKey, u64> = HashMap::try_from(Map::LruHashMap(pairs_data))?;
+    for (k, n) in pairs.iter().filter_map(Result::ok) {
+        let (src, dst) = (
+            identity::name(plan, k.src_identity),
+            identity::name(plan, k.dst_identity),
+        );
+        let reason = DropReason::from_u32(k.reason).map_or("?", DropReason::name);
+        m.counter(
+            "netctl_drop_pairs_total",
+            "Packets dropped, by source and destination identity and reason.",
+            &[("source", &src), ("destination", &dst), ("reason", reason)],
+            n as f64,
+        );
+    }
+    for (name, n) in stats::counters(&pins)? {
+        m.counter(
+            "netctl_dataplane_events_total",
+            "Dataplane event counters.",
+            &[("event", name)],
+            n as f64,
+        );
+    }
+
+    let ct = conntrack::open(&pins)?;
+    let conns = conntrack::connections(&ct)?;
+    let entries = ct.keys().filter_map(Result::ok).count();
+    m.gauge(
+        "netctl_conntrack_entries",
+        "Entries in the conntrack map (two per connection).",
+        &[],
+        entries as f64,
+    );
+    m.gauge(
+        "netctl_conntrack_capacity",
+        "Capacity of the conntrack map.",
+        &[],
+        f64::from(plan.dataplane.conntrack_max),
+    );
+    let mut per_service: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
+    for c in &conns {
+        let svc = plan
+            .service_by_id(c.service_id)
+            .map_or_else(|| report::data::party(plan, c.backend), |s| s.name.clone());
+        *per_service.entry((svc, c.state)).or_default() += 1;
+    }
+    for ((svc, st), n) in &per_service {
+        m.gauge(
+            "netctl_service_connections",
+            "Tracked connections to each service, by state.",
+            &[("service", svc.as_str()), ("state", st)],
+            *n as f64,
+        );
+    }
+
+    for name in pins.pinned_maps() {
+        let Ok(info) = MapInfo::from_pin(pins.map(&name)) else {
+            continue;
+        };
+        m.gauge(
+            "netctl_map_capacity",
+            "Capacity (max entries) of each pinned map.",
+            &[("map", &name)],
+            f64::from(info.max_entries()),
+        );
+    }
+    m.gauge(
+        "netctl_map_entries",
+        "Entries in each pinned hash map.",
+        &[("map", names::FLOWS)],
+        all_flows.len() as f64,
+    );
+    m.gauge(
+        "netctl_map_entries",
+        "Entries in each pinned hash map.",
+        &[("map", names::CT)],
+        entries as f64,
+    );
+
+    if let Some(backends) = status["components"]["lb"]["backends"].as_array() {
+        for b in backends {
+            let s = |k: &str| b[k].as_str().unwrap_or("").to_string();
+            let port = b["port"].to_string();
+            let l = [
+                ("service", s("service")),
+                ("instance", s("instance")),
+                ("address", s("addr")),
+                ("port", port),
+            ];
+            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let up = b["health"]["up"].as_bool().unwrap_or(false);
+            m.gauge(
+                "netctl_backend_up",
+                "1 when the backend passes its health check.",
+                &l,
+                if up { 1.0 } else { 0.0 },
+            );
+            m.gauge(
+                "netctl_backend_active",
+                "1 when the backend takes new connections (in the LB maps, not draining).",
+                &l,
+                if b["state"] == "active" { 1.0 } else { 0.0 },
+            );
+            if let Some(ms) = b["health"]["latency_ms"].as_f64() {
+                m.gauge(
+                    "netctl_backend_health_latency_seconds",
+                    "Latency of the last successful health check.",
+                    &l,
+                    ms / 1000.0,
+                );
+            }
+        }
+    }
+    if let Some(n) = status["components"]["events"]["events"].as_u64() {
+        m.counter(
+            "netctl_events_read_total",
+            "Events the controller read from the ring buffer.",
+            &[],
+            n as f64,
+        );
+    }
+    Ok(m.finish())
+}
+
+/// Builds the exposition text, one HELP/TYPE header per metric name.
+#[derive(Default)]
+struct Metrics {
+    families: BTreeMap<&'static str, (String, Vec<String>)>,
+}
+
+impl Metrics {
+    fn counter(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.sample(name, help, "counter", labels, value);
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.sample(name, help, "gauge", labels, value);
+    }
+
+    fn sample(
+        &mut self,
+        name: &'static str,
+        help: &str,
+        kind: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let family = self.families.entry(name).or_insert_with(|| {
+            (
+                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"),
+                Vec::new(),
+            )
+        });
+        let mut line = String::from(name);
+        if !labels.is_empty() {
+            line.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    line.push(',');
+                }
+                let _ = write!(line, "{k}=\"{}\"", escape(v));
+            }
+            line.push('}');
+        }
+        let _ = write!(line, " {value}");
+        family.1.push(line);
+    }
+
+    fn finish(self) -> String {
+        let mut out = String::new();
+        for (_, (header, lines)) in self.families {
+            out.push_str(&header);
+            for l in lines {
+                out.push_str(&l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_groups_samples_under_one_header() {
+        let mut m = Metrics::default();
+        m.counter("a_total", "A.", &[("x", "1")], 2.0);
+        m.gauge("b", "B.", &[], 0.5);
+        m.counter("a_total", "A.", &[("x", "q\"uote")], 3.0);
+        assert_eq!(
+            m.finish(),
+            "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 2\na_total{x=\"q\\\"uote\"} 3\n\
+             # HELP b B.\n# TYPE b gauge\nb 0.5\n"
+        );
+    }
+}

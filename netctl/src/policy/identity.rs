@@ -1,0 +1,61 @@
+//! Identity numbers: one per service (all its replicas and its VIP), one for the host,
+//! one for the world (everything else).
+
+use std::net::Ipv4Addr;
+
+use netctl_common::policy::{ID_ANY, ID_HOST, ID_SERVICE_BASE, ID_WORLD};
+
+use crate::topology::{Plan, policy::Peer};
+
+/// The identity number of a named peer (0 for a service the plan does not know).
+pub fn of(plan: &Plan, peer: &Peer) -> u32 {
+    match peer {
+        Peer::Host => ID_HOST,
+        Peer::World => ID_WORLD,
+        Peer::Service(name) => plan
+            .endpoints
+            .iter()
+            .find(|e| e.service == *name)
+            .map_or(ID_ANY, |e| ID_SERVICE_BASE + e.service_id),
+    }
+}
+
+/// The peer an identity number stands for.
+pub fn peer(plan: &Plan, id: u32) -> Option<Peer> {
+    match id {
+        ID_HOST => Some(Peer::Host),
+        ID_WORLD => Some(Peer::World),
+        id if id > ID_SERVICE_BASE => plan
+            .endpoints
+            .iter()
+            .find(|e| ID_SERVICE_BASE + e.service_id == id)
+            .map(|e| Peer::Service(e.service.clone())),
+        _ => None,
+    }
+}
+
+/// A readable name for an identity number (`*` for the wildcard).
+pub fn name(plan: &Plan, id: u32) -> String {
+    match id {
+        ID_ANY => "*".into(),
+        _ => peer(plan, id).map_or_else(|| format!("#{id}"), |p| p.name().to_string()),
+    }
+}
+
+/// Address -> identity for everything the plan knows: replicas and VIPs of each service,
+/// and the bridges' gateway addresses (the host). The controller adds the host's uplink
+/// addresses; anything missing is the world.
+pub fn addresses(plan: &Plan) -> Vec<(Ipv4Addr, u32)> {
+    let mut out: Vec<(Ipv4Addr, u32)> = plan
+        .endpoints
+        .iter()
+        .map(|e| (e.address, ID_SERVICE_BASE + e.service_id))
+        .collect();
+    for svc in &plan.services {
+        out.push((svc.vip, ID_SERVICE_BASE + svc.id));
+    }
+    for n in &plan.networks {
+        out.push((n.gateway, ID_HOST));
+    }
+    out
+}

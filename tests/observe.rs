@@ -1,0 +1,317 @@
+//! Seeing the network: the traffic report (CSV checked against traffic the test made, the
+//! HTML page rendered by headless Chromium), the topology picture (DOT read by Graphviz),
+//! Prometheus metrics, `health --once`, `conntrack --summary`.
+
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{
+    Platform, Slot, assert_success,
+    traffic::{self, NamedServer, Session},
+};
+use serde_json::Value;
+
+const TOPOLOGY: &str = r#"
+[networks.front]
+subnet = "10.0.1.0/24"
+[networks.back]
+subnet = "10.0.2.0/24"
+[services.client]
+network = "front"
+address = "10.0.1.10"
+[services.server]
+network = "back"
+address = "10.0.2.10"
+ports = [7000]
+"#;
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_report_counts_known_traffic_and_renders_with_its_charts() {
+    require_root!();
+    let slot = Slot::acquire();
+    let platform = Platform::from_toml(&slot, TOPOLOGY);
+    platform.up_ok();
+    let client = platform.endpoint("client");
+    let server = platform.endpoint("server");
+
+    // Exactly N datagrams of a known size, client -> server (the client has no port, so
+    // nothing health-checks it: it sends nothing else).
+    const N: usize = 25;
+    const PAYLOAD: usize = 200;
+    let frame = (14 + 20 + 8 + PAYLOAD) as u64;
+    let sink = traffic::udp_sink(&server.netns, server.address, 7100, N);
+    traffic::udp_send(Some(&client.netns), 17100, server.address, 7100, N, PAYLOAD);
+    assert_eq!(sink.join().unwrap(), N);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = slot.netctl(&["report", "-o", dir.path().to_str().unwrap(), "--reset"]);
+    assert_success(&out, "netctl report");
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let pairs = read("packets_per_service_pair.csv");
+    assert!(
+        pairs.starts_with("source,destination,packets,bytes\n"),
+        "{pairs}"
+    );
+    assert!(
+        pairs.contains(&format!("client,server,{N},{}\n", N as u64 * frame)),
+        "{pairs}"
+    );
+    let talkers = read("top_talkers.csv");
+    assert!(
+        talkers.contains(&format!("client,{N},{}\n", N as u64 * frame)),
+        "{talkers}"
+    );
+    let protocols = read("protocol_distribution.csv");
+    let udp: u64 = protocols
+        .lines()
+        .find_map(|l| l.strip_prefix("UDP,"))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(udp, N as u64, "{protocols}");
+    for chart in ["protocol_distribution", "top_service_pairs", "top_talkers"] {
+        assert!(
+            read(&format!("{chart}.svg")).contains("<svg"),
+            "{chart}.svg"
+        );
+        let png = std::fs::read(dir.path().join(format!("{chart}.png"))).unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{chart}.png");
+    }
+
+    // The page, as a browser sees it: it loads, with its three charts drawn.
+    let profile = tempfile::tempdir().unwrap();
+    let html = dir.path().join("report.html");
+    let dom = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium (cargo xtask setup installs it)");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("Network traffic report"), "the page loaded");
+    assert_eq!(dom.matches("<figure class=\"chart\"").count(), 3);
+    assert_eq!(dom.matches("<svg").count(), 3, "three charts in the DOM");
+    assert!(dom.matches("<rect").count() >= 6, "bars drawn");
+    assert!(dom.contains("client") && dom.contains("server"));
+
+    // --reset started a fresh window.
+    let flows: Vec<Value> =
+        serde_json::from_slice(&slot.netctl(&["flows", "--json"]).stdout).unwrap();
+    assert!(
+        !flows
+            .iter()
+            .any(|f| f["src_name"] == "client" && f["dst_port"] == 7100),
+        "the reported flows were cleared"
+    );
+}
+
+#[test]
+fn the_topology_reads_from_the_kernel_and_its_dot_parses_with_graphviz() {
+    require_root!();
+    let slot = Slot::acquire();
+    let platform = Platform::from_toml(&slot, TOPOLOGY);
+    platform.up_ok();
+    let text = slot.netctl(&["topology"]);
+    assert_success(&text, "netctl topology");
+    let text = String::from_utf8_lossy(&text.stdout);
+    let server = platform.endpoint("server");
+    assert!(
+        text.contains(&server.netns) && text.contains(&format!("{}/24", server.address)),
+        "{text}"
+    );
+    assert!(text.contains("bridge up"), "{text}");
+    let vip = platform.plan.service("server").unwrap().vip;
+    assert!(text.contains(&format!("VIP {vip}")), "{text}");
+
+    let dot = slot.netctl(&["topology", "--format", "dot"]);
+    assert_success(&dot, "netctl topology --format dot");
+    let mut graphviz = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dot (graphviz)");
+    graphviz
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&dot.stdout)
+        .unwrap();
+    let svg = graphviz.wait_with_output().unwrap();
+    assert!(
+        svg.status.success(),
+        "dot rejected the graph: {}",
+        String::from_utf8_lossy(&svg.stderr)
+    );
+    let svg = String::from_utf8_lossy(&svg.stdout);
+    // (Graphviz writes '-' as "&#45;" in SVG text: look for the address.)
+    assert!(
+        svg.contains(&format!("{}/24", server.address)) && svg.contains("<svg"),
+        "{svg}"
+    );
+    let direct = slot.netctl(&["topology", "--format", "svg"]);
+    assert!(String::from_utf8_lossy(&direct.stdout).contains("<svg"));
+
+    // Live, not from the file: a namespace removed behind netctl's back shows as missing.
+    netctl::net::netns::delete(&server.netns).unwrap();
+    let text = slot.netctl(&["topology"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("namespace MISSING"));
+}
+
+/// Parses the Prometheus text format: every sample line is `name{labels} value`.
+fn scrape(port: u16) -> Vec<(String, f64)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let mut samples = Vec::new();
+    // Chunked or not, the sample lines are what matters.
+    for line in body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if !series.starts_with("netctl_") {
+            continue; // chunk-size lines
+        }
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        if let Some(open) = series.find('{') {
+            assert!(series.ends_with('}'), "labels closed: {line}");
+            for pair in series[open + 1..series.len() - 1].split("\",") {
+                assert!(pair.contains("=\""), "label form: {line}");
+            }
+        }
+        samples.push((series.to_string(), value));
+    }
+    assert!(body.contains("# TYPE netctl_drops_total counter"));
+    samples
+}
+
+#[test]
+fn metrics_scrape_parses_and_tracks_drops_health_and_conntrack() {
+    require_root!();
+    let slot = Slot::acquire();
+    let platform = Platform::from_toml(&slot, TOPOLOGY);
+    platform.up_ok();
+    let server = platform.endpoint("server");
+    let client = platform.endpoint("client");
+    let vip = platform.plan.service("server").unwrap().vip;
+
+    // No backend yet: a connection to the VIP is dropped for it.
+    assert!(!traffic::probe(Some(&client.netns), vip, 7000, Duration::from_millis(300)).passed());
+    let value = |samples: &[(String, f64)], series: &str| {
+        samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
+    };
+    let mut samples = Vec::new();
+    wait_until("the metrics endpoint", Duration::from_secs(10), || {
+        samples = std::panic::catch_unwind(|| scrape(slot.metrics_port())).unwrap_or_default();
+        !samples.is_empty()
+    });
+    assert!(value(&samples, "netctl_drops_total{reason=\"no-backend\"}").unwrap() >= 1.0);
+    assert_eq!(
+        value(&samples, "netctl_conntrack_capacity"),
+        Some(f64::from(platform.plan.dataplane.conntrack_max))
+    );
+
+    let _up = NamedServer::start(&server.netns, server.address, 7000, "server");
+    let backend = format!(
+        "netctl_backend_up{{service=\"server\",instance=\"server\",address=\"{}\",port=\"7000\"}}",
+        server.address
+    );
+    wait_until(
+        "the backend to be up in the metrics",
+        Duration::from_secs(10),
+        || value(&scrape(slot.metrics_port()), &backend) == Some(1.0),
+    );
+    let _session = Session::open(&client.netns, vip, 7000);
+    let samples = scrape(slot.metrics_port());
+    assert!(
+        value(
+            &samples,
+            "netctl_service_connections{service=\"server\",state=\"established\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{samples:?}"
+    );
+    assert!(value(&samples, "netctl_conntrack_entries").unwrap() >= 2.0);
+}
+
+#[test]
+fn health_once_flips_its_exit_code_when_a_service_dies_and_conntrack_summary_counts() {
+    require_root!();
+    let slot = Slot::acquire();
+    let platform = Platform::from_toml(&slot, TOPOLOGY);
+    platform.up_ok();
+    let server = platform.endpoint("server");
+    let client = platform.endpoint("client");
+    let alive = NamedServer::start(&server.netns, server.address, 7000, "server");
+    wait_until("health --once to pass", Duration::from_secs(10), || {
+        slot.netctl(&["health", "--once"]).status.success()
+    });
+    let json: Value = serde_json::from_slice(&slot.netctl(&["health", "--json"]).stdout).unwrap();
+    assert_eq!(json[0]["instance"], "server");
+    assert_eq!(json[0]["status"], "UP");
+    assert_eq!(json[0]["lb"], "active");
+
+    let vip = platform.plan.service("server").unwrap().vip;
+    let _a = Session::open(&client.netns, vip, 7000);
+    let _b = Session::open(&client.netns, vip, 7000);
+    let summary: Vec<Value> =
+        serde_json::from_slice(&slot.netctl(&["conntrack", "--summary", "--json"]).stdout).unwrap();
+    let row = summary
+        .iter()
+        .find(|r| r["service"] == "server")
+        .expect("server row");
+    assert!(row["established"].as_u64().unwrap() >= 2, "{row}");
+
+    drop(alive);
+    wait_until("health --once to fail", Duration::from_secs(10), || {
+        slot.netctl(&["health", "--once"]).status.code() == Some(1)
+    });
+    let text = String::from_utf8_lossy(&slot.netctl(&["health", "--once"]).stdout).into_owned();
+    assert!(
+        text.contains("DOWN") && text.contains("0 up, 1 down"),
+        "{text}"
+    );
+}

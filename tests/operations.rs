@@ -1,0 +1,225 @@
+//! Operating a running platform: upgrading the dataplane in place, conntrack pressure,
+//! repeated up/down cycles, and the command line without root.
+
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::{io::Write, time::Duration};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use common::{
+    Platform, Slot, assert_success,
+    traffic::{NamedServer, Session, greetings},
+};
+use serde_json::Value;
+
+const WEB: &str = r#"
+[networks.front]
+subnet = "10.0.1.0/24"
+[networks.back]
+subnet = "10.0.2.0/24"
+[services.client]
+network = "front"
+address = "10.0.1.10"
+[services.web]
+network = "back"
+address = "10.0.2.10"
+replicas = 2
+ports = [7000]
+[dataplane]
+socket_lb = false
+"#;
+
+fn program_ids(ifname: &str) -> Vec<u32> {
+    [TcAttachType::Ingress, TcAttachType::Egress]
+        .into_iter()
+        .flat_map(|t| SchedClassifier::query_tcx(ifname, t).expect("query tcx").1)
+        .map(|p| p.id())
+        .collect()
+}
+
+#[test]
+fn a_new_dataplane_build_replaces_the_programs_in_place_without_cutting_connections() {
+    require_root!();
+    let slot = Slot::acquire();
+    let platform = Platform::from_toml(&slot, WEB);
+    platform.up_ok();
+    let servers: Vec<NamedServer> = ["web-1", "web-2"]
+        .iter()
+        .map(|n| {
+            let ep = platform.endpoint(n);
+            NamedServer::start(&ep.netns, ep.address, 7000, &ep.name)
+        })
+        .collect();
+    let client = platform.endpoint("client");
+    let vip = platform.plan.service("web").unwrap().vip;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while greetings(&client.netns, vip, 7000, 1)[0].is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web never came into service"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A NATed connection through the TC path, whose conntrack entries must carry over.
+    let mut session = Session::open(&client.netns, vip, 7000);
+    let before = program_ids(&client.host_ifname);
+
+    // "A new build": the same programs in a different object file.
+    let dir = tempfile::tempdir().unwrap();
+    let object = dir.path().join("netctl.bpf.o");
+    let mut bytes = netctl::dataplane::EBPF_OBJECT.to_vec();
+    bytes.extend_from_slice(b"\0netctl-test-build");
+    std::fs::File::create(&object)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    let out = slot.netctl_env(
+        &["up", "-f", platform.file.to_str().unwrap()],
+        &[("NETCTL_DATAPLANE_OBJECT", object.to_str().unwrap())],
+    );
+    assert_success(&out, "up with a new dataplane build");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("upgraded in place"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let after = program_ids(&client.host_ifname);
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "new programs on the links: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        session.ask("still").expect("the connection survived"),
+        format!("{}:still", session.server)
+    );
+    assert!(
+        greetings(&client.netns, vip, 7000, 4)
+            .iter()
+            .all(Result::is_ok),
+        "new connections work"
+    );
+    // Running the same build again changes nothing.
+    let again = slot.netctl_env(
+        &["up", "-f", platform.file.to_str().unwrap()],
+        &[("NETCTL_DATAPLANE_OBJECT", object.to_str().unwrap())],
+    );
+    assert!(!String::from_utf8_lossy(&again.stdout).contains("upgraded"));
+    drop(servers);
+}
+
+#[test]
+fn conntrack_pressure_is_visible_and_established_connections_survive_a_flood() {
+    require_root!();
+    let slot = Slot::acquire();
+    // A deliberately small table: 4096 entries, 2048 connections.
+    let platform = Platform::from_toml(&slot, &format!("{WEB}conntrack_max = 4096\n"));
+    platform.up_ok();
+    let web = platform.endpoint("web-1");
+    let _server = NamedServer::start(&web.netns, web.address, 7000, "web-1");
+    let client = platform.endpoint("client");
+    let mut session = Session::open(&client.netns, web.address, 7000);
+
+    // Flood: 10,000 new UDP flows (distinct source ports) from the client, far past
+    // capacity, while the session keeps talking.
+    let target = web.address;
+    netctl::net::netns::run_in(&client.netns, move || {
+        let mut socks = Vec::new();
+        for _ in 0..10_000 {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            let _ = s.send_to(b"x", (target, 9));
+            socks.push(s);
+            if socks.len() == 500 {
+                socks.clear();
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    for i in 0..5 {
+        assert_eq!(
+            session
+                .ask(&format!("{i}"))
+                .expect("the established connection works"),
+            format!("web-1:{i}")
+        );
+    }
+
+    // The pressure is visible: the table is at capacity.
+    let metrics = slot.netctl(&["drops", "--json"]);
+    assert_success(&metrics, "netctl drops");
+    let drops: Value = serde_json::from_slice(&metrics.stdout).unwrap();
+    let ct = &drops["conntrack"];
+    assert_eq!(ct["capacity"], 4096);
+    assert!(ct["entries"].as_u64().unwrap() > 3500, "{ct}");
+    assert!(ct["fill"].as_f64().unwrap() > 0.85, "{ct}");
+}
+
+/// Processes of an instance: its controller and anything it started (by command line).
+fn processes_of(instance: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie
+            && (cmdline.contains(&format!("--prefix {instance}-"))
+                || cmdline.contains(&format!("/netctl/{instance}/")))
+        {
+            out.push(cmdline);
+        }
+    }
+    out
+}
+
+fn netns_mounts(prefix: &str) -> usize {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&format!("/run/netns/{prefix}")))
+        .count()
+}
+
+/// Up and down again and again: nothing accumulates. CI runs a few cycles;
+/// `NETCTL_CYCLES=100` runs the full soak by hand.
+#[test]
+fn repeated_up_down_cycles_of_the_default_platform_leave_nothing() {
+    require_root!();
+    let cycles: usize = std::env::var("NETCTL_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
+    let slot = Slot::acquire();
+    let before = common::snapshot::Snapshot::take(&slot.prefix());
+    let platform = Platform::default_topology(&slot);
+    for i in 0..cycles {
+        platform.up_ok();
+        assert!(
+            !processes_of(&slot.instance()).is_empty(),
+            "cycle {i}: the controller runs"
+        );
+        assert_success(&slot.netctl(&["down"]), "netctl down");
+        assert_eq!(
+            processes_of(&slot.instance()),
+            Vec::<String>::new(),
+            "cycle {i}: processes left"
+        );
+        assert_eq!(
+            netns_mounts(&slot.prefix()),
+            0,
+            "cycle {i}: namespace mounts left"
+        );
+        before.assert_same(&common::snapshot::Snapshot::take(&slot.prefix()));
+    }
+}
