@@ -159,7 +159,15 @@ fn verdict(allow: bool) -> &'static str {
 fn the_gateway_rate_limit_holds_per_source_and_monitor_shows_the_drops() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::network_only(&slot);
+    // The seed's limit, whatever the default's tuning: few tokens make a sharp test.
+    let mut topology = Topology::parse(DEFAULT_TOPOLOGY).unwrap();
+    common::relocate(&mut topology, slot.block());
+    common::run_nothing(&mut topology);
+    let limit = &mut topology.policy.rate_limits[0];
+    assert_eq!(limit.to, "gateway");
+    limit.rate = "100/minute".into();
+    limit.burst = 20;
+    let platform = Platform::from_topology(&slot, &topology);
     platform.up_ok();
     let gateway = platform.endpoint("gateway");
     let _server = NamedServer::start(&gateway.netns, gateway.address, 3000, "gateway");
@@ -184,28 +192,17 @@ fn the_gateway_rate_limit_holds_per_source_and_monitor_shows_the_drops() {
         .expect("netctl monitor");
     std::thread::sleep(Duration::from_millis(500));
 
-    // 600 attempts within a second or so from one source: the burst (200) passes, and 20
-    // tokens a second more; the rest are dropped.
-    let rule = &platform.plan.policy.rate_limits[0];
-    assert_eq!(
-        (rule.burst, rule.rate_milli),
-        (200, 20_000),
-        "the default's limit"
-    );
-    let started = std::time::Instant::now();
+    // 200 attempts in one second from one source: the burst (20) passes, and about one
+    // token a second more; the rest are dropped.
     let passed = burst_connects(
         &edge.netns,
         gateway.address,
         3000,
-        600,
-        Duration::from_millis(1),
+        200,
+        Duration::from_millis(5),
         Duration::from_millis(200),
     );
-    let most = 200 + (20.0 * started.elapsed().as_secs_f64()).ceil() as usize + 1;
-    assert!(
-        (200..=most).contains(&passed),
-        "{passed} of 600 connected (200..={most})"
-    );
+    assert!((20..=24).contains(&passed), "{passed} of 200 connected");
     // A second source is not affected.
     let other = burst_connects(
         &order.netns,
@@ -242,7 +239,7 @@ fn the_gateway_rate_limit_holds_per_source_and_monitor_shows_the_drops() {
             p["source"] == "edge" && p["destination"] == "gateway" && p["reason"] == "rate-limited"
         })
         .expect("edge -> gateway rate-limited drops");
-    assert!(limited["packets"].as_u64().unwrap() >= 300, "{limited}");
+    assert!(limited["packets"].as_u64().unwrap() >= 170, "{limited}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod internet;
+pub mod load;
 pub mod packets;
 pub mod snapshot;
 pub mod traffic;

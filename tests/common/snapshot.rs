@@ -102,15 +102,25 @@ fn is_other_test(name: &str, own_prefix: &str) -> bool {
         name.strip_prefix("netctl_").unwrap_or(""),
         name.strip_prefix("/sys/fs/bpf/netctl/").unwrap_or(""),
     ];
-    candidates.iter().any(|c| {
+    // The benchmarks' own prefixes (`bn-`, `bs-`, ...): their quick modes run beside the
+    // tests and make namespaces of their own.
+    let bench = |c: &str| {
         let b = c.as_bytes();
-        b.len() >= 3
-            && b[0] == b't'
-            && b[1].is_ascii_digit()
-            && b[2].is_ascii_digit()
-            && (b.len() == 3 || !b[3].is_ascii_alphanumeric())
-            && !c.starts_with(own)
-    })
+        b.len() >= 2
+            && b[0] == b'b'
+            && b[1].is_ascii_lowercase()
+            && (b.len() == 2 || b[2] == b'-' || b[2] == b'/')
+    };
+    candidates.iter().any(|c| bench(c))
+        || candidates.iter().any(|c| {
+            let b = c.as_bytes();
+            b.len() >= 3
+                && b[0] == b't'
+                && b[1].is_ascii_digit()
+                && b[2].is_ascii_digit()
+                && (b.len() == 3 || !b[3].is_ascii_alphanumeric())
+                && !c.starts_with(own)
+        })
 }
 
 /// Names of the host's links, over netlink.

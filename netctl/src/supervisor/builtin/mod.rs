@@ -46,17 +46,6 @@ pub fn configure(
                     &format!("http://{}:{rport}", r.address),
                 );
             }
-            if kind == Kind::Gateway {
-                // Upstreams through their service VIPs: the dataplane balances over the
-                // healthy replicas the registry knows (discovery in the gateway is the
-                // fallback when the file's env clears these).
-                for (upstream, var) in [(Kind::Product, "PRODUCT_URL"), (Kind::Order, "ORDER_URL")]
-                {
-                    if let Some(url) = vip_url(plan, upstream) {
-                        set(env, var, &url);
-                    }
-                }
-            }
             if kind == Kind::Product
                 && let Some(r) = plan.endpoints_of_kind(Kind::Redis).first()
             {
@@ -85,14 +74,6 @@ pub fn configure(
         Kind::Postgres => postgres::configure(spec, e, port, instance),
         Kind::Nginx => nginx::configure(spec, plan, e, port, instance),
     }
-}
-
-/// `http://VIP:port` of the service whose replicas run `kind`.
-fn vip_url(plan: &Plan, kind: Kind) -> Option<String> {
-    let e = plan.endpoints_of_kind(kind).into_iter().next()?;
-    let svc = plan.service(&e.service)?;
-    let port = e.port().unwrap_or(kind.default_port());
-    Some(format!("http://{}:{port}", svc.vip))
 }
 
 /// Gets everything the process of `spec` needs on disk ready (blocking: initdb takes a
