@@ -15,7 +15,6 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::unix::fs::{MetadataExt, PermissionsExt},
-    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -158,18 +157,37 @@ fn under_load_the_shop_survives_a_controller_kill_a_replica_kill_and_a_drain() {
     let mark = load.counts();
     let p2 = service(&slot, "product-2").pid.unwrap();
     sigkill(p2, "product-2");
-    let left = wait_for(
-        "product-2 to leave the maps",
+    // Within 2 s it is out of the maps, unless the supervisor (which restarts it after
+    // 250 ms) has it serving again before its health check failed twice.
+    let settled = wait_for(
+        "product-2 to leave the maps or be back",
         Duration::from_secs(2),
-        || !product_backends(&slot).contains_key("product-2"),
+        || {
+            !product_backends(&slot).contains_key("product-2")
+                || service(&slot, "product-2").pid.is_some_and(|p| p != p2)
+        },
     );
-    eprintln!("product-2 left the load-balancing maps {left:?} after kill -9");
+    let left = !product_backends(&slot).contains_key("product-2");
+    eprintln!(
+        "{settled:?} after kill -9, product-2 {}",
+        if left {
+            "was out of the maps"
+        } else {
+            "was running again"
+        }
+    );
     let back = wait_for(
         "product-2 to be restarted and back in the maps",
         Duration::from_secs(20),
-        || product_backends(&slot).get("product-2").map(String::as_str) == Some("active"),
+        || {
+            service(&slot, "product-2").pid.is_some_and(|p| p != p2)
+                && product_backends(&slot).get("product-2").map(String::as_str) == Some("active")
+        },
     );
-    eprintln!("product-2 back in the maps {:?} after kill -9", back + left);
+    eprintln!(
+        "product-2 back in the maps {:?} after kill -9",
+        back + settled
+    );
     let killed = phase(&load, "product replica kill -9", mark);
     assert!(
         killed.failed * 1000 <= killed.total(),
@@ -250,45 +268,31 @@ fn registry_is_reachable_only_as_policy_says(platform: &Platform) {
 
 fn secrets_and_state_are_root_only(slot: &Slot) {
     let instance = slot.instance();
-    let mut checked = 0;
-    for dir in [
-        format!("/run/netctl/{instance}"),
-        format!("/var/lib/netctl/{instance}/secrets"),
-    ] {
-        let meta = std::fs::metadata(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
-        assert_eq!(meta.uid(), 0, "{dir} belongs to root");
+    let secrets = format!("/var/lib/netctl/{instance}/secrets");
+    let mut private = vec![
+        "/run/netctl".to_string(),
+        "/run/netctl/host.json".to_string(),
+        format!("/run/netctl/{instance}/state.json"),
+        format!("/run/netctl/{instance}/controller.sock"),
+        secrets.clone(),
+    ];
+    for entry in std::fs::read_dir(&secrets).unwrap().filter_map(Result::ok) {
+        private.push(entry.path().display().to_string());
+    }
+    assert!(
+        private.iter().any(|p| p.ends_with("postgres.password")),
+        "{private:?}"
+    );
+    for path in &private {
+        let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(meta.uid(), 0, "{path} belongs to root");
         assert_eq!(
             meta.permissions().mode() & 0o077,
             0,
-            "{dir} is root's alone"
+            "{path} is root's alone: {:o}",
+            meta.permissions().mode()
         );
-        for entry in std::fs::read_dir(&dir).unwrap().filter_map(Result::ok) {
-            let meta = entry.metadata().unwrap();
-            if !meta.is_file() {
-                continue;
-            }
-            let path = entry.path();
-            assert_eq!(meta.uid(), 0, "{} belongs to root", path.display());
-            assert_eq!(
-                meta.permissions().mode() & 0o077,
-                0,
-                "{} is readable by root alone: {:o}",
-                path.display(),
-                meta.permissions().mode()
-            );
-            checked += 1;
-        }
     }
-    assert!(
-        Path::new(&format!(
-            "/var/lib/netctl/{instance}/secrets/postgres.password"
-        ))
-        .exists()
-    );
-    assert!(
-        checked >= 3,
-        "state, host facts and the password: {checked} files"
-    );
 }
 
 /// How an order ended for its client: (201 new or 200 replayed, the order's id), or the

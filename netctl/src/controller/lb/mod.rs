@@ -51,6 +51,9 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     reconciler
         .maps()
         .set_host_netns_cookie(crate::net::netns::current_cookie()?)?;
+    // What served before this controller started keeps serving until its first health
+    // check says otherwise: a replaced controller must not empty the maps meanwhile.
+    let adopted = reconciler.serving_addrs();
     let mut checker = Checker::default();
     let mut registry = registry::Watch::default();
     let drains: Drains = Arc::default();
@@ -105,6 +108,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 .find(|(inst, _)| inst == i)
                 .and_then(|(_, p)| results.get(p))
                 .map(|h| h.up)
+                .or_else(|| adopted.contains(&i.addr).then_some(true))
         };
         let drained = drains.read().await.clone();
         let desired = desired::compute(&Inputs {

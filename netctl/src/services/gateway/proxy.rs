@@ -2,7 +2,7 @@
 //! connection, and turn failures into JSON errors — 503 when no instance is known, 502
 //! when none could be reached or the exchange broke, 504 on timeout. A refused connection
 //! (nothing sent) is tried on the next instance (or again on a fixed VIP); a broken
-//! exchange only for idempotent requests.
+//! exchange or a 503 answer only for idempotent requests.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -45,6 +45,7 @@ pub async fn forward(
     let idempotent = matches!(f.method, Method::GET | Method::HEAD);
     let mut tried: Vec<String> = Vec::new();
     let mut last: Option<CallError> = None;
+    let mut unavailable: Option<(Response<Bytes>, String)> = None;
     for _ in 0..MAX_ATTEMPTS {
         let Some(target) = upstream.pick(&tried) else {
             break;
@@ -54,6 +55,13 @@ pub async fn forward(
             Err(e) => return http::error(StatusCode::BAD_REQUEST, e.to_string()),
         };
         match client::call(http_client, req, timeout).await {
+            // An instance that cannot serve right now (its database pool still filling
+            // after a restart, say): a read goes to the next one; the last answer stands.
+            Ok(resp) if idempotent && resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::debug!(upstream = upstream.name, target = target.authority, "503");
+                unavailable = Some((resp, target.authority.clone()));
+                tried.push(target.authority);
+            }
             Ok(resp) => return answer(resp, &target.authority),
             Err(e) => {
                 tracing::debug!(upstream = upstream.name, target = target.authority, "{e}");
@@ -68,6 +76,9 @@ pub async fn forward(
                 }
             }
         }
+    }
+    if let Some((resp, authority)) = unavailable {
+        return answer(resp, &authority);
     }
     let name = upstream.name;
     match last {

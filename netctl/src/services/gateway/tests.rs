@@ -308,3 +308,61 @@ async fn bad_requests_never_reach_an_upstream() {
         })
     );
 }
+
+/// A product instance that answers every request with `status` and names itself.
+async fn answering(status: StatusCode, id: &'static str, stop: &CancellationToken) -> SocketAddr {
+    loopback(
+        move |_req, _| async move {
+            let resp = http::json(status, &json!({ "instance": id }));
+            http::with_header(resp, "x-instance-id", id)
+        },
+        stop,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_read_answered_503_goes_to_the_next_instance() {
+    let stop = CancellationToken::new();
+    let sick = answering(StatusCode::SERVICE_UNAVAILABLE, "sick", &stop).await;
+    let well = answering(StatusCode::OK, "well", &stop).await;
+    let product = Upstream::new(
+        "product",
+        Source::Registry {
+            client: RegistryClient::new("http://127.0.0.1:9"),
+            service: "product".into(),
+        },
+    )
+    .unwrap();
+    let target = |a: SocketAddr| Target {
+        authority: a.to_string(),
+        id: None,
+    };
+    product.set_targets(vec![target(sick), target(well)]);
+    let gw = gateway(
+        product.clone(),
+        fixed("order", sick),
+        Duration::from_secs(2),
+    );
+    for _ in 0..6 {
+        let (s, h, v) = call(&gw, "GET", "/api/products", "", None).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(h["x-instance-id"], "well");
+    }
+    // Nobody can serve: the last 503 stands, as the instance said it.
+    product.set_targets(vec![target(sick)]);
+    let (s, h, v) = call(&gw, "GET", "/api/products", "", None).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(h["x-instance-id"], "sick");
+    // A write is never sent twice.
+    let (s, _, v) = call(
+        &gw,
+        "POST",
+        "/api/orders",
+        r#"{"customer_id": "c", "product_id": "1", "quantity": 1}"#,
+        JSON,
+    )
+    .await;
+    assert_eq!(s, 503, "{v}");
+    stop.cancel();
+}

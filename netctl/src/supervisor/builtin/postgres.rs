@@ -148,6 +148,21 @@ fn ensure_password_in(dir: &Path, name: &str) -> anyhow::Result<String> {
     if linked? { Ok(fresh) } else { read() }
 }
 
+/// Writes `text` to `path`, readable by root alone (0600), like everything in secrets/.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 fn digest(text: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
@@ -200,7 +215,7 @@ pub fn prepare(spec: &ProcessSpec, instance: &str) -> anyhow::Result<()> {
                  CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE};\n"
             ),
         )?;
-        fs::write(&applied, digest(&password))?;
+        write_private(&applied, &digest(&password))?;
     } else if fs::read_to_string(&applied).ok().as_deref() != Some(digest(&password).as_str()) {
         tracing::info!("applying a new PostgreSQL password");
         single_user(
@@ -209,7 +224,7 @@ pub fn prepare(spec: &ProcessSpec, instance: &str) -> anyhow::Result<()> {
             &data,
             &format!("ALTER ROLE {APP_ROLE} PASSWORD '{password}';\n"),
         )?;
-        fs::write(&applied, digest(&password))?;
+        write_private(&applied, &digest(&password))?;
     }
     Ok(())
 }
