@@ -17,39 +17,21 @@ use std::{
 };
 
 use common::{
-    Platform, Slot, assert_success, block_on,
+    Platform, Slot, assert_success,
     http::{self, Client, get, post, psql, redis_stat},
+    service, services,
     snapshot::Snapshot,
+    wait_for,
 };
 use netctl::{
-    controller::{api, daemon},
-    supervisor::{ServiceState, ServiceStatus, record, status::from_status, stop},
+    controller::daemon,
+    supervisor::{ServiceState, record, stop},
 };
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use serde_json::{Value, json};
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn services(slot: &Slot) -> Vec<ServiceStatus> {
-    let v = block_on(api::get(&slot.instance(), "/v1/status")).expect("controller answers");
-    from_status(&v).expect("services on the status board")
-}
-
-fn service(slot: &Slot, name: &str) -> ServiceStatus {
-    services(slot)
-        .into_iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no service {name}"))
-}
 
 /// Every live process in the platform's namespaces.
 fn processes(platform: &Platform) -> Vec<daemon::ProcessId> {

@@ -23,40 +23,17 @@ use std::{
 };
 
 use common::{
-    Platform, Slot, assert_success, block_on,
+    Platform, Slot, assert_success,
     http::{self, psql},
     load::{Counts, Load},
+    service, services, wait_for,
 };
-use netctl::{
-    controller::{api, daemon},
-    supervisor::{ServiceStatus, status::from_status},
-};
+use netctl::controller::daemon;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use serde_json::Value;
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
-}
-
-fn services(slot: &Slot) -> Vec<ServiceStatus> {
-    let v = block_on(api::get(&slot.instance(), "/v1/status")).expect("controller answers");
-    from_status(&v).expect("services on the status board")
-}
-
-fn service(slot: &Slot, name: &str) -> ServiceStatus {
-    services(slot)
-        .into_iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no service {name}"))
-}
 
 fn pids(slot: &Slot) -> BTreeMap<String, Option<u32>> {
     services(slot)

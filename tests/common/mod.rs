@@ -330,3 +330,32 @@ pub fn flows(slot: &Slot) -> Vec<serde_json::Value> {
     assert_success(&out, "netctl flows --json");
     serde_json::from_slice(&out.stdout).expect("flows --json is JSON")
 }
+
+/// Polls `cond` every 20 ms until it holds (panics after `timeout`); how long it took.
+pub fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    mut cond: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// The supervised processes of the slot's platform, from its controller.
+pub fn services(slot: &Slot) -> Vec<netctl::supervisor::ServiceStatus> {
+    let v = block_on(netctl::controller::api::get(&slot.instance(), "/v1/status"))
+        .expect("controller answers");
+    netctl::supervisor::status::from_status(&v).expect("services on the status board")
+}
+
+/// One supervised process of the slot's platform, by endpoint name.
+pub fn service(slot: &Slot, name: &str) -> netctl::supervisor::ServiceStatus {
+    services(slot)
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no service {name}"))
+}

@@ -20,7 +20,7 @@ use super::{
     client,
     env::{self, Identity},
     http,
-    registry::client::{RegistryClient, keep_registered, registration},
+    registry::client::{RegistryClient, serve_registered},
 };
 use upstream::{Source, Upstream};
 
@@ -67,14 +67,9 @@ pub async fn run() -> anyhow::Result<()> {
         instance_id: identity.instance_id.clone(),
     });
     let listener = http::bind(identity.listen).await?;
-    let registered = match (registry, registration(&identity)) {
-        (Some(client), Some(reg)) => {
-            Some(tokio::spawn(keep_registered(client, reg, shutdown.clone())))
-        }
-        _ => None,
-    };
-    tracing::info!(listen = %identity.listen, "gateway serving");
-    http::serve(
+    serve_registered(
+        &identity,
+        registry,
         listener,
         move |req, peer| {
             let gw = gw.clone();
@@ -83,8 +78,5 @@ pub async fn run() -> anyhow::Result<()> {
         shutdown,
     )
     .await;
-    if let Some(task) = registered {
-        let _ = task.await;
-    }
     Ok(())
 }

@@ -12,7 +12,7 @@ use super::{
     db,
     env::{self, Identity},
     http,
-    registry::client::{RegistryClient, keep_registered, registration},
+    registry::client::{RegistryClient, serve_registered},
 };
 
 /// Database connections per product process (reads mostly come from Redis).
@@ -42,16 +42,9 @@ pub async fn run() -> anyhow::Result<()> {
         cache,
         instance_id: identity.instance_id.clone(),
     });
-    let registered = match (&identity.registry, registration(&identity)) {
-        (Some(url), Some(reg)) => Some(tokio::spawn(keep_registered(
-            RegistryClient::new(url),
-            reg,
-            shutdown.clone(),
-        ))),
-        _ => None,
-    };
-    tracing::info!(listen = %identity.listen, "product service serving");
-    http::serve(
+    serve_registered(
+        &identity,
+        identity.registry.as_deref().map(RegistryClient::new),
         listener,
         move |req, _peer| {
             let svc = svc.clone();
@@ -60,8 +53,5 @@ pub async fn run() -> anyhow::Result<()> {
         shutdown,
     )
     .await;
-    if let Some(task) = registered {
-        let _ = task.await;
-    }
     Ok(())
 }

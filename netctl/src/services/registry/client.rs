@@ -195,3 +195,33 @@ pub fn registration(identity: &crate::services::env::Identity) -> Option<Registr
         ttl_secs: None,
     })
 }
+
+/// The life of a registering service: serves `handler` on `listener` while keeping the
+/// instance registered (when `registry` and the identity allow a registration), and on
+/// shutdown stops serving, then deregisters.
+pub async fn serve_registered<F, Fut>(
+    identity: &crate::services::env::Identity,
+    registry: Option<RegistryClient>,
+    listener: tokio::net::TcpListener,
+    handler: F,
+    shutdown: CancellationToken,
+) where
+    F: Fn(hyper::Request<hyper::body::Incoming>, std::net::SocketAddr) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: Future<Output = crate::services::http::Resp> + Send + 'static,
+{
+    let registered = match (registry, registration(identity)) {
+        (Some(client), Some(reg)) => {
+            Some(tokio::spawn(keep_registered(client, reg, shutdown.clone())))
+        }
+        _ => None,
+    };
+    tracing::info!(listen = %identity.listen, "{} service serving", identity.service);
+    crate::services::http::serve(listener, handler, shutdown).await;
+    if let Some(task) = registered {
+        let _ = task.await;
+    }
+}
