@@ -32,7 +32,7 @@ fn up_starts_the_controller_restarts_it_after_a_crash_and_down_stops_it() {
     let slot = Slot::acquire();
     let before = Snapshot::take(&slot.prefix());
     {
-        let platform = Platform::default_topology(&slot);
+        let platform = Platform::network_only(&slot);
         platform.up_ok();
         let first = daemon::running(&slot.instance()).expect("controller running after up");
         let status = block_on(api::get(&slot.instance(), "/v1/status")).expect("API answers");
@@ -67,7 +67,7 @@ fn up_foreground_runs_the_controller_until_down() {
     require_root!();
     let slot = Slot::acquire();
     let before = Snapshot::take(&slot.prefix());
-    let platform = Platform::default_topology(&slot);
+    let platform = Platform::network_only(&slot);
     let mut child = Command::new(NETCTL)
         .args(["--prefix", &slot.prefix(), "up", "--foreground", "-f"])
         .arg(&platform.file)

@@ -16,7 +16,7 @@ fn a_failure_half_way_rolls_back_everything_the_run_made() {
     require_root!();
     let slot = Slot::acquire();
     let before = Snapshot::take(&slot.prefix());
-    let platform = Platform::default_topology(&slot);
+    let platform = Platform::network_only(&slot);
     // 3 bridges + 9 namespaces + NAT + dataplane come first: fail among the TC hooks.
     let file = platform.file.to_str().expect("path");
     let out = slot.netctl_env(&["up", "-f", file], &[(FAILPOINT, "fail-after:16")]);
@@ -42,7 +42,7 @@ fn a_crash_half_way_leaves_a_journal_that_down_and_up_clean() {
     require_root!();
     let slot = Slot::acquire();
     let before = Snapshot::take(&slot.prefix());
-    let platform = Platform::default_topology(&slot);
+    let platform = Platform::network_only(&slot);
     let file = platform.file.to_str().expect("path");
 
     // Killed (abort) in the middle of creating the namespaces.
@@ -72,7 +72,7 @@ fn a_crash_half_way_leaves_a_journal_that_down_and_up_clean() {
 fn names_taken_by_others_stop_up_before_any_change() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::default_topology(&slot);
+    let platform = Platform::network_only(&slot);
     let squatter = platform.plan.networks[1].bridge.clone();
     // A link netctl did not make, with the name of the platform's second bridge.
     block_on(async {
@@ -102,7 +102,7 @@ fn names_taken_by_others_stop_up_before_any_change() {
 fn subnets_that_collide_with_host_routes_are_refused() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::default_topology(&slot);
+    let platform = Platform::network_only(&slot);
     let taken = platform.plan.networks[0].subnet;
     let dummy = format!("{}route", slot.prefix());
     // A link of ours that owns a route into the platform's first subnet.

@@ -13,6 +13,7 @@ use common::{
     Platform, Slot, assert_success,
     traffic::{NamedServer, Session, greetings},
 };
+use netctl::{controller::daemon, supervisor::stop};
 use serde_json::Value;
 
 const WEB: &str = r#"
@@ -209,17 +210,36 @@ fn repeated_up_down_cycles_of_the_default_platform_leave_nothing() {
             !processes_of(&slot.instance()).is_empty(),
             "cycle {i}: the controller runs"
         );
+        // Every process of the platform: redis, PostgreSQL, nginx and netctl's services.
+        let running: Vec<daemon::ProcessId> = platform
+            .plan
+            .endpoints
+            .iter()
+            .filter_map(|e| stop::netns_inode(&e.netns))
+            .flat_map(stop::processes_in)
+            .collect();
+        assert!(running.len() >= 9, "cycle {i}: {running:?}");
         assert_success(&slot.netctl(&["down"]), "netctl down");
         assert_eq!(
             processes_of(&slot.instance()),
             Vec::<String>::new(),
             "cycle {i}: processes left"
         );
+        let alive: Vec<_> = running.iter().filter(|p| p.is_alive()).collect();
+        assert!(alive.is_empty(), "cycle {i}: down left {alive:?} running");
         assert_eq!(
             netns_mounts(&slot.prefix()),
             0,
             "cycle {i}: namespace mounts left"
         );
-        before.assert_same(&common::snapshot::Snapshot::take(&slot.prefix()));
+        // The data stays between cycles (that is what `down` promises); nothing else.
+        let mut after = common::snapshot::Snapshot::take(&slot.prefix());
+        after.volumes.clone_from(&before.volumes);
+        before.assert_same(&after);
     }
+    assert_success(
+        &slot.netctl(&["down", "--volumes"]),
+        "netctl down --volumes",
+    );
+    before.assert_same(&common::snapshot::Snapshot::take(&slot.prefix()));
 }

@@ -22,7 +22,7 @@ fn default_platform_comes_up_complete_is_idempotent_and_goes_down_without_a_trac
     let slot = Slot::acquire();
     let before = Snapshot::take(&slot.prefix());
     {
-        let platform = Platform::default_topology(&slot);
+        let platform = Platform::network_only(&slot);
         let out = platform.up_ok();
         assert!(out.contains("3 networks, 9 namespaces"), "{out}");
         check_network(&platform);
@@ -137,7 +137,7 @@ fn find<'a>(
 fn traffic_between_namespaces_is_counted_once_per_packet_with_names() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::default_topology(&slot);
+    let platform = Platform::network_only(&slot);
     platform.up_ok();
     let order = platform.endpoint("order");
     let postgres = platform.endpoint("postgres");
@@ -224,7 +224,7 @@ fn traffic_between_namespaces_is_counted_once_per_packet_with_names() {
 fn traffic_leaving_through_the_uplink_is_masqueraded() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::default_topology(&slot);
+    let platform = Platform::network_only(&slot);
     platform.up_ok();
     let internet = Internet::create(&slot);
     let order = platform.endpoint("order");

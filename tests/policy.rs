@@ -35,7 +35,7 @@ fn every_source_destination_and_port_gets_the_verdict_of_the_reference_model() {
     require_root!();
     let slot = Slot::acquire();
     let internet = Internet::create(&slot);
-    let platform = Platform::default_topology(&slot);
+    let platform = Platform::network_only(&slot);
     platform.up_ok();
     let plan = &platform.plan;
 
@@ -159,7 +159,15 @@ fn verdict(allow: bool) -> &'static str {
 fn the_gateway_rate_limit_holds_per_source_and_monitor_shows_the_drops() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::default_topology(&slot);
+    // The seed's limit, whatever the default's tuning: few tokens make a sharp test.
+    let mut topology = Topology::parse(DEFAULT_TOPOLOGY).unwrap();
+    common::relocate(&mut topology, slot.block());
+    common::run_nothing(&mut topology);
+    let limit = &mut topology.policy.rate_limits[0];
+    assert_eq!(limit.to, "gateway");
+    limit.rate = "100/minute".into();
+    limit.burst = 20;
+    let platform = Platform::from_topology(&slot, &topology);
     platform.up_ok();
     let gateway = platform.endpoint("gateway");
     let _server = NamedServer::start(&gateway.netns, gateway.address, 3000, "gateway");
@@ -238,7 +246,7 @@ fn the_gateway_rate_limit_holds_per_source_and_monitor_shows_the_drops() {
 fn a_policy_change_keeps_allowed_connections_and_cuts_revoked_ones() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::default_topology(&slot);
+    let platform = Platform::network_only(&slot);
     platform.up_ok();
     let postgres = platform.endpoint("postgres");
     let _db = NamedServer::start(&postgres.netns, postgres.address, 5432, "postgres");
@@ -255,6 +263,7 @@ fn a_policy_change_keeps_allowed_connections_and_cuts_revoked_ones() {
     // The new policy lets only the product service reach the database.
     let mut topology = Topology::parse(DEFAULT_TOPOLOGY).unwrap();
     common::relocate(&mut topology, slot.block());
+    common::run_nothing(&mut topology);
     let rule = topology
         .policy
         .rules

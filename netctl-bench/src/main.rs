@@ -2,6 +2,7 @@
 //! Every figure is measured side by side in one run and reported as a ratio to a baseline,
 //! as medians over repeated rounds, because absolute times on a shared machine are noisy.
 
+mod http_load;
 mod loadgen;
 mod platform;
 mod plot;
@@ -44,8 +45,10 @@ enum Bench {
     Packet,
     /// Our load generator against sockperf on the same paths.
     Crosscheck,
-    /// HTTP requests/s at concurrency 50 through the edge, eBPF vs iptables.
-    Http,
+    /// HTTP end to end: the reference platform's `GET /api/products` through the host
+    /// port, nginx, the gateway and a product replica, from Redis; requests/s, p50/p99,
+    /// eBPF vs iptables.
+    Http(scenarios::http::Args),
     /// Everything above except `lb` and `http`, then one combined report.
     All,
 }
@@ -87,7 +90,7 @@ fn main() -> ExitCode {
         Bench::Control => scenarios::control::run(cli.quick, &cli.out).map(drop),
         Bench::Packet => scenarios::packet::run(cli.quick, &cli.out).map(drop),
         Bench::Crosscheck => scenarios::crosscheck::run(cli.quick, &cli.out).map(drop),
-        Bench::Http => scenarios::http::run(cli.quick, &cli.out),
+        Bench::Http(args) => scenarios::http::run(cli.quick, &cli.out, &args),
         Bench::All => scenarios::all::run(cli.quick, &cli.out),
     };
     match result {

@@ -15,6 +15,8 @@ pub struct BenchPlatform {
     pub plan: Plan,
     file: PathBuf,
     netctl: PathBuf,
+    /// `down --volumes` rather than `down` when dropped.
+    remove_data: bool,
 }
 
 impl BenchPlatform {
@@ -28,9 +30,15 @@ impl BenchPlatform {
                 .context("default plan")?,
             file,
             netctl,
+            remove_data: false,
         };
         p.apply(topology)?;
         Ok(p)
+    }
+
+    /// Also removes the platform's data (PostgreSQL) when dropped.
+    pub fn remove_data_on_drop(&mut self) {
+        self.remove_data = true;
     }
 
     /// Writes `topology` and runs `netctl up` with it (a change is a map update).
@@ -131,7 +139,12 @@ impl BenchPlatform {
 
 impl Drop for BenchPlatform {
     fn drop(&mut self) {
-        if let Err(e) = self.netctl(&["down"]) {
+        let down: &[&str] = if self.remove_data {
+            &["down", "--volumes"]
+        } else {
+            &["down"]
+        };
+        if let Err(e) = self.netctl(down) {
             tracing::warn!("{e:#}");
         }
         let _ = std::fs::remove_file(&self.file);

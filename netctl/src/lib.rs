@@ -15,6 +15,8 @@ pub mod net;
 pub mod output;
 pub mod policy;
 pub mod report;
+pub mod services;
+pub mod supervisor;
 pub mod topology;
 
 /// `tcp`, `udp`, `icmp` or `other` for an IP protocol number.

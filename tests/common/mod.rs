@@ -3,7 +3,9 @@
 //! run), the `netctl` binary, namespace-bound sockets, and host snapshots for leak checks.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod internet;
+pub mod load;
 pub mod packets;
 pub mod snapshot;
 pub mod traffic;
@@ -104,9 +106,9 @@ impl Slot {
     }
 
     /// Whatever a crashed earlier holder of this slot left: its platform (through the
-    /// journal) and any extra namespace or link a test made with the prefix.
+    /// journal), its data, and any extra namespace or link a test made with the prefix.
     fn clean_leftovers(&self) {
-        let _ = self.netctl(&["down"]);
+        let _ = self.netctl(&["down", "--volumes"]);
         let prefix = self.prefix();
         for ns in netctl::net::netns::list() {
             if ns.starts_with(&prefix) {
@@ -124,6 +126,17 @@ impl Slot {
     }
 }
 
+/// Takes away what the topology's namespaces run (kind, command, env, health checks):
+/// the network stays, for tests that bind their own sockets there.
+pub fn run_nothing(topology: &mut Topology) {
+    for svc in topology.services.values_mut() {
+        svc.kind = None;
+        svc.command = None;
+        svc.env.clear();
+        svc.health = None;
+    }
+}
+
 /// A platform a test brought up; `netctl down` when dropped, even on panic.
 pub struct Platform<'a> {
     pub slot: &'a Slot,
@@ -133,10 +146,20 @@ pub struct Platform<'a> {
 }
 
 impl<'a> Platform<'a> {
-    /// The embedded default topology, moved into the slot's prefix and subnets.
+    /// The embedded default topology, moved into the slot's prefix and subnets: the whole
+    /// reference platform, services included.
     pub fn default_topology(slot: &'a Slot) -> Platform<'a> {
         let mut topology = Topology::parse(DEFAULT_TOPOLOGY).expect("default parses");
         relocate(&mut topology, slot.block());
+        Self::from_topology(slot, &topology)
+    }
+
+    /// The default topology's network only: the same namespaces, nothing running in them
+    /// (for tests of the network and dataplane, which bind their own sockets there).
+    pub fn network_only(slot: &'a Slot) -> Platform<'a> {
+        let mut topology = Topology::parse(DEFAULT_TOPOLOGY).expect("default parses");
+        relocate(&mut topology, slot.block());
+        run_nothing(&mut topology);
         Self::from_topology(slot, &topology)
     }
 
@@ -189,6 +212,20 @@ impl<'a> Platform<'a> {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The shop from the host: `http://localhost:<host port>` through the port forward to
+    /// the edge (the slot's stand-in for 8080), or the edge's address without one.
+    pub fn edge_url(&self) -> String {
+        match self
+            .plan
+            .port_forwards
+            .iter()
+            .find(|pf| pf.service == "edge")
+        {
+            Some(pf) => format!("http://127.0.0.1:{}", pf.host_port),
+            None => format!("http://{}", self.endpoint("edge").address),
+        }
+    }
+
     pub fn endpoint(&self, name: &str) -> &netctl::topology::Endpoint {
         self.plan
             .endpoints
@@ -200,7 +237,7 @@ impl<'a> Platform<'a> {
 
 impl Drop for Platform<'_> {
     fn drop(&mut self) {
-        let out = self.slot.netctl(&["down"]);
+        let out = self.slot.netctl(&["down", "--volumes"]);
         if !out.status.success() {
             eprintln!(
                 "cleanup: netctl down failed: {}",
@@ -307,4 +344,33 @@ pub fn flows(slot: &Slot) -> Vec<serde_json::Value> {
     let out = slot.netctl(&["flows", "--json"]);
     assert_success(&out, "netctl flows --json");
     serde_json::from_slice(&out.stdout).expect("flows --json is JSON")
+}
+
+/// Polls `cond` every 20 ms until it holds (panics after `timeout`); how long it took.
+pub fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    mut cond: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// The supervised processes of the slot's platform, from its controller.
+pub fn services(slot: &Slot) -> Vec<netctl::supervisor::ServiceStatus> {
+    let v = block_on(netctl::controller::api::get(&slot.instance(), "/v1/status"))
+        .expect("controller answers");
+    netctl::supervisor::status::from_status(&v).expect("services on the status board")
+}
+
+/// One supervised process of the slot's platform, by endpoint name.
+pub fn service(slot: &Slot, name: &str) -> netctl::supervisor::ServiceStatus {
+    services(slot)
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no service {name}"))
 }

@@ -3,7 +3,8 @@
 use std::{collections::BTreeSet, path::Path};
 
 /// Host objects netctl could create. Names of other tests' slots (`tNN-` prefixes other
-/// than ours) are left out so parallel tests do not see each other.
+/// than ours) and of any other platform that is up (a benchmark, a person's platform) are
+/// left out, so that what runs beside a test does not count as its leak.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub netns: BTreeSet<String>,
@@ -11,11 +12,33 @@ pub struct Snapshot {
     pub pins: BTreeSet<String>,
     pub nft_tables: BTreeSet<String>,
     pub state_files: BTreeSet<String>,
+    /// Instances with data under /var/lib/netctl.
+    pub volumes: BTreeSet<String>,
 }
 
 impl Snapshot {
     pub fn take(own_prefix: &str) -> Snapshot {
-        let keep = |name: &String| !is_other_test(name, own_prefix);
+        let own = netctl::topology::plan::instance_name(own_prefix);
+        // Other platforms up right now: their instance names and prefixes. (A platform's
+        // state file exists before its first object and goes after its last.)
+        let others: Vec<(String, String)> = netctl::controller::state::instances()
+            .into_iter()
+            .filter(|i| *i != own)
+            .filter_map(|i| {
+                let state = netctl::controller::state::State::load(&i).ok()??;
+                Some((i, state.plan.prefix))
+            })
+            .collect();
+        let theirs = |name: &str| {
+            others.iter().any(|(inst, prefix)| {
+                (!prefix.is_empty() && name.starts_with(prefix.as_str()))
+                    || name == inst
+                    || name == format!("netctl_{inst}")
+                    || name.starts_with(&format!("/sys/fs/bpf/netctl/{inst}/"))
+                    || name == format!("/sys/fs/bpf/netctl/{inst}")
+            })
+        };
+        let keep = |name: &String| !is_other_test(name, own_prefix) && !theirs(name);
         Snapshot {
             netns: netctl::net::netns::list()
                 .into_iter()
@@ -33,6 +56,13 @@ impl Snapshot {
                 .collect(),
             state_files: netctl::controller::state::instances()
                 .into_iter()
+                .filter(keep)
+                .collect(),
+            volumes: std::fs::read_dir(netctl::supervisor::paths::VOLUME_ROOT)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
                 .filter(keep)
                 .collect(),
         }
@@ -54,6 +84,7 @@ impl Snapshot {
         cmp("pin", &self.pins, &after.pins);
         cmp("nft table", &self.nft_tables, &after.nft_tables);
         cmp("state file", &self.state_files, &after.state_files);
+        cmp("volume", &self.volumes, &after.volumes);
         out
     }
 
@@ -71,15 +102,25 @@ fn is_other_test(name: &str, own_prefix: &str) -> bool {
         name.strip_prefix("netctl_").unwrap_or(""),
         name.strip_prefix("/sys/fs/bpf/netctl/").unwrap_or(""),
     ];
-    candidates.iter().any(|c| {
+    // The benchmarks' own prefixes (`bn-`, `bs-`, ...): their quick modes run beside the
+    // tests and make namespaces of their own.
+    let bench = |c: &str| {
         let b = c.as_bytes();
-        b.len() >= 3
-            && b[0] == b't'
-            && b[1].is_ascii_digit()
-            && b[2].is_ascii_digit()
-            && (b.len() == 3 || !b[3].is_ascii_alphanumeric())
-            && !c.starts_with(own)
-    })
+        b.len() >= 2
+            && b[0] == b'b'
+            && b[1].is_ascii_lowercase()
+            && (b.len() == 2 || b[2] == b'-' || b[2] == b'/')
+    };
+    candidates.iter().any(|c| bench(c))
+        || candidates.iter().any(|c| {
+            let b = c.as_bytes();
+            b.len() >= 3
+                && b[0] == b't'
+                && b[1].is_ascii_digit()
+                && b[2].is_ascii_digit()
+                && (b.len() == 3 || !b[3].is_ascii_alphanumeric())
+                && !c.starts_with(own)
+        })
 }
 
 /// Names of the host's links, over netlink.

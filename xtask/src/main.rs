@@ -32,7 +32,8 @@ enum Task {
     /// cargo fmt --check and clippy -D warnings on both crates sets.
     Lint,
     /// Benchmarks (as root): `bench all|latency|rate|scale|control|packet|crosscheck|lb|http
-    /// [--quick]`; results in bench-results/ (JSON, Markdown, HTML, SVG plots).
+    /// [--quick]` (`http --wrk` cross-checks with wrk); results in bench-results/ (JSON,
+    /// Markdown, HTML, SVG plots).
     Bench {
         /// Arguments for netctl-bench, e.g. `lb --quick`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

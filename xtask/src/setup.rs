@@ -18,8 +18,13 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",  // inspecting programs, maps and TCX links
     "sudo",     // the README's `sudo netctl up`
     "curl",
-    "conntrack",         // clearing kernel conntrack entries when a dataplane changes
-    "sockperf",          // the standard tool the benchmark cross-checks its load generator with
+    "conntrack", // clearing kernel conntrack entries when a dataplane changes
+    "sockperf",  // the standard tool the benchmark cross-checks its load generator with
+    // The reference platform's data stores and edge, run in their namespaces by netctl.
+    "redis-server",      // product cache (also creates the `redis` user)
+    "postgresql",        // catalog and orders (initdb, postgres, psql; the `postgres` user)
+    "nginx-light",       // edge load balancer in front of the gateway
+    "wrk",               // cross-check of `cargo xtask bench http`
     "fonts-dejavu-core", // text of PNG charts (netctl report)
     "graphviz",          // netctl topology --format svg; tests parse the DOT with `dot`
     "chromium",          // netctl report --pdf; tests render the HTML report headless

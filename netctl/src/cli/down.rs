@@ -1,4 +1,4 @@
-//! `netctl down`
+//! `netctl down [--volumes]`
 
 use std::process::ExitCode;
 
@@ -8,13 +8,18 @@ use crate::{
         down::{self, DownReport},
         preflight,
     },
-    output,
+    output, supervisor,
 };
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Also remove the platform's data (PostgreSQL's database, generated passwords) under
+    /// /var/lib/netctl/<instance>.
+    #[arg(long)]
+    volumes: bool,
+}
 
-pub async fn run(_args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     preflight::require_root("down")?;
     let Some(instance) = resolve_instance(prefix)? else {
         output::print_line("nothing is up")?;
@@ -26,6 +31,18 @@ pub async fn run(_args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> 
             "{instance}: down ({} resources removed)",
             removed.len()
         ))?,
+    }
+    if args.volumes {
+        let dir = supervisor::paths::volumes(&instance);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => output::print_line(&format!("{instance}: removed {}", dir.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("removing {}", dir.display())));
+            }
+        }
+        // The parent goes too when no instance has data left.
+        let _ = std::fs::remove_dir(supervisor::paths::VOLUME_ROOT);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -123,23 +123,15 @@ fn rows(status: &Value) -> Vec<InstanceHealth> {
 }
 
 /// Restart counts published by the process supervisor, by instance, if it runs.
+/// Restarts per endpoint, from the supervisor's part of the controller's status (the
+/// `services` component: a list of processes).
 fn restarts(status: &Value) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for c in status["components"]
-        .as_object()
+    status["components"]["services"]
+        .as_array()
         .into_iter()
-        .flat_map(|m| m.values())
-    {
-        for s in c["services"].as_array().into_iter().flatten() {
-            if let (Some(name), Some(n)) = (
-                s["instance"].as_str().or_else(|| s["name"].as_str()),
-                s["restarts"].as_u64(),
-            ) {
-                out.insert(name.to_string(), n);
-            }
-        }
-    }
-    out
+        .flatten()
+        .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["restarts"].as_u64()?)))
+        .collect()
 }
 
 fn cells(r: &InstanceHealth) -> Vec<String> {
@@ -231,4 +223,28 @@ async fn dashboard(instance: &str) -> anyhow::Result<()> {
     .await;
     ratatui::restore();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn restarts_come_from_the_supervisor_component() {
+        let status = json!({"components": {
+            "services": [
+                {"name": "product-1", "restarts": 2},
+                {"name": "edge", "restarts": 0},
+                {"name": "broken"}
+            ],
+            "lb": {"backends": []}
+        }});
+        let r = restarts(&status);
+        assert_eq!(r.get("product-1"), Some(&2));
+        assert_eq!(r.get("edge"), Some(&0));
+        assert_eq!(r.len(), 2);
+        assert!(restarts(&json!({})).is_empty());
+    }
 }

@@ -7,10 +7,12 @@ mod drain;
 mod drops;
 mod flows;
 mod health;
+mod logs;
 mod maps;
 mod monitor;
 mod policy;
 mod report;
+mod serve;
 mod services;
 mod status;
 mod topology;
@@ -79,6 +81,11 @@ enum Command {
     Health(health::Args),
     /// Check a topology file without changing anything (no root needed).
     Validate(validate::Args),
+    /// What a service wrote (its log, and the supervisor's notes on it).
+    Logs(logs::Args),
+    /// Run one of the reference services in this process (the supervisor does this in
+    /// each service's namespace).
+    Serve(serve::Args),
     /// Run the controller of an instance in this process (`up` starts it in the background).
     #[command(hide = true)]
     Controller,
@@ -96,7 +103,13 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_logging(cli.verbose);
+    // Services log what they do; commands only what goes wrong, unless asked.
+    let quiet = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -128,6 +141,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topology(args) => topology::run(args, prefix).await,
         Command::Health(args) => health::run(args, prefix).await,
         Command::Validate(args) => validate::run(args, prefix),
+        Command::Serve(args) => serve::run(args).await,
+        Command::Logs(args) => logs::run(args, prefix).await,
         Command::Controller => {
             crate::controller::preflight::require_root("controller")?;
             let instance = resolve_instance(prefix)?
@@ -151,9 +166,9 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: &str) {
     let default = match verbose {
-        0 => "warn",
+        0 => quiet,
         1 => "info",
         _ => "debug",
     };

@@ -1,4 +1,5 @@
-//! `netctl status`: every recorded resource, checked against the kernel.
+//! `netctl status`: every recorded resource, checked against the kernel, and every
+//! supervised service as the controller sees it.
 
 use std::process::ExitCode;
 
@@ -6,9 +7,10 @@ use serde::Serialize;
 
 use super::load_state;
 use crate::{
-    controller::{preflight, resource::Ctx},
+    controller::{api, preflight, resource::Ctx},
     net::netlink::Netlink,
     output,
+    supervisor::{ServiceStatus, status::from_status},
 };
 
 #[derive(clap::Args, Debug)]
@@ -35,6 +37,9 @@ struct Status {
     platform: String,
     healthy: bool,
     resources: Vec<Row>,
+    /// What runs in the namespaces (from the controller; empty when it does not answer).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    services: Vec<ServiceStatus>,
 }
 
 pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -60,12 +65,24 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             complete: rec.done,
         });
     }
-    let healthy = rows.iter().all(|r| r.present && r.complete);
+    let services = match state.plan.supervised().next() {
+        Some(_) => api::get(&state.instance, "/v1/status")
+            .await
+            .ok()
+            .and_then(|v| from_status(&v))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let wanted = state.plan.supervised().count();
+    let healthy = rows.iter().all(|r| r.present && r.complete)
+        && services.len() == wanted
+        && services.iter().all(|s| s.state.is_ready());
     let status = Status {
         instance: state.instance.clone(),
         platform: state.plan.platform.clone(),
         healthy,
         resources: rows,
+        services,
     };
     if args.json {
         output::print_json(&status)?;
@@ -91,10 +108,41 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             ]);
         }
         output::print_table(&t)?;
+        if wanted > 0 {
+            output::print_line("")?;
+            if status.services.is_empty() {
+                output::print_line("services: unknown (the controller does not answer)")?;
+            } else {
+                print_services(&status.services)?;
+            }
+        }
     }
     Ok(if healthy {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn print_services(services: &[ServiceStatus]) -> anyhow::Result<()> {
+    let mut t = output::table(&["service", "state", "pid", "restarts", "check", "health"]);
+    for s in services {
+        let health = s.health.as_ref().map_or_else(String::new, |h| {
+            if h.ok {
+                format!("ok {:.1} ms", h.latency_ms)
+            } else {
+                format!("failing: {}", h.detail)
+            }
+        });
+        t.add_row(vec![
+            s.name.clone(),
+            s.state.as_str().to_string(),
+            s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+            s.restarts.to_string(),
+            s.check.clone().unwrap_or_default(),
+            health,
+        ]);
+    }
+    output::print_table(&t)?;
+    Ok(())
 }

@@ -1,13 +1,21 @@
-//! `netctl up [-f FILE]`
+//! `netctl up [-f FILE]`: bring the platform up, wait until everything it runs is healthy,
+//! and print what runs where.
 
-use std::{path::PathBuf, process::ExitCode, time::Instant};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
 
 use crate::{
     controller::{
-        preflight,
+        api, preflight,
         up::{self, ControllerMode},
     },
     output,
+    supervisor::{ServiceStatus, status},
     topology::{DataplaneMode, Plan, Source},
 };
 
@@ -24,6 +32,12 @@ pub struct Args {
     /// rules, the baseline); overrides the topology's `[dataplane] mode`.
     #[arg(long, value_name = "MODE")]
     dataplane: Option<DataplaneMode>,
+    /// Return once the network is up, without waiting for the services to be healthy.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for every service to be healthy.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    wait_timeout: u64,
 }
 
 pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -63,8 +77,21 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     } else {
         print_summary(&plan, &report, took)?;
     }
+    let wait = (!args.no_wait && plan.supervised().next().is_some())
+        .then(|| Duration::from_secs(args.wait_timeout));
     if args.foreground {
+        // This process is the controller: wait for its services on the side.
+        if let Some(timeout) = wait {
+            let plan = plan.clone();
+            tokio::spawn(async move {
+                if let Err(e) = wait_and_print(&plan, timeout, started).await {
+                    tracing::error!("{e:#}");
+                }
+            });
+        }
         up::become_controller(&plan).await?;
+    } else if let Some(timeout) = wait {
+        wait_and_print(&plan, timeout, started).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -85,6 +112,9 @@ fn print_summary(
         report.removed.len(),
         took.as_secs_f64()
     ))?;
+    if plan.supervised().next().is_some() {
+        return Ok(());
+    }
     let mut t = output::table(&["name", "namespace", "address", "network", "bridge"]);
     for e in &plan.endpoints {
         t.add_row(vec![
@@ -93,6 +123,92 @@ fn print_summary(
             format!("{}/{}", e.address, e.prefix_len),
             e.network.clone(),
             e.bridge.clone(),
+        ]);
+    }
+    output::print_table(&t)?;
+    Ok(())
+}
+
+/// Polls the controller until every supervised process is ready, then prints them; on
+/// timeout, says which are not and why.
+async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> anyhow::Result<()> {
+    let instance = plan.instance();
+    let want: Vec<&str> = plan.supervised().map(|e| e.name.as_str()).collect();
+    let fingerprint = plan.fingerprint();
+    let deadline = Instant::now() + timeout;
+    let mut last: Vec<ServiceStatus> = Vec::new();
+    let mut last_error: Option<anyhow::Error>;
+    loop {
+        match api::get(&instance, "/v1/status").await {
+            Ok(v) => {
+                last = status::from_status(&v).unwrap_or_default();
+                last_error = None;
+                // The controller may still be applying an earlier plan (reload is a signal).
+                let current = status::applied_plan(&v) == Some(fingerprint.as_str());
+                let ready = current
+                    && last.len() == want.len()
+                    && want
+                        .iter()
+                        .all(|n| last.iter().any(|s| s.name == *n && s.state.is_ready()));
+                if ready {
+                    output::print_line(&format!(
+                        "{} services healthy ({:.1}s)",
+                        want.len(),
+                        started.elapsed().as_secs_f64()
+                    ))?;
+                    return print_services(plan, &last);
+                }
+            }
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(e) = last_error {
+        bail!("the controller does not answer: {e:#}");
+    }
+    print_services(plan, &last)?;
+    let waiting: Vec<String> = want
+        .iter()
+        .map(|n| match last.iter().find(|s| s.name == *n) {
+            None => format!("{n}: not started"),
+            Some(s) if s.state.is_ready() => String::new(),
+            Some(s) => {
+                let why = s
+                    .last_error
+                    .clone()
+                    .or_else(|| s.health.as_ref().map(|h| h.detail.clone()))
+                    .unwrap_or_else(|| "no health check passed yet".into());
+                format!("{n}: {} {why} (netctl logs {n})", s.state.as_str())
+            }
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    bail!(
+        "not every service is healthy after {}s (the platform stays up; they keep being \
+         restarted):\n  - {}",
+        timeout.as_secs(),
+        waiting.join("\n  - ")
+    )
+}
+
+/// The summary: where each service runs, its VIP (load-balanced address), its state and
+/// where to reach it.
+pub fn print_services(plan: &Plan, services: &[ServiceStatus]) -> anyhow::Result<()> {
+    let mut t = output::table(&["service", "namespace", "address", "vip", "state", "url"]);
+    for s in services {
+        let vip = plan
+            .service(&s.service)
+            .map_or_else(|| "-".to_string(), |svc| svc.vip.to_string());
+        t.add_row(vec![
+            s.name.clone(),
+            s.netns.clone(),
+            s.address.to_string(),
+            vip,
+            s.state.as_str().to_string(),
+            s.url.clone().unwrap_or_default(),
         ]);
     }
     output::print_table(&t)?;

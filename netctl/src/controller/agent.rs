@@ -133,6 +133,7 @@ pub type Component = (&'static str, fn(AgentCtx) -> ComponentFuture);
 /// The components every controller runs.
 pub fn components() -> Vec<Component> {
     vec![
+        ("services", crate::supervisor::component),
         ("lb", super::lb::component),
         ("policy", super::policy::component),
         ("events", super::events::component),

@@ -13,6 +13,7 @@ use crate::{
     dataplane::{LoadOptions, Pins, SockProgram, TcProgram, loader},
     iptables::{Chains, base as ipt_base, rules::BaseSpec},
     net::{nat, netlink::Netlink, netns},
+    supervisor,
     topology::{DataplaneMode, Plan, plan::ENDPOINT_IFNAME},
 };
 
@@ -70,6 +71,11 @@ pub enum Resource {
         uplinks: Vec<String>,
         host_ports: bool,
     },
+    /// The processes that run in the namespaces, supervised by the controller. Created
+    /// before the controller (so removed after it): removing it stops every process the
+    /// records name, and anything else in the platform's namespaces, with or without a
+    /// controller.
+    Services { instance: String },
     /// The background controller process (`netctl controller`).
     Controller { instance: String, prefix: String },
 }
@@ -171,6 +177,9 @@ impl Resource {
                 host_ports: !plan.port_forwards.is_empty(),
             }),
         }
+        out.push(Resource::Services {
+            instance: plan.instance(),
+        });
         if with_controller {
             out.push(Resource::Controller {
                 instance: plan.instance(),
@@ -236,6 +245,7 @@ impl Resource {
             Resource::TcHook { .. } => "tc-hook",
             Resource::SockHook { .. } => "sock-hook",
             Resource::Iptables { .. } => "iptables",
+            Resource::Services { .. } => "services",
             Resource::Controller { .. } => "controller",
         }
     }
@@ -258,7 +268,9 @@ impl Resource {
                         .trim_end_matches("SERVICES")
                 )
             }
-            Resource::Controller { instance, .. } => instance.clone(),
+            Resource::Services { instance } | Resource::Controller { instance, .. } => {
+                instance.clone()
+            }
         }
     }
 
@@ -306,6 +318,11 @@ impl Resource {
                 if *masquerade { ", masquerade" } else { "" },
                 if *host_ports { ", host ports" } else { "" }
             ),
+            Resource::Services { instance } => {
+                let records = supervisor::record::all(instance);
+                let alive = records.iter().filter(|r| r.is_alive()).count();
+                format!("{alive} running, {} recorded", records.len())
+            }
             Resource::Controller { instance, .. } => match daemon::running(instance) {
                 Some(id) => format!("pid {}", id.pid),
                 None => "not running".into(),
@@ -390,6 +407,10 @@ impl Resource {
                     let _ = self.delete_iptables();
                 }
                 made
+            }
+            Resource::Services { instance } => {
+                let dir = supervisor::paths::run_dir(instance);
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
             }
             Resource::Controller { instance, prefix } => {
                 daemon::spawn(instance, prefix).await.map(drop)
@@ -505,6 +526,7 @@ impl Resource {
                 loader::unlink(&pins.sock_link(*program)).map(drop)
             }
             Resource::Iptables { .. } => self.delete_iptables(),
+            Resource::Services { instance } => supervisor::stop_all(instance).await,
             Resource::Controller { instance, .. } => {
                 daemon::stop(instance, CONTROLLER_GRACE).await.map(drop)
             }
@@ -537,6 +559,7 @@ impl Resource {
             Resource::Iptables { instance, .. } => {
                 ipt_base::exists(&Chains::for_instance(instance))?
             }
+            Resource::Services { instance } => supervisor::paths::run_dir(instance).is_dir(),
             Resource::Controller { instance, .. } => {
                 daemon::running(instance).is_some_and(|id| daemon::is_current(&id))
             }
@@ -572,7 +595,7 @@ impl Resource {
                 .root
                 .exists()
                 .then(|| format!("{} already exists", pins.root.display())),
-            Resource::TcHook { .. } | Resource::SockHook { .. } => None,
+            Resource::TcHook { .. } | Resource::SockHook { .. } | Resource::Services { .. } => None,
             Resource::Iptables { instance, .. } => {
                 let chains = ipt_base::chains(&Chains::for_instance(instance))?;
                 (!chains.is_empty()).then(|| {

@@ -40,7 +40,7 @@ pub struct UpReport {
 
 impl UpReport {
     pub fn changed(&self) -> bool {
-        !self.created.is_empty() || !self.removed.is_empty()
+        !self.created.is_empty() || !self.removed.is_empty() || self.settings_changed
     }
 }
 
@@ -90,7 +90,8 @@ pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
     };
     if remove.is_empty() && create.is_empty() {
         // Same kernel objects, but settings the controller applies (services, algorithms,
-        // policy) may differ: record them and let the controller know.
+        // policy, what runs and its health checks) may differ: record them and let the
+        // controller know.
         if state.plan != *plan {
             state.plan = plan.clone();
             state.save()?;

@@ -1,14 +1,19 @@
 //! The topology file: networks (one bridge + subnet each) and the services that live in
-//! namespaces on them. Parsing is pure; [`validate`] turns a parsed file into a [`Plan`] of
-//! concrete names and addresses, or into every error it contains, before anything is touched.
+//! namespaces on them, with what runs there and how to check it. Parsing is pure;
+//! [`validate`] turns a parsed file into a [`Plan`] of concrete names and addresses, or into
+//! every error it contains, before anything is touched.
 
 pub mod fuzz;
+pub mod health;
 mod model;
 pub mod plan;
 pub mod policy;
+pub mod run;
 mod services;
 mod validate;
+mod validate_run;
 
+pub use health::{HealthCheck, HealthSpec, Probe};
 pub use model::{
     DataplaneSpec, NatConfig, NetworkSpec, PlatformSpec, PortForwardSpec, PortSpec, ServiceSpec,
     Topology,
@@ -17,7 +22,9 @@ pub use plan::{
     Algorithm, DataplaneMode, Endpoint, ManualBackend, Network, Plan, Port, PortForward, Proto,
     Service,
 };
+pub use run::{Kind, Program, Run};
 pub use validate::{TopologyError, ValidationErrors};
+pub use validate_run::GATEWAY_UPSTREAM_ENV;
 
 use std::path::Path;
 

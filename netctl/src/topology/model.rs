@@ -3,7 +3,7 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::validate::TopologyError;
+use super::{health::HealthSpec, validate::TopologyError};
 
 /// A whole topology file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -134,6 +134,17 @@ pub struct ServiceSpec {
     /// on that address) or `"10.0.2.10:7000"` (the service's one port goes to 7000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backends: Option<Vec<String>>,
+    /// A built-in program to run in each namespace: `registry`, `gateway`, `product`,
+    /// `order` (netctl's own services), `redis`, `postgres`, `nginx` (Debian programs).
+    pub kind: Option<String>,
+    /// Any other program to run in each namespace (argv). Not together with `kind`.
+    pub command: Option<Vec<String>>,
+    /// Extra environment for what runs (with `kind`, overrides what netctl sets).
+    #[serde(default)]
+    pub env: IndexMap<String, String>,
+    /// How to tell that it serves; default for a `kind`: HTTP `/health`, or TCP for
+    /// redis and postgres.
+    pub health: Option<HealthSpec>,
 }
 
 fn one() -> u32 {

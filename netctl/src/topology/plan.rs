@@ -6,6 +6,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::{health::HealthCheck, run::Kind, run::Run};
+
 /// Name of the namespace end of every veth, as Docker and Kubernetes do.
 pub const ENDPOINT_IFNAME: &str = "eth0";
 
@@ -262,6 +264,12 @@ pub struct Endpoint {
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
     pub ports: Vec<Port>,
+    /// What the supervisor runs in the namespace; `None`: nothing, the namespace only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Run>,
+    /// How to tell it serves (also for load balancing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 impl Plan {
@@ -282,6 +290,31 @@ impl Plan {
     /// The endpoint that owns `addr`, for naming flows.
     pub fn endpoint_by_addr(&self, addr: Ipv4Addr) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.address == addr)
+    }
+
+    /// A digest of the whole plan: the controller reports the plan it has applied, so that
+    /// `up` can wait for its own.
+    pub fn fingerprint(&self) -> String {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+
+    /// Endpoints that run something, in plan order.
+    pub fn supervised(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.iter().filter(|e| e.run.is_some())
+    }
+
+    /// Every replica of the service of built-in `kind`, in replica order.
+    pub fn endpoints_of_kind(&self, kind: Kind) -> Vec<&Endpoint> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.kind() == Some(kind))
+            .collect()
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
@@ -315,6 +348,19 @@ impl Plan {
 impl Endpoint {
     pub fn display_name(&self) -> String {
         self.name.clone()
+    }
+
+    /// The built-in program of this endpoint, if it runs one.
+    pub fn kind(&self) -> Option<Kind> {
+        self.run.as_ref().and_then(Run::kind)
+    }
+
+    /// The first TCP port: where a built-in listens.
+    pub fn port(&self) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.proto == Proto::Tcp)
+            .map(|p| p.port)
     }
 }
 

@@ -533,3 +533,241 @@ fn the_dataplane_mode_is_ebpf_or_iptables() {
         "dataplane.mode: \"ipvs\" is not a dataplane (ebpf or iptables)"
     );
 }
+
+#[test]
+fn default_platform_runs_every_service_with_a_health_check() {
+    let p = Source::embedded_default()
+        .plan(None)
+        .expect("default is valid");
+    let kind_of = |name: &str| {
+        let e = p.endpoints.iter().find(|e| e.name == name).expect(name);
+        (e.kind(), e.health.as_ref().map(HealthCheck::describe))
+    };
+    assert_eq!(
+        kind_of("edge"),
+        (Some(Kind::Nginx), Some("http :80/health".into()))
+    );
+    assert_eq!(
+        kind_of("product-3"),
+        (Some(Kind::Product), Some("http :5000/health".into()))
+    );
+    assert_eq!(
+        kind_of("postgres"),
+        (Some(Kind::Postgres), Some("tcp :5432".into()))
+    );
+    assert_eq!(p.supervised().count(), 9, "every namespace runs something");
+    assert_eq!(p.endpoints_of_kind(Kind::Product).len(), 3);
+    let h = p.endpoints[0].health.as_ref().expect("edge health");
+    assert_eq!((h.interval_ms, h.timeout_ms, h.retries), (2000, 1000, 3));
+}
+
+/// A data tier for the built-ins that need one.
+const STORES: &str = r#"
+[services.redis]
+network = "app"
+kind = "redis"
+[services.postgres]
+network = "app"
+kind = "postgres"
+"#;
+
+#[test]
+fn a_kind_brings_its_default_port_and_health_check() {
+    let p = plan(&format!(
+        "[networks.app]\nsubnet = \"10.9.0.0/24\"\n[services.web]\nnetwork = \"app\"\nkind = \"product\"\n{STORES}"
+    ))
+    .expect("valid");
+    let web = &p.endpoints[0];
+    assert_eq!(web.port(), Some(5000));
+    assert_eq!(web.ports.len(), 1);
+    assert_eq!(web.health, Some(HealthCheck::http(5000)));
+    assert_eq!(p.endpoints[1].health, Some(HealthCheck::tcp(6379)));
+    assert_eq!(p.endpoints[2].port(), Some(5432));
+}
+
+#[test]
+fn a_command_with_env_and_an_explicit_check_is_resolved() {
+    let p = plan(&format!(
+        "{BASE}ports = [8000]\ncommand = [\"/usr/bin/python3\", \"-m\", \"http.server\"]\n\
+         env = {{ A_B = \"1\", _x = \"y\" }}\n\
+         health = {{ check = \"http\", path = \"/\", interval = \"500ms\", timeout = \"200ms\", retries = 5 }}\n"
+    ))
+    .expect("valid");
+    let web = &p.endpoints[0];
+    let run = web.run.as_ref().expect("runs something");
+    assert_eq!(
+        run.program,
+        Program::Command(vec![
+            "/usr/bin/python3".into(),
+            "-m".into(),
+            "http.server".into()
+        ])
+    );
+    assert_eq!(run.env.get("A_B").map(String::as_str), Some("1"));
+    assert_eq!(
+        web.health,
+        Some(HealthCheck {
+            probe: Probe::Http { path: "/".into() },
+            port: 8000,
+            interval_ms: 500,
+            timeout_ms: 200,
+            retries: 5,
+        })
+    );
+    // Nothing to run and no check: a bare namespace, as before.
+    let p = plan(BASE).expect("valid");
+    assert_eq!(
+        (p.endpoints[0].run.as_ref(), p.endpoints[0].health.as_ref()),
+        (None, None)
+    );
+}
+
+#[test]
+fn bad_run_fields_name_their_field() {
+    let cases: &[(&str, &str)] = &[
+        ("kind = \"mysql\"\n", "services.web.kind"),
+        ("kind = \"redis\"\ncommand = [\"x\"]\n", "services.web"),
+        ("command = []\n", "services.web.command"),
+        ("command = [\"\"]\n", "services.web.command"),
+        (
+            "command = [\"x\"]\nenv = { 1A = \"x\" }\n",
+            "services.web.env.1A",
+        ),
+        (
+            "command = [\"x\"]\nenv = { \"A-B\" = \"x\" }\n",
+            "services.web.env.A-B",
+        ),
+    ];
+    for (extra, field) in cases {
+        let e = errors(&format!("{BASE}{extra}"));
+        assert_eq!(e.len(), 1, "{extra}: {e:?}");
+        assert!(
+            e[0].to_string().starts_with(&format!("{field}:")),
+            "{extra}: {}",
+            e[0]
+        );
+    }
+}
+
+#[test]
+fn bad_health_checks_name_their_field() {
+    let cases: &[(&str, &str)] = &[
+        ("check = \"icmp\"", "services.web.health.check"),
+        (
+            "check = \"http\", path = \"health\"",
+            "services.web.health.path",
+        ),
+        (
+            "check = \"http\", path = \"/a b\"",
+            "services.web.health.path",
+        ),
+        ("check = \"tcp\", path = \"/\"", "services.web.health.path"),
+        ("check = \"tcp\", port = 0", "services.web.health.port"),
+        ("check = \"tcp\", port = 70000", "services.web.health.port"),
+        (
+            "check = \"tcp\", interval = \"2\"",
+            "services.web.health.interval",
+        ),
+        (
+            "check = \"tcp\", interval = \"50ms\", timeout = \"20ms\"",
+            "services.web.health.interval",
+        ),
+        (
+            "check = \"tcp\", timeout = \"fast\"",
+            "services.web.health.timeout",
+        ),
+        (
+            "check = \"tcp\", interval = \"1s\", timeout = \"2s\"",
+            "services.web.health.timeout",
+        ),
+        (
+            "check = \"tcp\", timeout = \"1ms\"",
+            "services.web.health.timeout",
+        ),
+        (
+            "check = \"tcp\", retries = 0",
+            "services.web.health.retries",
+        ),
+    ];
+    for (h, field) in cases {
+        let e = errors(&format!("{BASE}ports = [80]\nhealth = {{ {h} }}\n"));
+        assert_eq!(e.len(), 1, "{h}: {e:?}");
+        assert!(
+            e[0].to_string().starts_with(&format!("{field}:")),
+            "{h}: {}",
+            e[0]
+        );
+    }
+    // No ports to default to.
+    let e = errors(&format!("{BASE}health = {{ check = \"tcp\" }}\n"));
+    assert!(
+        e[0].to_string().starts_with("services.web.health.port:"),
+        "{e:?}"
+    );
+    // Unknown keys in the table are syntax errors naming the key.
+    let e = errors(&format!(
+        "{BASE}health = {{ check = \"tcp\", every = \"1s\" }}\n"
+    ));
+    assert!(
+        matches!(&e[0], TopologyError::Syntax(m) if m.contains("every")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn built_ins_need_their_dependencies_once() {
+    let net = "[networks.app]\nsubnet = \"10.9.0.0/24\"\n";
+    // A product service without its data stores.
+    let e = errors(&format!(
+        "{net}[services.web]\nnetwork = \"app\"\nkind = \"product\"\n"
+    ));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().all(|e| matches!(e, TopologyError::MissingDependency { field, .. } if field == "services.web.kind")));
+    assert!(e[0].to_string().contains("\"postgres\""), "{}", e[0]);
+    // Two of a kind.
+    let e = errors(&format!(
+        "{net}{STORES}[services.cache2]\nnetwork = \"app\"\nkind = \"redis\"\n"
+    ));
+    assert!(
+        matches!(&e[0], TopologyError::DuplicateKind { field, other, .. }
+            if field == "services.cache2.kind" && other == "services.redis"),
+        "{e:?}"
+    );
+    // Data stores run once.
+    let e = errors(&format!(
+        "{net}[services.redis]\nnetwork = \"app\"\nkind = \"redis\"\nreplicas = 2\n"
+    ));
+    assert!(
+        matches!(&e[0], TopologyError::KindSingleReplica { field, .. } if field == "services.redis.replicas"),
+        "{e:?}"
+    );
+    // A gateway discovers through a registry, unless both upstreams are fixed.
+    let gw = format!("{net}[services.gw]\nnetwork = \"app\"\nkind = \"gateway\"\n");
+    let e = errors(&gw);
+    assert!(e[0].to_string().contains("registry"), "{e:?}");
+    plan(&format!(
+        "{gw}env = {{ PRODUCT_URL = \"http://10.9.0.9:5000\", ORDER_URL = \"http://10.9.0.9:5001\" }}\n"
+    ))
+    .expect("fixed upstreams need no registry");
+    plan(&format!(
+        "{gw}[services.reg]\nnetwork = \"app\"\nkind = \"registry\"\n"
+    ))
+    .expect("with a registry");
+}
+
+#[test]
+fn run_fields_survive_the_state_file() {
+    let p = Source::embedded_default().plan(None).expect("valid");
+    let text = serde_json::to_string(&p).expect("serializes");
+    let back: Plan = serde_json::from_str(&text).expect("deserializes");
+    assert_eq!(back, p);
+    // A state file written before these fields existed still loads.
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    for e in v["endpoints"].as_array_mut().expect("endpoints") {
+        let e = e.as_object_mut().expect("object");
+        e.remove("run");
+        e.remove("health");
+    }
+    let old: Plan = serde_json::from_value(v).expect("old state loads");
+    assert!(old.endpoints.iter().all(|e| e.run.is_none()));
+}

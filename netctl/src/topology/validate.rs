@@ -7,7 +7,9 @@ use ipnet::Ipv4Net;
 
 use super::{
     model::{ServiceSpec, Topology},
-    plan::{Dataplane, DataplaneMode, Endpoint, Network, Plan, Port},
+    plan::{Dataplane, DataplaneMode, Endpoint, Network, Plan},
+    run::Kind,
+    validate_run,
 };
 
 /// Linux limit on interface names (IFNAMSIZ - 1).
@@ -115,6 +117,47 @@ pub enum TopologyError {
     BadDataplane { field: String, value: String },
     #[error("{field}: {value} replicas (must be 1-{MAX_REPLICAS})")]
     BadReplicas { field: String, value: u32 },
+    #[error("{field}: {value:?} is not a kind (known: {known})")]
+    UnknownKind {
+        field: String,
+        value: String,
+        known: String,
+    },
+    #[error("{field}: give either kind (a built-in program) or command, not both")]
+    KindAndCommand { field: String },
+    #[error("{field}: {reason}")]
+    BadCommand { field: String, reason: &'static str },
+    #[error("{field}: {reason}")]
+    BadEnv { field: String, reason: &'static str },
+    #[error("{field}: {reason}")]
+    BadHealth { field: String, reason: String },
+    #[error("{field}: {value:?} is not a duration ({reason}; e.g. \"500ms\", \"2s\", \"1m\")")]
+    BadDuration {
+        field: String,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("{field}: a {kind} service needs {needs} in the topology")]
+    MissingDependency {
+        field: String,
+        kind: Kind,
+        needs: String,
+    },
+    #[error(
+        "{field}: {other} is already of kind {kind:?}; built-in services find each other by \
+         kind, so each kind can appear once (use replicas for more instances)"
+    )]
+    DuplicateKind {
+        field: String,
+        kind: Kind,
+        other: String,
+    },
+    #[error("{field}: {kind} keeps its own data and runs once; {replicas} replicas asked")]
+    KindSingleReplica {
+        field: String,
+        kind: Kind,
+        replicas: u32,
+    },
     #[error("{field}: {value:?} is not a port (write 80, \"80/tcp\" or \"53/udp\")")]
     BadPortSpec { field: String, value: String },
     #[error("{field}: port {port} is listed twice")]
@@ -196,6 +239,7 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
         v.errors.push(TopologyError::Empty);
     }
     let endpoints = v.endpoints(topology, &networks);
+    validate_run::check_wiring(topology, &mut v.errors);
     let lb = super::services::plan(topology, &networks, &endpoints, &mut v.errors);
     let mode = DataplaneMode::parse(topology.dataplane.mode.trim());
     if mode.is_none() {
@@ -260,7 +304,7 @@ struct Pending<'a> {
     spec: &'a ServiceSpec,
     network: &'a Network,
     addrs: Vec<Option<Ipv4Addr>>,
-    ports: Vec<Port>,
+    resolved: validate_run::Resolved,
 }
 
 #[derive(Default)]
@@ -400,12 +444,14 @@ impl Validator {
                     }
                 }
             }
+            // What runs there, its check, and the kind's default port when none is listed.
+            let resolved = validate_run::resolve(name, spec, ports, &mut self.errors);
             pending.push(Pending {
                 name: name.to_string(),
                 spec,
                 network,
                 addrs,
-                ports,
+                resolved,
             });
         }
 
@@ -415,7 +461,7 @@ impl Validator {
             spec,
             network,
             addrs,
-            ports,
+            resolved,
         } in pending
         {
             let field = format!("services.{name}");
@@ -469,7 +515,9 @@ impl Validator {
                     address,
                     prefix_len: network.subnet.prefix_len(),
                     gateway: network.gateway,
-                    ports: ports.clone(),
+                    ports: resolved.ports.clone(),
+                    run: resolved.run.clone(),
+                    health: resolved.health.clone(),
                 });
             }
         }

@@ -118,6 +118,18 @@ impl Reconciler {
         r
     }
 
+    /// Addresses of the backends that frontends use now (not draining): after a controller
+    /// restart, what was serving before it.
+    pub fn serving_addrs(&self) -> std::collections::HashSet<std::net::Ipv4Addr> {
+        self.frontends
+            .values()
+            .flat_map(|fe| fe.slots.iter())
+            .filter_map(|id| self.backends.get(id))
+            .filter(|b| b.state != BACKEND_DRAINING)
+            .map(|b| std::net::Ipv4Addr::from(b.addr))
+            .collect()
+    }
+
     pub fn maps(&mut self) -> &mut LbMaps {
         &mut self.maps
     }

@@ -1,7 +1,8 @@
 //! The controller's load-balancing component: keeps the dataplane's frontends (eBPF service
 //! and backend maps, or iptables chains) in step with the topology's services, the
-//! instances the registry knows, their health and drain requests (within a tick, 200 ms),
-//! and collects expired conntrack entries (eBPF).
+//! instances the registry knows (polled twice a second; the topology's replicas until it
+//! answers), their health and drain requests (within a tick, 200 ms), and collects expired
+//! conntrack entries (eBPF).
 //!
 //! Each tick only looks at what changed (the plan, health results, drains, host
 //! addresses); the desired state is recomputed and the writer called only then (and every
@@ -13,6 +14,7 @@
 pub mod apply;
 pub mod desired;
 pub mod health;
+pub mod registry;
 pub mod writer;
 
 use std::{
@@ -82,16 +84,16 @@ impl Writer {
     }
 }
 
-/// Every instance and health check of a plan, computed once per plan (not per tick: a
-/// platform of 10,000 services has 30,000 instances).
+/// Every instance and health check, computed once per plan and registry answer (not per
+/// tick: a platform of 10,000 services has 30,000 instances).
 struct Inventory {
     instances: Vec<Instance>,
 }
 
 impl Inventory {
-    fn of(plan: &Plan) -> Self {
+    fn of(plan: &Plan, registry: &registry::Watch) -> Self {
         Self {
-            instances: desired::instances_from_plan(plan),
+            instances: registry::instances(plan, registry.known()),
         }
     }
 
@@ -116,6 +118,14 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         }
         DataplaneMode::Iptables => Writer::Iptables(IptablesWriter::new(&ctx.instance)),
     };
+    // What served before this controller started keeps serving until its first health
+    // check says otherwise: a replaced controller must not empty the maps meanwhile.
+    let adopted: HashSet<Ipv4Addr> = match &writer {
+        Writer::Ebpf(r) => r.serving_addrs(),
+        Writer::Iptables(_) => HashSet::new(),
+    };
+    let mut registry = registry::Watch::default();
+    let mut registry_seen = 0;
     let mut checker = Checker::default();
     let drains: Drains = Arc::default();
     register_routes(&ctx, drains.clone()).await;
@@ -144,9 +154,14 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         }
         let mut dirty = false;
         let latest = state.borrow_and_update().clone();
-        if inventory.is_none() || !Arc::ptr_eq(&latest, &current) {
+        registry.tick(&latest.plan).await;
+        if inventory.is_none()
+            || !Arc::ptr_eq(&latest, &current)
+            || registry.generation() != registry_seen
+        {
             current = latest;
-            let inv = Inventory::of(&current.plan);
+            registry_seen = registry.generation();
+            let inv = Inventory::of(&current.plan, &registry);
             checker.set_probes(&inv.probes()).await;
             inventory = Some(inv);
             if let Writer::Ebpf(r) = &mut writer {
@@ -220,7 +235,12 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             desired = desired::compute(&Inputs {
                 plan,
                 instances: &inv.instances,
-                health: &|i: &Instance| last_health.get(&i.probe()).copied(),
+                health: &|i: &Instance| {
+                    last_health
+                        .get(&i.probe())
+                        .copied()
+                        .or_else(|| adopted.contains(&i.addr).then_some(true))
+                },
                 drains: &last_drains,
                 host_addrs: &host_addrs,
             });
@@ -232,7 +252,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
 
         if dirty || last_status.elapsed() >= STATUS_EVERY {
             last_status = Instant::now();
-            let status = status(
+            let mut status = status(
                 plan,
                 &inv.instances,
                 &results,
@@ -241,6 +261,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 &last_drains,
                 &gc_summary,
             );
+            status["registry"] = registry.status();
             ctx.board.publish("lb", status).await;
         }
     }

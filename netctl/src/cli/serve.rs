@@ -1,0 +1,33 @@
+//! `netctl serve registry|gateway|product|order`: one of the reference services, in this
+//! process (the supervisor runs them in their namespaces; settings come from the
+//! environment, see the README).
+
+use std::process::ExitCode;
+
+use crate::{services, topology::Kind};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Which service.
+    #[arg(value_enum)]
+    service: Service,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Service {
+    Registry,
+    Gateway,
+    Product,
+    Order,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let kind = match args.service {
+        Service::Registry => Kind::Registry,
+        Service::Gateway => Kind::Gateway,
+        Service::Product => Kind::Product,
+        Service::Order => Kind::Order,
+    };
+    services::serve(kind).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,161 @@
+//! Forwarding one request to an upstream: pick an instance, send over a pooled keep-alive
+//! connection, and turn failures into JSON errors — 503 when no instance is known, 502
+//! when none could be reached or the exchange broke, 504 on timeout. A refused connection
+//! (nothing sent) is tried on the next instance (or again on a fixed VIP); a broken
+//! exchange or a 503 answer only for idempotent requests.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
+use serde_json::json;
+
+use super::upstream::Upstream;
+use crate::services::{
+    client::{self, CallError, HttpClient},
+    http::{self, Resp},
+};
+
+/// Instances tried for one request.
+const MAX_ATTEMPTS: usize = 3;
+/// Answer headers passed back to the client.
+const PASS_BACK: [&str; 4] = [
+    "x-instance-id",
+    "x-cache",
+    "retry-after",
+    "idempotent-replayed",
+];
+
+pub struct Forward<'a> {
+    pub method: Method,
+    /// Path on the upstream, e.g. `/products/1`.
+    pub path: String,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+}
+
+pub async fn forward(
+    http_client: &HttpClient,
+    upstream: &Upstream,
+    timeout: Duration,
+    f: Forward<'_>,
+) -> Resp {
+    let idempotent = matches!(f.method, Method::GET | Method::HEAD);
+    let mut tried: Vec<String> = Vec::new();
+    let mut last: Option<CallError> = None;
+    let mut unavailable: Option<(Response<Bytes>, String)> = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(target) = upstream.pick(&tried) else {
+            break;
+        };
+        let req = match request(&f, &target.authority) {
+            Ok(r) => r,
+            Err(e) => return http::error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        match client::call(http_client, req, timeout).await {
+            // An instance that cannot serve right now (its database pool still filling
+            // after a restart, say): a read goes to the next one; the last answer stands.
+            Ok(resp) if idempotent && resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::debug!(upstream = upstream.name, target = target.authority, "503");
+                unavailable = Some((resp, target.authority.clone()));
+                tried.push(target.authority);
+            }
+            Ok(resp) => return answer(resp, &target.authority),
+            Err(e) => {
+                tracing::debug!(upstream = upstream.name, target = target.authority, "{e}");
+                let retry = e.not_sent() || (idempotent && matches!(e, CallError::Broken(_)));
+                if e.not_sent() {
+                    upstream.eject(&target.authority);
+                }
+                tried.push(target.authority);
+                last = Some(e);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some((resp, authority)) = unavailable {
+        return answer(resp, &authority);
+    }
+    let name = upstream.name;
+    match last {
+        None => http::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({
+                "error": format!("no {name} instance is available"),
+                "upstream": name,
+            }),
+        ),
+        Some(CallError::Timeout(t)) => http::json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &json!({
+                "error": format!("{name} did not answer within {} ms", t.as_millis()),
+                "upstream": name,
+                "tried": tried,
+            }),
+        ),
+        Some(e) => http::json(
+            StatusCode::BAD_GATEWAY,
+            &json!({
+                "error": format!("{name} failed: {e}"),
+                "upstream": name,
+                "tried": tried,
+            }),
+        ),
+    }
+}
+
+fn request(f: &Forward<'_>, authority: &str) -> anyhow::Result<Request<Full<Bytes>>> {
+    let mut req = Request::builder()
+        .method(f.method.clone())
+        .uri(format!("http://{authority}{}", f.path))
+        .header(header::HOST, authority);
+    if let Some(ct) = f.headers.get(header::CONTENT_TYPE) {
+        req = req.header(header::CONTENT_TYPE, ct);
+    }
+    // Who the client is, as nginx said or as we see it.
+    let peer = f.peer.ip().to_string();
+    let forwarded_for = match f
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(chain) => format!("{chain}, {peer}"),
+        None => peer.clone(),
+    };
+    req = req.header("x-forwarded-for", forwarded_for);
+    let real_ip = f
+        .headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(&peer)
+        .to_string();
+    req = req.header("x-real-ip", real_ip);
+    for name in ["x-request-id", "idempotency-key"] {
+        if let Some(v) = f.headers.get(name) {
+            req = req.header(name, v);
+        }
+    }
+    Ok(req.body(Full::new(f.body.clone()))?)
+}
+
+fn answer(resp: Response<Bytes>, authority: &str) -> Resp {
+    let (parts, body) = resp.into_parts();
+    let mut out = Response::new(Full::new(body));
+    *out.status_mut() = parts.status;
+    let ct = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(header::HeaderValue::from_static("application/json"));
+    out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    for name in PASS_BACK {
+        if let Some(v) = parts.headers.get(name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    http::with_header(out, "x-upstream", authority)
+}
