@@ -54,7 +54,8 @@ pub const IDENTITIES_MAX_ENTRIES: u32 = 65_536;
 /// `POLICY`: hash, [`crate::policy::PolicyKey`] -> [`crate::policy::PolicyValue`].
 pub const POLICY: &str = "POLICY";
 pub const POLICY_MAX_ENTRIES: u32 = 262_144;
-/// `RATE_LIMITS`: hash, destination identity -> [`crate::policy::RateLimit`].
+/// `RATE_LIMITS`: hash, [`crate::policy::RateLimitKey`] (source, destination identity) ->
+/// [`crate::policy::RateLimit`].
 pub const RATE_LIMITS: &str = "RATE_LIMITS";
 pub const RATE_LIMITS_MAX_ENTRIES: u32 = 4096;
 /// `RATE_BUCKETS`: LRU hash, [`crate::policy::BucketKey`] -> [`crate::policy::Bucket`].

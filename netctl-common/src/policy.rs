@@ -1,6 +1,10 @@
 //! Network policy: identities (`IDENTITIES`), compiled rules (`POLICY`) and rate limits
 //! (`RATE_LIMITS`, `RATE_BUCKETS`).
 //!
+//! A packet without ports (ICMP, any other IP protocol) is judged with port `ANY_PORT`
+//! and its own protocol, so only entries for any port decide it; ICMP errors are not
+//! judged (they belong to another connection).
+//!
 //! Every address the dataplane meets has a numeric *identity*: each service (all its
 //! replicas and its VIP) has one, the host has one, and anything else is the world. A new
 //! connection's verdict is looked up by (source identity, destination identity, port,
@@ -78,8 +82,19 @@ pub struct PolicyValue {
 }
 crate::assert_size!(PolicyValue, 4);
 
-/// Value of `RATE_LIMITS` (key: destination identity, `u32`): a token bucket per source
-/// for new connections to that destination.
+/// Key of `RATE_LIMITS`: the limit of new connections from `src` to `dst`. `src` is a
+/// source identity, or `ID_ANY` for the limit of every source without one of its own: the
+/// dataplane looks up `{src, dst}` first, then `{ID_ANY, dst}`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct RateLimitKey {
+    pub src: u32,
+    pub dst: u32,
+}
+crate::assert_size!(RateLimitKey, 8);
+
+/// Value of `RATE_LIMITS`: a token bucket per source for new connections to that
+/// destination.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RateLimit {
@@ -160,6 +175,7 @@ mod user {
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::RateLimit {}
+    unsafe impl aya::Pod for super::RateLimitKey {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
 }

@@ -9,7 +9,7 @@ use netctl_common::{
     maps,
     policy::{
         ANY_PORT, ANY_PROTO, Bucket, BucketKey, ID_ANY, ID_WORLD, IdentityKey, PolicyKey,
-        PolicyValue, RL_BY_IDENTITY, RateLimit, VERDICT_DENY,
+        PolicyValue, RL_BY_IDENTITY, RateLimit, RateLimitKey, VERDICT_DENY,
     },
 };
 
@@ -22,7 +22,7 @@ static POLICY: HashMap<PolicyKey, PolicyValue> =
     HashMap::with_max_entries(maps::POLICY_MAX_ENTRIES, 0);
 
 #[map(name = "RATE_LIMITS")]
-static RATE_LIMITS: HashMap<u32, RateLimit> =
+static RATE_LIMITS: HashMap<RateLimitKey, RateLimit> =
     HashMap::with_max_entries(maps::RATE_LIMITS_MAX_ENTRIES, 0);
 
 #[map(name = "RATE_BUCKETS")]
@@ -59,12 +59,17 @@ pub fn allowed(generation: u32, src: u32, dst: u32, port: u16, proto: u8) -> boo
 }
 
 /// Whether a new connection to `dst` exceeds its source's rate limit (and so must be
-/// dropped). Takes a token when it does not.
+/// dropped). The limit naming the source identity beats the one for any source. Takes a
+/// token when it does not.
 #[inline(always)]
 pub fn rate_limited(src_addr: [u8; 4], src: u32, dst: u32, now: u64) -> bool {
-    // SAFETY: plain read of a map value.
-    let Some(limit) = (unsafe { RATE_LIMITS.get(dst) }).copied() else {
-        return false;
+    // SAFETY: plain reads of map values.
+    let limit = match unsafe { RATE_LIMITS.get(RateLimitKey { src, dst }) } {
+        Some(l) => *l,
+        None => match unsafe { RATE_LIMITS.get(RateLimitKey { src: ID_ANY, dst }) } {
+            Some(l) => *l,
+            None => return false,
+        },
     };
     let source = if limit.by == RL_BY_IDENTITY {
         src

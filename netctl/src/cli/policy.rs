@@ -94,9 +94,10 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let limits: Vec<_> = compiled
         .rate_limits
         .iter()
-        .map(|(dst, l)| {
+        .map(|(key, l)| {
             json!({
-                "destination": identity::name(plan, *dst),
+                "source": identity::name(plan, key.src),
+                "destination": identity::name(plan, key.dst),
                 "per_second": f64::from(l.rate_milli) / 1000.0,
                 "burst": l.burst,
                 "per": if l.by == netctl_common::policy::RL_BY_IDENTITY { "service" } else { "source" },
@@ -114,7 +115,7 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     output::print_line(&format!(
-        "policy generation {generation} ({} dataplane): {} entries, {} addresses with identities (most specific entry wins; none: allow)",
+        "policy generation {generation} ({} dataplane): {} entries, {} addresses with identities (most specific entry wins; none: allow; a source's own rate limit beats the one for any source)",
         plan.dataplane.mode,
         rules.len(),
         identities.len()
@@ -141,9 +142,10 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     output::print_table(&t)?;
     if !limits.is_empty() {
         output::print_line("")?;
-        let mut t = output::table(&["rate limit to", "per second", "burst", "bucket per"]);
+        let mut t = output::table(&["rate limit from", "to", "per second", "burst", "bucket per"]);
         for l in &limits {
             t.add_row(vec![
+                l["source"].as_str().unwrap_or("").to_string(),
                 l["destination"].as_str().unwrap_or("").to_string(),
                 format!("{:.3}", l["per_second"].as_f64().unwrap_or(0.0)),
                 l["burst"].to_string(),

@@ -9,7 +9,7 @@ use anyhow::Context;
 use aya::maps::{Array, HashMap, Map, MapData};
 use netctl_common::{
     maps::{CFG_POLICY_GEN, CONFIG, IDENTITIES, POLICY, RATE_LIMITS},
-    policy::{IdentityKey, PolicyKey, PolicyValue, RateLimit},
+    policy::{IdentityKey, PolicyKey, PolicyValue, RateLimit, RateLimitKey},
 };
 
 use super::Pins;
@@ -18,7 +18,7 @@ use crate::policy::compile::{Compiled, EntryKey, EntryValue};
 pub struct PolicyMaps {
     identities: HashMap<MapData, IdentityKey, u32>,
     policy: HashMap<MapData, PolicyKey, PolicyValue>,
-    rate_limits: HashMap<MapData, u32, RateLimit>,
+    rate_limits: HashMap<MapData, RateLimitKey, RateLimit>,
     config: Array<MapData, u32>,
 }
 
@@ -58,7 +58,8 @@ impl PolicyMaps {
     }
 
     /// Installs identities and compiled rules as a new generation and switches to it.
-    /// Returns the new generation.
+    /// Returns the new generation. When the kernel refuses an entry (a full map), nothing
+    /// of the new generation stays and the old one remains in force.
     pub fn install(
         &mut self,
         identities: &[(Ipv4Addr, u32)],
@@ -66,6 +67,29 @@ impl PolicyMaps {
     ) -> anyhow::Result<u32> {
         let old = self.generation()?;
         let new = old.wrapping_add(1);
+        let limits_before: Vec<(RateLimitKey, RateLimit)> =
+            self.rate_limits.iter().filter_map(Result::ok).collect();
+        let written = self.write(new, identities, compiled).and_then(|()| {
+            self.config
+                .set(CFG_POLICY_GEN, new, 0)
+                .context("switching the policy generation")
+        });
+        if let Err(e) = written {
+            self.remove_other_generations(old);
+            self.restore_rate_limits(&limits_before);
+            return Err(e);
+        }
+        self.remove_other_generations(new);
+        Ok(new)
+    }
+
+    /// Writes generation `new`'s entries (not yet in force) and the rate limits.
+    fn write(
+        &mut self,
+        new: u32,
+        identities: &[(Ipv4Addr, u32)],
+        compiled: &Compiled,
+    ) -> anyhow::Result<()> {
         for (addr, id) in identities {
             self.identities
                 .insert(
@@ -89,26 +113,35 @@ impl PolicyMaps {
                 .insert(key, value, 0)
                 .context("writing POLICY")?;
         }
-        // Rate limits are one entry per destination: update in place.
-        let stale: Vec<u32> = self
+        // Rate limits are one entry per (source, destination): updated in place.
+        let stale: Vec<RateLimitKey> = self
             .rate_limits
             .keys()
             .filter_map(Result::ok)
-            .filter(|dst| !compiled.rate_limits.contains_key(dst))
+            .filter(|k| !compiled.rate_limits.contains_key(k))
             .collect();
-        for (dst, limit) in &compiled.rate_limits {
+        for (key, limit) in &compiled.rate_limits {
             self.rate_limits
-                .insert(dst, limit, 0)
+                .insert(key, limit, 0)
                 .context("writing RATE_LIMITS")?;
         }
-        for dst in stale {
-            let _ = self.rate_limits.remove(&dst);
+        for key in stale {
+            let _ = self.rate_limits.remove(&key);
         }
-        self.config
-            .set(CFG_POLICY_GEN, new, 0)
-            .context("switching the policy generation")?;
-        self.remove_other_generations(new);
-        Ok(new)
+        Ok(())
+    }
+
+    /// Puts the rate limits back as they were before a failed install.
+    fn restore_rate_limits(&mut self, before: &[(RateLimitKey, RateLimit)]) {
+        let now: Vec<RateLimitKey> = self.rate_limits.keys().filter_map(Result::ok).collect();
+        for key in now {
+            if !before.iter().any(|(k, _)| *k == key) {
+                let _ = self.rate_limits.remove(&key);
+            }
+        }
+        for (key, limit) in before {
+            let _ = self.rate_limits.insert(key, limit, 0);
+        }
     }
 
     /// Deletes entries of every generation but `keep` (the old one, or a crashed install's).
@@ -153,8 +186,8 @@ impl PolicyMaps {
                 );
             }
         }
-        for (dst, limit) in self.rate_limits.iter().filter_map(Result::ok) {
-            compiled.rate_limits.insert(dst, limit);
+        for (key, limit) in self.rate_limits.iter().filter_map(Result::ok) {
+            compiled.rate_limits.insert(key, limit);
         }
         let identities = self
             .identities

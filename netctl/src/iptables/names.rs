@@ -149,6 +149,24 @@ impl Chains {
         self.hashed("RL-", &format!("limit to {dst}"))
     }
 
+    /// filter: the limit for any source of one destination, when the world has one of
+    /// its own (so the world's dispatch can come last).
+    pub fn rla(&self, dst: u32) -> String {
+        self.hashed("RLA-", &format!("limit from any to {dst}"))
+    }
+
+    /// filter: the limit of its own a named source has for one destination
+    /// (`[[policy.rate_limits]] from`).
+    pub fn rlf(&self, src: u32, dst: u32) -> String {
+        self.hashed("RLF-", &format!("own limit from {src} to {dst}"))
+    }
+
+    /// filter: ICMP that conntrack could not track (a reply without its request, a type
+    /// it does not know): errors pass, the rest is judged as new.
+    pub fn icmp(&self) -> String {
+        format!("{}ICMP", self.base)
+    }
+
     /// filter: the bucket one source identity shares for one destination (`per =
     /// "service"`).
     pub fn rls(&self, src: u32, dst: u32) -> String {
@@ -230,6 +248,9 @@ mod tests {
                 c.any(u32::MAX),
                 c.rl(u32::MAX),
                 c.rls(u32::MAX, u32::MAX),
+                c.rla(u32::MAX),
+                c.rlf(u32::MAX, u32::MAX),
+                c.icmp(),
                 c.deny_rule(u16::MAX),
                 c.deny_default(),
                 c.deny_rate(65_535),

@@ -14,8 +14,11 @@
 //! SRC-<s,d>  {s,d,port,proto} {s,d,*,proto} {s,d,*,*}, then -g ANY-<dst>
 //! ANY-<dst>  {*,d,port,proto} {*,d,*,proto} {*,d,*,*}; the end: allowed (RETURN)
 //! LIMIT      by destination address -> RL-<dst>
-//! RL-<dst>   hashlimit --hashlimit-mode srcip (per source address) -> RETURN, else
-//!            DENY-RL<n>; per = "service": -s A -g RLS-<src,dst> (one `limit` bucket each)
+//! RL-<dst>   sources with a limit of their own: -s A -g RLF-<src,dst>; then the limit for
+//!            any source: hashlimit --hashlimit-mode srcip (per source address) -> RETURN,
+//!            else DENY-RL<n>; per = "service": -s A -g RLS-<src,dst> (one `limit` bucket
+//!            each). When the world has a limit of its own, the general one is `RLA-<dst>`
+//! RLF-<s,d>  one source's own limit: hashlimit srcip, or one `limit` bucket (per service)
 //! DENY-…     LOG --log-prefix "NCTL-<tag> r<rule> deny: ", DROP
 //! IDENTITIES never jumped to: address -> identity, for people and `netctl policy`
 //! ```
@@ -36,7 +39,7 @@ use netctl_common::{
     DropReason,
     policy::{
         ANY_PORT, ANY_PROTO, ID_ANY, ID_HOST, ID_WORLD, RL_BY_ADDRESS, RL_BY_IDENTITY, RateLimit,
-        VERDICT_ALLOW, VERDICT_DENY,
+        RateLimitKey, VERDICT_ALLOW, VERDICT_DENY,
     },
 };
 
@@ -220,31 +223,28 @@ pub fn render(c: &Chains, input: &Input) -> Rendered {
 
     // Rate limits.
     if !compiled.rate_limits.is_empty() {
-        let targets: BTreeMap<u32, String> = compiled
-            .rate_limits
-            .keys()
-            .map(|d| (*d, c.rl(*d)))
-            .collect();
+        let mut by_dst: BTreeMap<u32, Vec<(u32, &RateLimit)>> = BTreeMap::new();
+        for (k, limit) in &compiled.rate_limits {
+            by_dst.entry(k.dst).or_default().push((k.src, limit));
+        }
+        let targets: BTreeMap<u32, String> = by_dst.keys().map(|d| (*d, c.rl(*d))).collect();
         out.chains
             .insert(c.limit(), dispatch(&c.limit(), &targets, &ids, &dnat));
         top.push(format!("-A {policy} -j {}", c.limit()));
-        for (dst, limit) in &compiled.rate_limits {
-            let n = plan
-                .policy
-                .rate_limits
-                .iter()
-                .position(|r| identity::of(plan, &r.to) == *dst)
-                .map_or(0, |i| i + 1);
-            let deny = c.deny_rate(n);
-            out.chains.insert(
-                deny.clone(),
-                log_and_drop(
-                    &deny,
-                    &format!("NCTL-{} rl{n} limit: ", c.tag()),
-                    &format!("rate-limited {n}"),
-                ),
-            );
-            for (name, rules) in limit_chains(c, plan, &ids, *dst, limit, n) {
+        for (dst, limits) in &by_dst {
+            for (src, _) in limits {
+                let n = limit_number(plan, *src, *dst);
+                let deny = c.deny_rate(n);
+                out.chains.insert(
+                    deny.clone(),
+                    log_and_drop(
+                        &deny,
+                        &format!("NCTL-{} rl{n} limit: ", c.tag()),
+                        &format!("rate-limited {n}"),
+                    ),
+                );
+            }
+            for (name, rules) in destination_limits(c, plan, &ids, *dst, limits) {
                 out.chains.insert(name, rules);
             }
         }
@@ -405,16 +405,99 @@ fn port_matches(port: u16, proto: u8) -> Vec<String> {
     }
 }
 
-/// `RL-<dst>` (and the `RLS-<src,dst>` buckets of a per-service limit).
-fn limit_chains(
+/// Number (1-based, file order) of the `[[policy.rate_limits]]` entry that made the
+/// compiled limit `{src, dst}`; 0 if none did.
+fn limit_number(plan: &Plan, src: u32, dst: u32) -> usize {
+    plan.policy
+        .rate_limits
+        .iter()
+        .position(|r| {
+            identity::of(plan, &r.to) == dst
+                && match &r.from {
+                    None => src == ID_ANY,
+                    Some(set) => set.iter().any(|p| identity::of(plan, p) == src),
+                }
+        })
+        .map_or(0, |i| i + 1)
+}
+
+/// `RL-<dst>`: connections from a source with a limit of its own go to that limit's
+/// `RLF-<src,dst>`, the rest to the limit for any source (written in `RL-<dst>` itself,
+/// or, when the world has a limit of its own, in `RLA-<dst>`); none: not limited.
+fn destination_limits(
     c: &Chains,
     plan: &Plan,
     ids: &Identities,
     dst: u32,
+    limits: &[(u32, &RateLimit)],
+) -> Vec<(String, Vec<String>)> {
+    let rl = c.rl(dst);
+    let mut out = Vec::new();
+    let mut dispatch = Vec::new();
+    let named: BTreeSet<u32> = limits
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| *s != ID_ANY)
+        .collect();
+    for (src, limit) in limits.iter().filter(|(s, _)| *s != ID_ANY) {
+        let chain = c.rlf(*src, dst);
+        if *src != ID_WORLD {
+            for net in ids.src_nets(*src) {
+                dispatch.push(format!("-A {rl} -s {net} -g {chain}"));
+            }
+        }
+        let n = limit_number(plan, *src, dst);
+        out.extend(limit_chains(c, plan, ids, &chain, *src, dst, limit, n));
+    }
+    let general = limits.iter().find(|(s, _)| *s == ID_ANY).map(|(_, l)| *l);
+    if named.contains(&ID_WORLD) {
+        // Every known address without a limit of its own takes the general one; the
+        // world is every other address.
+        let rest = general.map(|_| c.rla(dst));
+        for net in ids.src_nets_except(&named) {
+            dispatch.push(match &rest {
+                Some(rla) => format!("-A {rl} -s {net} -g {rla}"),
+                None => format!("-A {rl} -s {net} -j RETURN"),
+            });
+        }
+        dispatch.push(format!("-A {rl} -g {}", c.rlf(ID_WORLD, dst)));
+        out.push((rl, dispatch));
+        if let (Some(rla), Some(limit)) = (rest, general) {
+            let n = limit_number(plan, ID_ANY, dst);
+            out.extend(limit_chains(c, plan, ids, &rla, ID_ANY, dst, limit, n));
+        }
+        return out;
+    }
+    match general {
+        Some(limit) => {
+            let n = limit_number(plan, ID_ANY, dst);
+            let mut chains = limit_chains(c, plan, ids, &rl, ID_ANY, dst, limit, n);
+            // The general limit's rules follow the dispatch of the named sources.
+            if let Some((_, rules)) = chains.iter_mut().find(|(name, _)| *name == rl) {
+                dispatch.append(rules);
+                *rules = dispatch;
+            }
+            out.extend(chains);
+        }
+        None => out.push((rl, dispatch)),
+    }
+    out
+}
+
+/// The chain `chain` enforcing `limit` for connections from `src` (`ID_ANY`: every source
+/// that reaches it) to `dst`, and the `RLS-<src,dst>` buckets of a per-service limit for
+/// any source.
+#[allow(clippy::too_many_arguments)]
+fn limit_chains(
+    c: &Chains,
+    plan: &Plan,
+    ids: &Identities,
+    chain: &str,
+    src: u32,
+    dst: u32,
     limit: &RateLimit,
     n: usize,
 ) -> Vec<(String, Vec<String>)> {
-    let rl = c.rl(dst);
     let rate_milli = limit.rate_milli.clamp(1, MAX_RATE_MILLI);
     let burst = limit.burst.clamp(1, MAX_BURST);
     if rate_milli != limit.rate_milli || burst != limit.burst {
@@ -429,50 +512,69 @@ fn limit_chains(
     let deny = c.deny_rate(n);
     let by_identity = limit.by == RL_BY_IDENTITY;
     let head = format!(
-        "limit {dst} {} {} {} {n}: {}",
+        "limit {src} {dst} {} {} {} {n}: {} -> {}",
         limit.rate_milli,
         limit.burst,
         if by_identity { "service" } else { "source" },
+        clean(&identity::name(plan, src)),
         clean(&identity::name(plan, dst))
     );
-    let mut out = Vec::new();
+    let chain = chain.to_string();
+    if by_identity && src != ID_ANY {
+        // The named source's addresses share one bucket.
+        return vec![(
+            chain.clone(),
+            vec![
+                format!(
+                    "-A {chain} -m limit --limit {rate} --limit-burst {burst} -m comment --comment \"{head}\" -j RETURN"
+                ),
+                format!("-A {chain} -m comment --comment \"over {src} {dst}\" -j {deny}"),
+            ],
+        )];
+    }
     if !by_identity {
         // A full bucket is what an expired one would be again: buckets idle for as long
         // as a refill takes are forgotten, no sooner (hashlimit's default is 10 s).
         let expire_ms = (u64::from(burst) * 1_000_000).div_ceil(u64::from(rate_milli));
         let expire_ms = expire_ms.clamp(1_000, u64::from(u32::MAX));
+        let from = if src == ID_ANY {
+            String::new()
+        } else {
+            format!(" from {src}")
+        };
         let name = format!(
             "nctl-{}-{}",
             c.tag(),
             &super::names::hash32(&format!(
-                "{} {dst} {rate_milli} {burst} {expire_ms}",
+                "{} {dst} {rate_milli} {burst} {expire_ms}{from}",
                 c.instance()
             ))[..8]
         );
-        out.push((
-            rl.clone(),
+        let over = if src == ID_ANY { 0 } else { src };
+        return vec![(
+            chain.clone(),
             vec![
                 format!(
-                    "-A {rl} -m hashlimit --hashlimit-upto {rate} --hashlimit-burst {burst} --hashlimit-mode srcip --hashlimit-name {name} --hashlimit-htable-expire {expire_ms} -m comment --comment \"{head}\" -j RETURN"
+                    "-A {chain} -m hashlimit --hashlimit-upto {rate} --hashlimit-burst {burst} --hashlimit-mode srcip --hashlimit-name {name} --hashlimit-htable-expire {expire_ms} -m comment --comment \"{head}\" -j RETURN"
                 ),
-                format!("-A {rl} -m comment --comment \"over 0 {dst}\" -j {deny}"),
+                format!("-A {chain} -m comment --comment \"over {over} {dst}\" -j {deny}"),
             ],
-        ));
-        return out;
+        )];
     }
     // One bucket per source identity: every address of it goes to the same `limit` rule.
-    let mut rules = vec![format!("-A {rl} -m comment --comment \"{head}\"")];
+    let mut out = Vec::new();
+    let mut rules = vec![format!("-A {chain} -m comment --comment \"{head}\"")];
     let mut sources = ids.ids();
     sources.insert(ID_HOST);
     sources.remove(&ID_WORLD);
     for src in &sources {
         let rls = c.rls(*src, dst);
         for net in ids.src_nets(*src) {
-            rules.push(format!("-A {rl} -s {net} -g {rls}"));
+            rules.push(format!("-A {chain} -s {net} -g {rls}"));
         }
     }
-    rules.push(format!("-A {rl} -g {}", c.rls(ID_WORLD, dst)));
-    out.push((rl, rules));
+    rules.push(format!("-A {chain} -g {}", c.rls(ID_WORLD, dst)));
+    out.push((chain, rules));
     sources.insert(ID_WORLD);
     for src in sources {
         let rls = c.rls(src, dst);
@@ -539,7 +641,7 @@ fn clean(name: &str) -> String {
 
 /// True for the chains the policy writer owns (rewritten or removed by each install).
 pub fn owned(c: &Chains, chain: &str) -> bool {
-    c.owns(chain) && chain != c.services() && chain != c.firewall()
+    c.owns(chain) && chain != c.services() && chain != c.firewall() && chain != c.icmp()
 }
 
 /// The `iptables-restore` script installing `rendered`: every chain it names written
@@ -629,14 +731,14 @@ pub fn read(c: &Chains, filter: &Table) -> Option<Installed> {
                     },
                 );
             }
-            ["limit", dst, rate, burst, by, _n] => {
-                let (Ok(dst), Ok(rate_milli), Ok(burst)) =
-                    (dst.parse(), rate.parse(), burst.parse())
+            ["limit", src, dst, rate, burst, by, _n] => {
+                let (Ok(src), Ok(dst), Ok(rate_milli), Ok(burst)) =
+                    (src.parse(), dst.parse(), rate.parse(), burst.parse())
                 else {
                     continue;
                 };
                 compiled.rate_limits.insert(
-                    dst,
+                    RateLimitKey { src, dst },
                     RateLimit {
                         rate_milli,
                         burst,
@@ -718,7 +820,7 @@ pub fn drops(c: &Chains, filter: &Table) -> Drops {
 
 #[cfg(test)]
 mod tests {
-    use netctl_common::flow::{IPPROTO_TCP, IPPROTO_UDP};
+    use netctl_common::flow::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
     use super::*;
     use crate::{
@@ -872,25 +974,42 @@ backends = ["10.9.0.50:7001"]
     /// verdict.
     fn assert_rules_follow_the_model(p: &Plan) {
         let (_, r, _) = rendered(p);
+        let c = Chains::for_instance("t1");
+        let mut cells: Vec<(u16, u8)> = [22u16, 53, 80, 443, 3000, 5432, 8001]
+            .iter()
+            .flat_map(|port| [(*port, IPPROTO_TCP), (*port, IPPROTO_UDP)])
+            .collect();
+        cells.push((0, IPPROTO_ICMP));
         for (src, saddr) in peers() {
             for (dst, daddr) in peers() {
-                for port in [22u16, 53, 80, 443, 3000, 5432, 8001] {
-                    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
-                        let want =
-                            crate::policy::model::verdict(&p.policy, &src, &dst, port, proto);
-                        let walk = Walk {
-                            chains: &r.chains,
-                            src: saddr,
-                            dst: daddr,
-                            port,
-                            proto,
-                            dnat: false,
-                        };
-                        let got = walk.run(&Chains::for_instance("t1").policy(), &mut Vec::new());
+                let limit_chain = expected_limit_chain(p, &c, &src, &dst);
+                for (port, proto) in &cells {
+                    let (port, proto) = (*port, *proto);
+                    let want = crate::policy::model::verdict(&p.policy, &src, &dst, port, proto);
+                    let walk = Walk {
+                        chains: &r.chains,
+                        src: saddr,
+                        dst: daddr,
+                        port,
+                        proto,
+                        dnat: false,
+                    };
+                    let mut limits = Vec::new();
+                    let got = walk.run(&c.policy(), &mut limits);
+                    assert_eq!(
+                        got == End::Return,
+                        want.allow,
+                        "{} -> {}:{port}/{proto}: rules {got:?}, model {want:?}\npolicy: {:#?}\nrules: {:#?}",
+                        src.name(),
+                        dst.name(),
+                        p.policy,
+                        r.chains
+                    );
+                    if want.allow {
                         assert_eq!(
-                            got == End::Return,
-                            want.allow,
-                            "{} -> {}:{port}/{proto}: rules {got:?}, model {want:?}\npolicy: {:#?}\nrules: {:#?}",
+                            limits.first(),
+                            limit_chain.as_ref(),
+                            "{} -> {}: rate limit\npolicy: {:#?}\nrules: {:#?}",
                             src.name(),
                             dst.name(),
                             p.policy,
@@ -900,6 +1019,25 @@ backends = ["10.9.0.50:7001"]
                 }
             }
         }
+    }
+
+    /// The chain whose `limit`/`hashlimit` rule a connection from `src` to `dst` meets,
+    /// given the limit the model says applies.
+    fn expected_limit_chain(p: &Plan, c: &Chains, src: &Peer, dst: &Peer) -> Option<String> {
+        let l = crate::policy::model::rate_limit(&p.policy, src, dst)?;
+        let (s, d) = (identity::of(p, src), identity::of(p, dst));
+        if l.from.is_some() {
+            return Some(c.rlf(s, d));
+        }
+        if l.per == crate::topology::policy::Per::Service {
+            return Some(c.rls(s, d));
+        }
+        let world_has_own = p
+            .policy
+            .rate_limits
+            .iter()
+            .any(|r| r.to == *dst && r.from.as_ref().is_some_and(|f| f.contains(&Peer::World)));
+        Some(if world_has_own { c.rla(d) } else { c.rl(d) })
     }
 
     #[test]
@@ -994,6 +1132,25 @@ burst = 20
                 }
                 if next(2) == 0 {
                     text.push_str("action = \"deny\"\n");
+                }
+            }
+            // Rate limits, some naming their sources.
+            for _ in 0..next(3) {
+                text.push_str("[[policy.rate_limits]]\n");
+                if next(2) == 0 {
+                    let from: BTreeSet<&str> =
+                        (0..next(2) + 1).map(|_| names[next(names.len())]).collect();
+                    let from: Vec<String> = from.iter().map(|n| format!("{n:?}")).collect();
+                    text.push_str(&format!("from = [{}]\n", from.join(", ")));
+                }
+                text.push_str(&format!(
+                    "to = {:?}\nrate = \"{}/minute\"\nburst = {}\n",
+                    names[next(names.len())],
+                    next(100) + 1,
+                    next(20) + 1
+                ));
+                if next(2) == 0 {
+                    text.push_str("per = \"service\"\n");
                 }
             }
             let full = Source {
@@ -1097,6 +1254,71 @@ per = "service"
     }
 
     #[test]
+    fn a_sources_own_limit_is_met_before_the_general_one() {
+        let p = plan(
+            r#"
+[[policy.rate_limits]]
+to = "api"
+rate = "100/minute"
+burst = 20
+[[policy.rate_limits]]
+from = ["web"]
+to = "api"
+rate = "200/second"
+burst = 2000
+[[policy.rate_limits]]
+from = ["world", "db"]
+to = "web"
+rate = "1/second"
+burst = 2
+per = "service"
+[[policy.rate_limits]]
+to = "web"
+rate = "5/second"
+burst = 5
+"#,
+        );
+        assert_rules_follow_the_model(&p);
+        let (_, r, _) = rendered(&p);
+        let c = Chains::for_instance("t1");
+        let id = |n: &str| identity::of(&p, &Peer::Service(n.into()));
+        let rl = &r.chains[&c.rl(id("api"))];
+        // Both web replicas go to web's own limit, then the general one takes the rest.
+        assert_eq!(
+            rl[0],
+            format!(
+                "-A {} -s 10.9.0.10/32 -g {}",
+                c.rl(id("api")),
+                c.rlf(id("web"), id("api"))
+            )
+        );
+        let general = rl
+            .iter()
+            .position(|l| l.contains("--hashlimit-upto 100/minute --hashlimit-burst 20"))
+            .expect("the general limit");
+        assert!(
+            rl[..general]
+                .iter()
+                .all(|l| l.ends_with(&c.rlf(id("web"), id("api"))))
+        );
+        assert!(rl[..general].iter().any(|l| l.contains("-s 10.9.0.11/32")));
+        let own = &r.chains[&c.rlf(id("web"), id("api"))];
+        assert!(own[0].contains("--hashlimit-upto 200/second --hashlimit-burst 2000"));
+        assert!(own[1].contains(&format!("over {} {}", id("web"), id("api"))));
+        // The world's own limit comes last, after every known address.
+        let web = &r.chains[&c.rl(id("web"))];
+        assert_eq!(
+            web.last().expect("rules"),
+            &format!("-A {} -g {}", c.rl(id("web")), c.rlf(ID_WORLD, id("web")))
+        );
+        assert!(r.chains[&c.rla(id("web"))][0].contains("--hashlimit-upto 5/second"));
+        assert!(
+            r.chains[&c.rlf(ID_WORLD, id("web"))][0]
+                .contains("-m limit --limit 1/second --limit-burst 2")
+        );
+    }
+
+    #[test]
     fn rates_are_written_in_the_unit_that_says_them() {
         assert_eq!(rate_text(1666), "100/minute");
         assert_eq!(rate_text(5000), "5/second");
@@ -1119,9 +1341,15 @@ to = "web"
 rate = "100/minute"
 burst = 20
 per = "service"
+[[policy.rate_limits]]
+from = ["api"]
+to = "web"
+rate = "5/second"
+burst = 50
 "#,
         );
         let (compiled, r, ids) = rendered(&p);
+        assert_eq!(compiled.rate_limits.len(), 2);
         let c = Chains::for_instance("t1");
         let text = script(&c, &r, &[]);
         assert!(text.starts_with("*filter\n") && text.ends_with("COMMIT\n"));

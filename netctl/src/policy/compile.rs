@@ -6,13 +6,14 @@
 //! - a default-deny destination gets `{*, dst, *, *} = deny` unless a rule for any source
 //!   and any port already decides that level;
 //! - the host's implicit allow is `{host, dst, *, *} = allow`, for destinations that can
-//!   deny and whose rules do not name the host.
+//!   deny and whose rules do not name the host;
+//! - a rate limit is one `RATE_LIMITS` entry per named source (or `*`) and destination.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use netctl_common::policy::{
-    ANY_PORT, ANY_PROTO, ID_ANY, ID_HOST, RL_BY_ADDRESS, RL_BY_IDENTITY, RateLimit, VERDICT_ALLOW,
-    VERDICT_DENY,
+    ANY_PORT, ANY_PROTO, ID_ANY, ID_HOST, RL_BY_ADDRESS, RL_BY_IDENTITY, RateLimit, RateLimitKey,
+    VERDICT_ALLOW, VERDICT_DENY,
 };
 use serde::Serialize;
 
@@ -41,8 +42,9 @@ pub struct EntryValue {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Compiled {
     pub entries: BTreeMap<EntryKey, EntryValue>,
-    /// Destination identity -> limit.
-    pub rate_limits: BTreeMap<u32, RateLimit>,
+    /// (source identity or `ID_ANY`, destination identity) -> limit; the dataplane takes
+    /// the source's own limit before the one for any source.
+    pub rate_limits: BTreeMap<RateLimitKey, RateLimit>,
 }
 
 pub fn compile(plan: &Plan) -> Compiled {
@@ -126,28 +128,40 @@ pub fn compile(plan: &Plan) -> Compiled {
             }
         }
     }
-    let rate_limits = policy
-        .rate_limits
-        .iter()
-        .map(|r| {
-            (
-                identity::of(plan, &r.to),
-                RateLimit {
-                    rate_milli: r.rate_milli,
-                    burst: r.burst,
-                    by: match r.per {
-                        Per::Source => RL_BY_ADDRESS,
-                        Per::Service => RL_BY_IDENTITY,
-                    },
-                    _pad: [0; 3],
-                },
-            )
-        })
-        .collect();
+    let mut rate_limits = BTreeMap::new();
+    for r in &policy.rate_limits {
+        let dst = identity::of(plan, &r.to);
+        let limit = RateLimit {
+            rate_milli: r.rate_milli,
+            burst: r.burst,
+            by: match r.per {
+                Per::Source => RL_BY_ADDRESS,
+                Per::Service => RL_BY_IDENTITY,
+            },
+            _pad: [0; 3],
+        };
+        let sources: Vec<u32> = match &r.from {
+            None => vec![ID_ANY],
+            Some(set) => set.iter().map(|p| identity::of(plan, p)).collect(),
+        };
+        for src in sources {
+            rate_limits
+                .entry(RateLimitKey { src, dst })
+                .or_insert(limit);
+        }
+    }
     Compiled {
         entries,
         rate_limits,
     }
+}
+
+/// The dataplane's rate-limit lookup over compiled limits: the source's own, else the one
+/// for any source.
+pub fn rate_limit(c: &Compiled, src: u32, dst: u32) -> Option<&RateLimit> {
+    c.rate_limits
+        .get(&RateLimitKey { src, dst })
+        .or_else(|| c.rate_limits.get(&RateLimitKey { src: ID_ANY, dst }))
 }
 
 /// The dataplane's lookup over compiled entries, in user space (for tests and `netctl

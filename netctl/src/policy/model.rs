@@ -7,10 +7,16 @@
 //! 2. With `allow_host`, the host is allowed unless a rule names the host as a source for
 //!    `dst` (it sits at the "names the source, any port" level).
 //! 3. Otherwise: denied if `dst` is a default-deny destination, allowed if not.
+//!
+//! A packet without ports (ICMP, other IP protocols) is asked about with port 0 and its
+//! own protocol: only rules for any port can match it.
+//!
+//! The rate limit of a new connection ([`rate_limit`]): the limit of `dst` naming the
+//! source, else the one for any source, else none.
 
 use serde::Serialize;
 
-use crate::topology::policy::{Action, Peer, Policy, PortMatch, Rule};
+use crate::topology::policy::{Action, Peer, Policy, PortMatch, RateLimit, Rule};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -56,4 +62,12 @@ pub fn verdict(policy: &Policy, src: &Peer, dst: &Peer, port: u16, proto: u8) ->
         allow: !policy.default_deny.contains(dst),
         rule: None,
     }
+}
+
+/// The rate limit new connections from `src` to `dst` are held to.
+pub fn rate_limit<'a>(policy: &'a Policy, src: &Peer, dst: &Peer) -> Option<&'a RateLimit> {
+    let for_dst = || policy.rate_limits.iter().filter(|l| l.to == *dst);
+    for_dst()
+        .find(|l| l.from.as_ref().is_some_and(|f| f.contains(src)))
+        .or_else(|| for_dst().find(|l| l.from.is_none()))
 }

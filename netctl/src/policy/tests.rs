@@ -3,12 +3,15 @@
 use std::collections::BTreeSet;
 
 use netctl_common::{
-    flow::{IPPROTO_TCP, IPPROTO_UDP},
-    policy::{ID_ANY, ID_HOST, ID_WORLD, VERDICT_DENY},
+    flow::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    policy::{ID_ANY, ID_HOST, ID_WORLD, RL_BY_ADDRESS, RL_BY_IDENTITY, VERDICT_DENY},
 };
 
 use super::{compile, identity, model};
-use crate::topology::{Plan, Source, TopologyError, policy::Peer};
+use crate::topology::{
+    Plan, Source, TopologyError,
+    policy::{Action, Peer, Per, Policy, PortMatch, RateLimit, Rule},
+};
 
 fn plan(policy: &str) -> Result<Plan, Vec<TopologyError>> {
     Source {
@@ -43,30 +46,53 @@ fn peers() -> Vec<Peer> {
     v
 }
 
-/// Every (src, dst, port, proto) of a small universe: model and compiled entries agree.
+/// What is asked of the policy: TCP and UDP ports, and ICMP (no port).
+fn cells() -> Vec<(u16, u8)> {
+    let mut v: Vec<(u16, u8)> = [22u16, 53, 80, 443, 3000, 5432, 8001]
+        .iter()
+        .flat_map(|p| [(*p, IPPROTO_TCP), (*p, IPPROTO_UDP)])
+        .collect();
+    v.push((0, IPPROTO_ICMP));
+    v
+}
+
+/// Every (src, dst, port, proto) of a small universe: model and compiled entries agree,
+/// and so do their rate limits.
 fn assert_equivalent(plan: &Plan) {
     let compiled = compile::compile(plan);
     for src in peers() {
         for dst in peers() {
-            for port in [22u16, 53, 80, 443, 3000, 5432, 8001] {
-                for proto in [IPPROTO_TCP, IPPROTO_UDP] {
-                    let want = model::verdict(&plan.policy, &src, &dst, port, proto);
-                    let (allow, _) = compile::lookup(
-                        &compiled,
-                        identity::of(plan, &src),
-                        identity::of(plan, &dst),
-                        port,
-                        proto,
-                    );
-                    assert_eq!(
-                        allow,
-                        want.allow,
-                        "{} -> {}:{port}/{proto}: compiled {allow}, model {want:?}\npolicy: {:#?}",
-                        src.name(),
-                        dst.name(),
-                        plan.policy
-                    );
-                }
+            let want = model::rate_limit(&plan.policy, &src, &dst).map(|l| {
+                let by = match l.per {
+                    Per::Source => RL_BY_ADDRESS,
+                    Per::Service => RL_BY_IDENTITY,
+                };
+                (l.rate_milli, l.burst, by)
+            });
+            let got = compile::rate_limit(
+                &compiled,
+                identity::of(plan, &src),
+                identity::of(plan, &dst),
+            )
+            .map(|l| (l.rate_milli, l.burst, l.by));
+            assert_eq!(got, want, "rate limit {} -> {}", src.name(), dst.name());
+            for (port, proto) in cells() {
+                let want = model::verdict(&plan.policy, &src, &dst, port, proto);
+                let (allow, _) = compile::lookup(
+                    &compiled,
+                    identity::of(plan, &src),
+                    identity::of(plan, &dst),
+                    port,
+                    proto,
+                );
+                assert_eq!(
+                    allow,
+                    want.allow,
+                    "{} -> {}:{port}/{proto}: compiled {allow}, model {want:?}\npolicy: {:#?}",
+                    src.name(),
+                    dst.name(),
+                    plan.policy
+                );
             }
         }
     }
@@ -118,8 +144,12 @@ burst = 20
         check(id("web"), id("api"), 3000, IPPROTO_TCP),
         "no default deny on api"
     );
-    assert_eq!(c.rate_limits[&id("api")].burst, 20);
-    assert_eq!(c.rate_limits[&id("api")].rate_milli, 1666);
+    let api_limit = compile::rate_limit(&c, id("web"), id("api")).expect("limited");
+    assert_eq!((api_limit.rate_milli, api_limit.burst), (1666, 20));
+    // ICMP (no port): only rules for any port decide; the egress allow-list names ports.
+    assert!(!check(id("web"), ID_WORLD, 0, IPPROTO_ICMP));
+    assert!(!check(id("api"), id("db"), 0, IPPROTO_ICMP));
+    assert!(check(id("web"), id("api"), 0, IPPROTO_ICMP));
     let default = c.entries[&compile::EntryKey {
         src: ID_ANY,
         dst: id("db"),
@@ -207,6 +237,25 @@ fn random_policies_compile_to_the_models_verdicts() {
                 text.push_str("action = \"deny\"\n");
             }
         }
+        // Rate limits, some naming their sources.
+        for _ in 0..next(3) {
+            text.push_str("[[policy.rate_limits]]\n");
+            if next(2) == 0 {
+                let from: BTreeSet<&str> =
+                    (0..next(2) + 1).map(|_| names[next(names.len())]).collect();
+                let from: Vec<String> = from.iter().map(|n| format!("{n:?}")).collect();
+                text.push_str(&format!("from = [{}]\n", from.join(", ")));
+            }
+            text.push_str(&format!(
+                "to = {:?}\nrate = \"{}/minute\"\nburst = {}\n",
+                names[next(names.len())],
+                next(100) + 1,
+                next(20) + 1
+            ));
+            if next(2) == 0 {
+                text.push_str("per = \"service\"\n");
+            }
+        }
         // Conflicting draws are refused by validation (tested below); skip them here.
         if let Ok(p) = plan(&text) {
             assert_equivalent(&p);
@@ -258,6 +307,148 @@ fn bad_policies_are_refused_with_the_field() {
          [[policy.rate_limits]]\nto = \"api\"\nrate = \"2/second\"\nburst = 1\n",
     );
     assert!(e[0].to_string().contains("already has a rate limit"));
+    // A source may have one limit of its own per destination, besides the general one.
+    let e = errs(
+        "[[policy.rate_limits]]\nfrom = [\"web\", \"db\"]\nto = \"api\"\nrate = \"1/second\"\nburst = 1\n\
+         [[policy.rate_limits]]\nfrom = [\"db\"]\nto = \"api\"\nrate = \"2/second\"\nburst = 1\n",
+    );
+    assert!(
+        matches!(&e[0], TopologyError::BadPolicy { field, message } if field == "policy.rate_limits[1].to" && message.contains("from db")),
+        "{e:?}"
+    );
+    let e = errs(
+        "[[policy.rate_limits]]\nfrom = [\"ghost\"]\nto = \"api\"\nrate = \"1/second\"\nburst = 1\n",
+    );
+    assert!(
+        matches!(&e[0], TopologyError::UnknownPeer { field, .. } if field == "policy.rate_limits[0].from[0]"),
+        "{e:?}"
+    );
+    let e =
+        errs("[[policy.rate_limits]]\nfrom = []\nto = \"api\"\nrate = \"1/second\"\nburst = 1\n");
+    assert!(
+        e[0].to_string().contains("policy.rate_limits[0].from"),
+        "{e:?}"
+    );
+}
+
+/// A limit naming the source beats the one for any source, for that source only.
+#[test]
+fn a_sources_own_rate_limit_beats_the_general_one() {
+    let p = plan(
+        r#"
+[[policy.rate_limits]]
+to = "api"
+rate = "100/minute"
+burst = 20
+[[policy.rate_limits]]
+from = ["web", "host"]
+to = "api"
+rate = "200/second"
+burst = 2000
+[[policy.rate_limits]]
+from = ["world"]
+to = "db"
+rate = "1/second"
+burst = 1
+per = "service"
+"#,
+    )
+    .expect("valid");
+    assert_equivalent(&p);
+    let c = compile::compile(&p);
+    let id = |n: &str| identity::of(&p, &Peer::Service(n.into()));
+    let limit = |src, dst| compile::rate_limit(&c, src, dst).map(|l| (l.rate_milli, l.burst));
+    assert_eq!(limit(id("web"), id("api")), Some((200_000, 2000)));
+    assert_eq!(limit(ID_HOST, id("api")), Some((200_000, 2000)));
+    assert_eq!(limit(id("db"), id("api")), Some((1666, 20)));
+    assert_eq!(limit(ID_WORLD, id("api")), Some((1666, 20)));
+    assert_eq!(limit(ID_WORLD, id("db")), Some((1000, 1)));
+    assert_eq!(
+        limit(id("web"), id("db")),
+        None,
+        "only the world is limited"
+    );
+    assert_eq!(c.rate_limits.len(), 4);
+}
+
+/// The embedded default platform carries the seed's policies: nothing else checks the
+/// `[policy]` of default.toml.
+#[test]
+fn the_embedded_default_policy_is_the_seeds() {
+    let p = Source::embedded_default().plan(None).expect("valid");
+    let svc = |n: &str| Peer::Service(n.into());
+    let set = |names: &[&str]| Some(names.iter().map(|n| svc(n)).collect());
+    let rule = |number, from, to, ports: &[(u16, u8)]| Rule {
+        number,
+        action: Action::Allow,
+        from,
+        to,
+        ports: PortMatch::Ports(ports.to_vec()),
+    };
+    let expected = Policy {
+        default_deny: [svc("postgres"), svc("redis"), svc("registry"), Peer::World]
+            .into_iter()
+            .collect(),
+        allow_host: true,
+        rules: vec![
+            rule(
+                1,
+                set(&["gateway", "order", "product"]),
+                svc("registry"),
+                &[(8500, IPPROTO_TCP)],
+            ),
+            rule(
+                2,
+                set(&["order", "product"]),
+                svc("postgres"),
+                &[(5432, IPPROTO_TCP)],
+            ),
+            rule(3, set(&["product"]), svc("redis"), &[(6379, IPPROTO_TCP)]),
+            rule(
+                4,
+                None,
+                Peer::World,
+                &[
+                    (53, IPPROTO_TCP),
+                    (53, IPPROTO_UDP),
+                    (80, IPPROTO_TCP),
+                    (443, IPPROTO_TCP),
+                ],
+            ),
+        ],
+        rate_limits: vec![
+            // The seed's: 100 a minute, burst 20, per source address.
+            RateLimit {
+                from: None,
+                to: svc("gateway"),
+                rate_milli: 1666,
+                burst: 20,
+                per: Per::Source,
+            },
+            // The edge multiplexes every outside client (see default.toml).
+            RateLimit {
+                from: set(&["edge"]),
+                to: svc("gateway"),
+                rate_milli: 200_000,
+                burst: 2000,
+                per: Per::Source,
+            },
+        ],
+    };
+    assert_eq!(p.policy, expected);
+    let v = |src: &str, dst: &str, port| {
+        model::verdict(&p.policy, &svc(src), &svc(dst), port, IPPROTO_TCP).allow
+    };
+    assert!(v("order", "postgres", 5432) && !v("edge", "postgres", 5432));
+    assert!(v("product", "redis", 6379) && !v("order", "redis", 6379));
+    assert!(!v("edge", "registry", 8500));
+    let c = compile::compile(&p);
+    let gw = identity::of(&p, &svc("gateway"));
+    let limit = |src: &str| {
+        compile::rate_limit(&c, identity::of(&p, &svc(src)), gw).map(|l| (l.rate_milli, l.burst))
+    };
+    assert_eq!(limit("order"), Some((1666, 20)));
+    assert_eq!(limit("edge"), Some((200_000, 2000)));
 }
 
 /// A service of listed backends has no namespace, only its VIP: it still has an identity

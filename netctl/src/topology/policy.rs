@@ -17,11 +17,19 @@
 //! rate = "100/minute"                    # N/second, N/minute or N/hour
 //! burst = 20
 //! per = "source"                         # one bucket per source address; or "service"
+//!
+//! [[policy.rate_limits]]
+//! from = ["edge"]                        # these sources get this limit instead
+//! to = "gateway"
+//! rate = "200/second"
+//! burst = 2000
 //! ```
 //!
 //! Precedence: a rule naming the source beats one for any source; then a rule naming ports
 //! beats one naming only a protocol, which beats one for any port. Two rules at the same
-//! level that match the same traffic with different actions are a conflict, refused.
+//! level that match the same traffic with different actions are a conflict, refused. A
+//! rate limit naming the source beats the one for any source, likewise; one destination
+//! has at most one limit per source and one for any source.
 
 use std::collections::BTreeSet;
 
@@ -73,6 +81,10 @@ pub struct RuleSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
+    /// Sources (services, "host", "world") this limit is for; omitted: any source without
+    /// a limit of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<String>>,
     pub to: String,
     pub rate: String,
     pub burst: u32,
@@ -135,6 +147,8 @@ pub enum Per {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
+    /// `None`: any source (that no other limit of `to` names).
+    pub from: Option<BTreeSet<Peer>>,
     pub to: Peer,
     /// Tokens per second, in thousandths.
     pub rate_milli: u32,
@@ -229,10 +243,34 @@ pub fn plan(spec: &PolicySpec, topology: &Topology, errors: &mut Vec<TopologyErr
         }
     }
     conflicts(&policy.rules, errors);
-    let mut limited = BTreeSet::new();
+    // (source, destination) pairs that have a limit; `None`: any source.
+    let mut limited: BTreeSet<(Option<Peer>, Peer)> = BTreeSet::new();
     for (i, r) in spec.rate_limits.iter().enumerate() {
         let field = format!("policy.rate_limits[{i}]");
         let to = peer(&format!("{field}.to"), &r.to, errors);
+        let from = match &r.from {
+            None => Some(None),
+            Some(list) if list.is_empty() => {
+                errors.push(TopologyError::BadPolicy {
+                    field: format!("{field}.from"),
+                    message: "empty: omit it to mean any source".into(),
+                });
+                None
+            }
+            Some(list) => {
+                let mut set = BTreeSet::new();
+                let mut ok = true;
+                for (j, name) in list.iter().enumerate() {
+                    match peer(&format!("{field}.from[{j}]"), name, errors) {
+                        Some(p) => {
+                            set.insert(p);
+                        }
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(Some(set))
+            }
+        };
         let rate = parse_rate(&r.rate);
         if rate.is_none() {
             errors.push(TopologyError::BadPolicy {
@@ -260,15 +298,32 @@ pub fn plan(spec: &PolicySpec, topology: &Topology, errors: &mut Vec<TopologyErr
                 None
             }
         };
-        if let (Some(to), Some(rate_milli), Some(per)) = (to, rate, per) {
-            if !limited.insert(to.clone()) {
+        if let (Some(to), Some(from), Some(rate_milli), Some(per)) = (to, from, rate, per) {
+            let sources: Vec<Option<Peer>> = match &from {
+                None => vec![None],
+                Some(set) => set.iter().cloned().map(Some).collect(),
+            };
+            let taken: Vec<&Option<Peer>> = sources
+                .iter()
+                .filter(|s| limited.contains(&((*s).clone(), to.clone())))
+                .collect();
+            if let Some(source) = taken.first() {
                 errors.push(TopologyError::BadPolicy {
                     field: format!("{field}.to"),
-                    message: format!("{} already has a rate limit", to.name()),
+                    message: match source {
+                        None => format!("{} already has a rate limit", to.name()),
+                        Some(s) => format!(
+                            "{} already has a rate limit for connections from {}",
+                            to.name(),
+                            s.name()
+                        ),
+                    },
                 });
                 continue;
             }
+            limited.extend(sources.into_iter().map(|s| (s, to.clone())));
             policy.rate_limits.push(RateLimit {
+                from,
                 to,
                 rate_milli,
                 burst: r.burst,
