@@ -7,16 +7,20 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, os::fd::AsFd, time::Instant};
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{TestRun, TestRunOptions},
 };
-use common::packets::{self, TCP_ACK, TCP_SYN};
+use common::packets::{
+    self, ICMP_DEST_UNREACHABLE, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_TIME_EXCEEDED, TCP_ACK,
+    TCP_SYN,
+};
 use netctl::{
     dataplane::{
+        lb::{Frontend, LbMaps},
         loader::{self, LoadOptions},
         policy::PolicyMaps,
     },
@@ -24,10 +28,12 @@ use netctl::{
     topology::{Plan, Source},
 };
 use netctl_common::{
-    DropReason,
+    Backend, DropReason,
     event::{EVENT_DROP, Event},
+    lb::{ALG_ROUND_ROBIN, BACKEND_ACTIVE},
     maps::{
-        CONFIG, DROPS, EVENTS, IDENTITIES, POLICY, PROG_TC_EGRESS, PROG_TC_INGRESS, RATE_LIMITS,
+        CONFIG, DROPS, EVENTS, IDENTITIES, LB_BACKENDS, LB_MAGLEV, LB_SERVICES, POLICY,
+        PROG_TC_EGRESS, PROG_TC_INGRESS, RATE_LIMITS,
     },
 };
 
@@ -50,8 +56,12 @@ ports = [3000]
 network = "app"
 address = "10.9.0.30"
 ports = [5432]
+[services.cache]
+network = "app"
+address = "10.9.0.40"
+ports = [6379]
 [policy]
-default_deny = ["db", "world"]
+default_deny = ["db", "world", "cache"]
 [[policy.rules]]
 from = ["api"]
 to = "db"
@@ -64,6 +74,21 @@ from = ["web"]
 to = "api"
 ports = [9999]
 action = "deny"
+[[policy.rules]]
+from = ["web"]
+to = "db"
+ports = ["53/udp"]
+[[policy.rules]]
+from = ["api"]
+to = "db"
+ports = ["6000-6010"]
+[[policy.rules]]
+from = ["api"]
+to = "cache"
+[[policy.rules]]
+from = ["cache"]
+to = "api"
+action = "deny"
 [[policy.rate_limits]]
 to = "api"
 rate = "60/minute"
@@ -73,12 +98,27 @@ burst = 20
 struct Dp {
     ebpf: Ebpf,
     policy: PolicyMaps,
+    lb: LbMaps,
     events: RingBuf<MapData>,
     plan: Plan,
 }
 
 fn load(topology: &str) -> Dp {
     let mut ebpf = loader::load(None, LoadOptions::default()).expect("object loads");
+    // Policy and load balancing both write CONFIG: each gets its own fd of it.
+    let config = match ebpf.map(CONFIG).unwrap() {
+        Map::Array(data) => {
+            MapData::from_fd(data.fd().as_fd().try_clone_to_owned().unwrap()).unwrap()
+        }
+        _ => panic!("CONFIG is an array"),
+    };
+    let lb = LbMaps::from_maps(
+        ebpf.take_map(LB_SERVICES).unwrap(),
+        ebpf.take_map(LB_BACKENDS).unwrap(),
+        ebpf.take_map(LB_MAGLEV).unwrap(),
+        Map::Array(config),
+    )
+    .unwrap();
     let mut policy = PolicyMaps::from_maps(
         ebpf.take_map(IDENTITIES).unwrap(),
         ebpf.take_map(POLICY).unwrap(),
@@ -99,6 +139,7 @@ fn load(topology: &str) -> Dp {
     Dp {
         ebpf,
         policy,
+        lb,
         events,
         plan,
     }
@@ -129,6 +170,58 @@ impl Dp {
             PROG_TC_INGRESS,
             &packets::tcp(src, sport, dst, dport, TCP_SYN, 0),
         )
+    }
+
+    fn udp(&mut self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> u32 {
+        self.run(PROG_TC_INGRESS, &packets::udp(src, sport, dst, dport, 8))
+    }
+
+    fn icmp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, id: u16) -> u32 {
+        self.run(
+            PROG_TC_INGRESS,
+            &packets::icmp(src, dst, icmp_type, id, &[0; 8]),
+        )
+    }
+
+    /// Writes a frontend `vip:port` of service `name` with one backend `addr:backend_port`.
+    fn frontend(&mut self, name: &str, port: u16, addr: Ipv4Addr, backend_port: u16) -> Ipv4Addr {
+        let svc = self.plan.service(name).unwrap().clone();
+        self.lb
+            .set_backend(
+                1,
+                Backend {
+                    addr: addr.octets(),
+                    port: backend_port,
+                    proto: 6,
+                    state: BACKEND_ACTIVE,
+                },
+            )
+            .unwrap();
+        let fe = Frontend {
+            addr: svc.vip,
+            port,
+            proto: 6,
+            service_id: svc.id,
+            algorithm: ALG_ROUND_ROBIN,
+            flags: 0,
+            slots: vec![1],
+            maglev: None,
+        };
+        self.lb.write_frontend(&fe, None).unwrap();
+        svc.vip
+    }
+
+    /// Installs `topology`'s policy as a new generation.
+    fn reinstall(&mut self, topology: &str) -> u32 {
+        let plan = Source {
+            name: "t".into(),
+            text: topology.into(),
+        }
+        .plan(None)
+        .expect("valid");
+        self.policy
+            .install(&identity::addresses(&plan), &compile::compile(&plan))
+            .unwrap()
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
@@ -270,9 +363,10 @@ fn a_policy_change_keeps_allowed_connections_and_cuts_revoked_ones() {
 
     // New policy: web also denies by default now; api -> db still allowed.
     let changed = TOPOLOGY.replace(
-        r#"default_deny = ["db", "world"]"#,
-        r#"default_deny = ["db", "world", "web"]"#,
+        r#"default_deny = ["db", "world", "cache"]"#,
+        r#"default_deny = ["db", "world", "cache", "web"]"#,
     );
+    assert_ne!(changed, TOPOLOGY);
     let plan = Source {
         name: "t".into(),
         text: changed,
@@ -302,4 +396,289 @@ fn a_policy_change_keeps_allowed_connections_and_cuts_revoked_ones() {
         TC_ACT_SHOT,
         "and new ones denied"
     );
+}
+
+#[test]
+fn udp_rules_port_ranges_and_rules_for_any_port_of_one_source() {
+    require_root!();
+    let mut dp = load(TOPOLOGY);
+    let (web, api, db, cache) = (
+        dp.addr("web"),
+        dp.addr("api"),
+        dp.addr("db"),
+        dp.addr("cache"),
+    );
+
+    // A UDP rule allows UDP only, from its source only.
+    assert_eq!(dp.udp(web, 41000, db, 53), TC_ACT_OK, "web -> db:53/udp");
+    assert_eq!(
+        dp.syn(web, 41001, db, 53),
+        TC_ACT_SHOT,
+        "53/tcp is not 53/udp"
+    );
+    assert_eq!(
+        dp.udp(api, 41002, db, 53),
+        TC_ACT_SHOT,
+        "the rule names web"
+    );
+    // Its replies pass; a datagram the other way that opens a flow of its own does not.
+    assert_eq!(dp.udp(db, 53, web, 41000), TC_ACT_OK, "the reply");
+
+    // A port range: both ends and the middle, not one past either end.
+    for port in [6000, 6005, 6010] {
+        assert_eq!(
+            dp.syn(api, 42000 + port, db, port),
+            TC_ACT_OK,
+            "api -> db:{port}"
+        );
+    }
+    for port in [5999, 6011] {
+        assert_eq!(
+            dp.syn(api, 42000 + port, db, port),
+            TC_ACT_SHOT,
+            "api -> db:{port}"
+        );
+    }
+
+    // A rule naming the source and no port: every port and protocol of that source.
+    for port in [1, 6379, 65535] {
+        assert_eq!(
+            dp.syn(api, 43000, cache, port),
+            TC_ACT_OK,
+            "api -> cache:{port}"
+        );
+    }
+    assert_eq!(dp.udp(api, 43001, cache, 5353), TC_ACT_OK);
+    assert_eq!(
+        dp.syn(web, 43002, cache, 6379),
+        TC_ACT_SHOT,
+        "web is not named"
+    );
+    // A deny for any port of one source beats the destination's default (allow).
+    assert_eq!(dp.syn(cache, 43003, api, 3000), TC_ACT_SHOT);
+    assert_eq!(dp.udp(cache, 43004, api, 3000), TC_ACT_SHOT);
+    assert_eq!(dp.drops(DropReason::PolicyDenied), 7);
+}
+
+#[test]
+fn icmp_and_other_protocols_are_judged_as_new_connections() {
+    require_root!();
+    let mut dp = load(TOPOLOGY);
+    let (web, api, db, cache) = (
+        dp.addr("web"),
+        dp.addr("api"),
+        dp.addr("db"),
+        dp.addr("cache"),
+    );
+
+    // Port-less: only rules for any port decide, so a default deny refuses a ping even
+    // from a source allowed to one of its ports, and the egress allow-list (ports) too.
+    assert_eq!(dp.icmp(web, db, ICMP_ECHO_REQUEST, 1), TC_ACT_SHOT);
+    assert_eq!(
+        dp.icmp(api, db, ICMP_ECHO_REQUEST, 2),
+        TC_ACT_SHOT,
+        "api may reach db:5432 only"
+    );
+    assert_eq!(
+        dp.icmp(web, WORLD, ICMP_ECHO_REQUEST, 3),
+        TC_ACT_SHOT,
+        "world: 443 only"
+    );
+    assert_eq!(
+        dp.icmp(db, web, ICMP_ECHO_REQUEST, 4),
+        TC_ACT_OK,
+        "web denies nothing"
+    );
+
+    // An allowed ping (a rule for any port) is tracked by its identifier: its reply
+    // passes although the policy denies cache -> api; an unsolicited reply is judged.
+    assert_eq!(dp.icmp(api, cache, ICMP_ECHO_REQUEST, 77), TC_ACT_OK);
+    assert_eq!(
+        dp.icmp(cache, api, ICMP_ECHO_REPLY, 77),
+        TC_ACT_OK,
+        "the reply"
+    );
+    assert_eq!(
+        dp.icmp(api, cache, ICMP_ECHO_REQUEST, 77),
+        TC_ACT_OK,
+        "the next ping"
+    );
+    assert_eq!(
+        dp.icmp(cache, api, ICMP_ECHO_REPLY, 78),
+        TC_ACT_SHOT,
+        "unsolicited"
+    );
+    assert_eq!(dp.icmp(cache, api, ICMP_ECHO_REQUEST, 79), TC_ACT_SHOT);
+    let shot = dp.drop_events();
+    assert_eq!(shot.len(), 5);
+    let unsolicited = shot[3];
+    assert_eq!(unsolicited.tuple.proto, 1);
+    assert_eq!(unsolicited.tuple.dst_port, 78, "the echo identifier");
+    assert_eq!(unsolicited.reason, DropReason::PolicyDenied as u32);
+    assert_eq!(identity::name(&dp.plan, unsolicited.src_identity), "cache");
+
+    // Errors pass as related traffic, whoever sends them to whom.
+    let quoted = packets::udp(db, 41000, web, 53, 0)[packets::ETH_LEN..].to_vec();
+    let unreachable = packets::icmp(web, db, ICMP_DEST_UNREACHABLE, 0, &quoted);
+    assert_eq!(dp.run(PROG_TC_INGRESS, &unreachable), TC_ACT_OK);
+    let exceeded = packets::icmp(WORLD, db, ICMP_TIME_EXCEEDED, 0, &quoted);
+    assert_eq!(dp.run(PROG_TC_EGRESS, &exceeded), TC_ACT_OK, "from outside");
+    // A truncated ICMP header is malformed.
+    let mut runt = packets::icmp(api, cache, ICMP_ECHO_REQUEST, 5, &[]);
+    runt.truncate(packets::ETH_LEN + packets::IPV4_LEN + 4);
+    runt[packets::ETH_LEN + 3] = (packets::IPV4_LEN + 4) as u8;
+    assert_eq!(dp.run(PROG_TC_INGRESS, &runt), TC_ACT_SHOT);
+    assert_eq!(dp.drops(DropReason::Malformed), 1);
+
+    // Any other protocol (GRE): judged by its protocol without ports, tracked by address.
+    assert_eq!(
+        dp.run(PROG_TC_INGRESS, &packets::ip_proto(web, db, 47, 24)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        dp.run(PROG_TC_INGRESS, &packets::ip_proto(api, cache, 47, 24)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        dp.run(PROG_TC_INGRESS, &packets::ip_proto(cache, api, 47, 24)),
+        TC_ACT_OK,
+        "the reply direction of a tracked flow"
+    );
+    // From the host's side (the egress hook) the same: the world may not ping the db.
+    let ping = packets::icmp(WORLD, db, ICMP_ECHO_REQUEST, 9, &[0; 8]);
+    assert_eq!(dp.run(PROG_TC_EGRESS, &ping), TC_ACT_SHOT);
+    // A later fragment has no header of its own and passes; its first one was judged.
+    let tail = packets::later_fragment(packets::tcp(web, 44000, db, 5432, TCP_ACK, 40));
+    assert_eq!(dp.run(PROG_TC_INGRESS, &tail), TC_ACT_OK);
+}
+
+#[test]
+fn a_vip_connection_is_judged_and_rejudged_on_the_service_port() {
+    require_root!();
+    let mut dp = load(TOPOLOGY);
+    let (web, api, db) = (dp.addr("web"), dp.addr("api"), dp.addr("db"));
+    // The VIP's port (the rule's 5432) is not the backend's.
+    let vip = dp.frontend("db", 5432, db, 15432);
+    assert_eq!(
+        dp.syn(api, 45000, vip, 5432),
+        TC_ACT_OK,
+        "api -> db VIP:5432"
+    );
+    assert_eq!(dp.syn(web, 45001, vip, 5432), TC_ACT_SHOT, "web may not");
+    let flow_events: Vec<Event> = std::iter::from_fn(|| {
+        dp.events.next().map(|i| {
+            // SAFETY: the dataplane writes whole `Event`s.
+            unsafe { std::ptr::read_unaligned(i.as_ptr().cast::<Event>()) }
+        })
+    })
+    .collect();
+    let denied = flow_events.iter().find(|e| e.kind == EVENT_DROP).unwrap();
+    assert_eq!(
+        identity::name(&dp.plan, denied.dst_identity),
+        "db",
+        "the service's identity"
+    );
+
+    // A new policy generation (same rules): the connection is judged again, on the port
+    // it was judged on first, and carries on.
+    assert_eq!(dp.reinstall(TOPOLOGY), 2);
+    let data = packets::tcp(api, 45000, vip, 5432, TCP_ACK, 10);
+    assert_eq!(dp.run(PROG_TC_INGRESS, &data), TC_ACT_OK, "still allowed");
+    assert_eq!(dp.drops(DropReason::PolicyRevoked), 0);
+    // And a policy that revokes it cuts it.
+    let revoked = TOPOLOGY.replace("ports = [5432]", "ports = [5433]");
+    assert_eq!(dp.reinstall(&revoked), 3);
+    assert_eq!(dp.run(PROG_TC_INGRESS, &data), TC_ACT_SHOT);
+    assert_eq!(dp.drops(DropReason::PolicyRevoked), 1);
+}
+
+/// Limits of their own for named sources, per-service buckets and the refill.
+const RATES: &str = r#"
+[networks.app]
+subnet = "10.9.0.0/24"
+[services.web]
+network = "app"
+address = "10.9.0.10"
+replicas = 2
+ports = [80]
+[services.api]
+network = "app"
+address = "10.9.0.20"
+ports = [3000]
+[services.db]
+network = "app"
+address = "10.9.0.30"
+ports = [5432]
+[[policy.rate_limits]]
+to = "api"
+rate = "2/second"
+burst = 10
+[[policy.rate_limits]]
+from = ["db"]
+to = "api"
+rate = "1/minute"
+burst = 3
+[[policy.rate_limits]]
+to = "db"
+rate = "1/minute"
+burst = 4
+per = "service"
+"#;
+
+#[test]
+fn a_sources_own_limit_beats_the_general_one_and_service_buckets_are_shared() {
+    require_root!();
+    let mut dp = load(RATES);
+    let (web1, web2, api, db) = (
+        dp.addr("web-1"),
+        dp.addr("web-2"),
+        dp.addr("api"),
+        dp.addr("db"),
+    );
+    let burst = |dp: &mut Dp, src, dst, port, base: u16| {
+        (0..12)
+            .filter(|i| dp.syn(src, base + i, dst, port) == TC_ACT_OK)
+            .count()
+    };
+    assert_eq!(burst(&mut dp, db, api, 3000, 20000), 3, "db's own limit");
+    assert_eq!(
+        burst(&mut dp, web1, api, 3000, 21000),
+        10,
+        "the general limit"
+    );
+    // Per service: both web replicas share one bucket of 4; api has its own.
+    assert_eq!(burst(&mut dp, web1, db, 5432, 22000), 4);
+    assert_eq!(
+        burst(&mut dp, web2, db, 5432, 23000),
+        0,
+        "web-2 shares web-1's bucket"
+    );
+    assert_eq!(burst(&mut dp, api, db, 5432, 24000), 4);
+    assert_eq!(dp.drops(DropReason::RateLimited), 9 + 2 + 8 + 12 + 8);
+}
+
+#[test]
+fn the_rate_limiter_refills_at_its_rate() {
+    require_root!();
+    let mut dp = load(RATES);
+    let (web2, api) = (dp.addr("web-2"), dp.addr("api"));
+    // Drain the burst of 10 (2 tokens a second refill meanwhile: a few thousandths).
+    let drained = (0..15)
+        .filter(|i| dp.syn(web2, 30000 + i, api, 3000) == TC_ACT_OK)
+        .count();
+    assert_eq!(drained, 10);
+    let emptied = Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(1250));
+    let before = emptied.elapsed().as_secs_f64();
+    let again = (0..10)
+        .filter(|i| dp.syn(web2, 31000 + i, api, 3000) == TC_ACT_OK)
+        .count();
+    let after = emptied.elapsed().as_secs_f64();
+    // Exactly the tokens refilled in the time that passed (measured around it).
+    let (least, most) = ((2.0 * before) as usize, (2.0 * after + 0.01) as usize);
+    assert!(
+        (least..=most).contains(&again),
+        "{again} passed after {before:.3}..{after:.3} s at 2/second"
+    );
+    assert!(again >= 2, "{again}");
 }

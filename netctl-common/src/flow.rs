@@ -5,10 +5,23 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+/// ICMP message types the dataplane tells apart.
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// ICMP errors (destination unreachable, source quench, redirect, time exceeded,
+/// parameter problem): they concern a packet of another connection and pass without a
+/// policy check, as related traffic.
+pub const fn icmp_is_error(icmp_type: u8) -> bool {
+    matches!(icmp_type, 3 | 4 | 5 | 11 | 12)
+}
+
 /// One direction of a flow: the IPv4 5-tuple as the packet carries it.
 ///
 /// Addresses are the four bytes as on the wire (`Ipv4Addr::from(addr)`); ports are in host
-/// byte order (0 for protocols without ports and for non-first IP fragments).
+/// byte order (0 for protocols without ports and for non-first IP fragments). An ICMP echo
+/// carries its identifier in place of a port: `src_port` of a request, `dst_port` of a
+/// reply, so that a reply's key is its request's reversed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {

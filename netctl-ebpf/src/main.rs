@@ -47,7 +47,8 @@ pub enum Hook {
     ToEndpoint,
 }
 
-/// Packets a namespace sends: conntrack, policy, load balancing, NAT, accounting.
+/// Packets a namespace sends: conntrack, policy, load balancing, NAT, accounting. Packets
+/// without ports (ICMP, other protocols) get conntrack and policy too.
 #[classifier]
 pub fn netctl_tc_ingress(ctx: TcContext) -> i32 {
     let at = at(&ctx, HOOK_ENDPOINT_INGRESS);
@@ -58,7 +59,7 @@ pub fn netctl_tc_ingress(ctx: TcContext) -> i32 {
         Err(reason) => return drop(&Drop::new(reason), &FlowKey::default(), at),
     };
     let mut key = pkt.key;
-    if pkt.has_ports {
+    if pkt.tracked {
         match service::from_endpoint(&ctx, &mut pkt, at) {
             Ok(k) => key = k,
             Err(d) => return drop(&d, &pkt.key, at),
@@ -79,7 +80,7 @@ pub fn netctl_tc_egress(ctx: TcContext) -> i32 {
         Ok(None) => return TC_ACT_OK,
         Err(reason) => return drop(&Drop::new(reason), &FlowKey::default(), at),
     };
-    if pkt.has_ports
+    if pkt.tracked
         && mark(&ctx) & MARK_TRACKED == 0
         && let Err(d) = service::to_endpoint(&pkt, at)
     {

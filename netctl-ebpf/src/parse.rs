@@ -1,6 +1,6 @@
-//! Bounds-checked parsing of Ethernet + IPv4 + TCP/UDP headers with `bpf_skb_load_bytes`
-//! (through `TcContext::load`), which keeps the verifier happy without manual
-//! `data_end` arithmetic.
+//! Bounds-checked parsing of Ethernet + IPv4 + TCP/UDP/ICMP headers with
+//! `bpf_skb_load_bytes` (through `TcContext::load`), which keeps the verifier happy
+//! without manual `data_end` arithmetic.
 
 use aya_ebpf::programs::TcContext;
 use netctl_common::{DropReason, FlowKey, flow};
@@ -24,13 +24,23 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Offset of the L4 header.
     pub l4_off: usize,
-    /// TCP or UDP with its ports (not a later fragment): conntrack and NAT apply.
+    /// TCP or UDP with its ports (not a later fragment): load balancing and NAT apply.
     pub has_ports: bool,
+    /// Conntrack and the policy apply: every first fragment but an ICMP error (related
+    /// to another connection's packet, it passes). Later fragments carry no L4 header
+    /// and pass: the receiver cannot reassemble them without the judged first one.
+    pub tracked: bool,
 }
 
 impl Packet {
     pub fn is_tcp(&self) -> bool {
         self.key.proto == flow::IPPROTO_TCP
+    }
+
+    /// The destination port the policy judges: none (`ANY_PORT`) without ports, so that
+    /// an ICMP echo reply's identifier is not taken for one.
+    pub fn policy_port(&self) -> u16 {
+        if self.has_ports { self.key.dst_port } else { 0 }
     }
 
     /// Offset of the L4 checksum field (meaningful when `has_ports`).
@@ -67,8 +77,19 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Option<Packet>, DropReason> {
         tcp_flags: 0,
         l4_off,
         has_ports: false,
+        tracked: first_fragment,
     };
-    if first_fragment && (ip.proto == flow::IPPROTO_TCP || ip.proto == flow::IPPROTO_UDP) {
+    if first_fragment && ip.proto == flow::IPPROTO_ICMP {
+        // Type, code, checksum, then (echo) identifier and sequence number.
+        let icmp: [u8; 8] = ctx.load(l4_off).map_err(|_| DropReason::Malformed)?;
+        let id = u16::from_be_bytes([icmp[4], icmp[5]]);
+        match icmp[0] {
+            flow::ICMP_ECHO_REQUEST => pkt.key.src_port = id,
+            flow::ICMP_ECHO_REPLY => pkt.key.dst_port = id,
+            t if flow::icmp_is_error(t) => pkt.tracked = false,
+            _ => {}
+        }
+    } else if first_fragment && (ip.proto == flow::IPPROTO_TCP || ip.proto == flow::IPPROTO_UDP) {
         // Source and destination ports are the first four bytes of both TCP and UDP.
         let ports: [u8; 4] = ctx.load(l4_off).map_err(|_| DropReason::Malformed)?;
         pkt.key.src_port = u16::from_be_bytes([ports[0], ports[1]]);

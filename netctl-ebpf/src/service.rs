@@ -60,13 +60,14 @@ pub fn from_endpoint(ctx: &TcContext, pkt: &mut Packet, at: At) -> Result<FlowKe
     }
 
     let src = policy::identity(key.src_addr, generation);
-    if let Some(fe) = lb::frontend(key.dst_addr, key.dst_port, key.proto)
+    if pkt.has_ports
+        && let Some(fe) = lb::frontend(key.dst_addr, key.dst_port, key.proto)
         && fe.flags() & SVC_F_HOST_PORT == 0
     {
         return new_service_connection(ctx, pkt, &fe, src, generation, at, 0);
     }
     let dst = policy::identity(key.dst_addr, generation);
-    admit(&key, src, dst, key.dst_port, generation, at.now)?;
+    admit(&key, src, dst, pkt.policy_port(), generation, at.now)?;
     track_plain(&key, pkt, src, dst, generation, at);
     Ok(key)
 }
@@ -86,7 +87,7 @@ pub fn to_endpoint(pkt: &Packet, at: At) -> Result<(), Drop> {
     }
     let src = policy::identity(key.src_addr, generation);
     let dst = policy::identity(key.dst_addr, generation);
-    admit(&key, src, dst, key.dst_port, generation, at.now)?;
+    admit(&key, src, dst, pkt.policy_port(), generation, at.now)?;
     track_plain(&key, pkt, src, dst, generation, at);
     Ok(())
 }
@@ -196,7 +197,7 @@ fn track_plain(key: &FlowKey, pkt: &Packet, src: u32, dst: u32, generation: u32,
     fwd.tcp_flags = pkt.tcp_flags;
     fwd.src_identity = src;
     fwd.dst_identity = dst;
-    fwd.policy_port = key.dst_port;
+    fwd.policy_port = pkt.policy_port();
     fwd.policy_gen = generation;
     let rev = entry(at.now, [0; 4], 0, CT_F_REVERSE, 0, 0);
     let rev_key = FlowKey::new(
@@ -234,7 +235,8 @@ fn established(
 }
 
 /// Judges, load-balances and pins a new connection to `fe`, then DNATs it. The policy
-/// sees the service's identity and the service port (for a host port, the backend's).
+/// sees the service's identity and the service port (for a host port, the backend's);
+/// the entry keeps that same port for the re-check after a policy change.
 #[inline(always)]
 fn new_service_connection(
     ctx: &TcContext,
@@ -249,8 +251,9 @@ fn new_service_connection(
     let service_id = fe.service_id();
     let dst = ID_SERVICE_BASE + service_id;
     let host_port = fe.flags() & SVC_F_HOST_PORT != 0;
+    let mut policy_port = key.dst_port;
     if !host_port {
-        admit(&key, src, dst, key.dst_port, generation, at.now)?;
+        admit(&key, src, dst, policy_port, generation, at.now)?;
     }
     let hash = tuple_hash(
         key.src_addr,
@@ -265,7 +268,8 @@ fn new_service_connection(
         dst_identity: dst,
     })?;
     if host_port {
-        admit(&key, src, dst, backend.port, generation, at.now)?;
+        policy_port = backend.port;
+        admit(&key, src, dst, policy_port, generation, at.now)?;
     }
     let mut fwd = entry(
         at.now,
@@ -278,7 +282,7 @@ fn new_service_connection(
     fwd.tcp_flags = pkt.tcp_flags;
     fwd.src_identity = src;
     fwd.dst_identity = dst;
-    fwd.policy_port = backend.port;
+    fwd.policy_port = policy_port;
     fwd.policy_gen = generation;
     let rev = entry(
         at.now,

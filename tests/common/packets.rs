@@ -1,4 +1,4 @@
-//! Hand-built Ethernet/IPv4/TCP/UDP frames for BPF_PROG_TEST_RUN, and checks of the
+//! Hand-built Ethernet/IPv4/TCP/UDP/ICMP frames for BPF_PROG_TEST_RUN, and checks of the
 //! frames the programs send back.
 
 use std::net::Ipv4Addr;
@@ -10,6 +10,11 @@ pub const UDP_LEN: usize = 8;
 
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACHABLE: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
 
 fn eth_ipv4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4_len: usize) -> Vec<u8> {
     let mut f = Vec::with_capacity(ETH_LEN + IPV4_LEN + l4_len);
@@ -65,6 +70,39 @@ pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: usize)
     f.extend_from_slice(&[0, 0]);
     f.extend(std::iter::repeat_n(0x62, payload));
     f
+}
+
+/// An ICMP message: echo request/reply with identifier `id`, or (other types) the
+/// header with `id` in the unused word, then `payload` (for an error: the quoted packet).
+pub fn icmp(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut msg = vec![icmp_type, 0, 0, 0];
+    msg.extend_from_slice(&id.to_be_bytes());
+    msg.extend_from_slice(&1u16.to_be_bytes()); // sequence number
+    msg.extend_from_slice(payload);
+    let sum = checksum(&msg);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut f = eth_ipv4(1, src, dst, msg.len());
+    f.extend_from_slice(&msg);
+    f
+}
+
+/// An IPv4 packet of protocol `proto` (no ports) with `payload` bytes.
+pub fn ip_proto(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: usize) -> Vec<u8> {
+    let mut f = eth_ipv4(proto, src, dst, payload);
+    f.extend(std::iter::repeat_n(0x63, payload));
+    f
+}
+
+/// Turns a frame into a later fragment (offset 8 bytes): no L4 header of its own.
+pub fn later_fragment(mut frame: Vec<u8>) -> Vec<u8> {
+    let ip = ETH_LEN;
+    frame[ip + 6] = 0x00;
+    frame[ip + 7] = 0x01;
+    frame[ip + 10] = 0;
+    frame[ip + 11] = 0;
+    let sum = checksum(&frame[ip..ip + IPV4_LEN]);
+    frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
+    frame
 }
 
 /// A UDP datagram with a valid checksum.

@@ -12,6 +12,7 @@
 //! nat POSTROUTING -> NCTL-x-POSTROUTING  marked: MASQUERADE; leaving the platform: MASQUERADE
 //! filter FORWARD/OUTPUT (new connections) -> NCTL-x-SERVICES  VIP:port without backend: REJECT
 //! filter FORWARD/INPUT/OUTPUT (new) -> NCTL-x-FIREWALL  -i/-o a bridge -> NCTL-x-POLICY
+//! filter FORWARD/INPUT/OUTPUT (untracked ICMP) -> NCTL-x-ICMP  errors: RETURN; else FIREWALL
 //! ```
 //!
 //! The policy's chains below `NCTL-x-POLICY` are [`super::policy`]'s.
@@ -36,6 +37,8 @@ const NAT_HOOKS: [&str; 3] = ["PREROUTING", "OUTPUT", "POSTROUTING"];
 const FILTER_HOOKS: [&str; 3] = ["FORWARD", "INPUT", "OUTPUT"];
 /// Where new connections to frontends without backends are refused.
 const REJECT_HOOKS: [&str; 2] = ["FORWARD", "OUTPUT"];
+/// ICMP error types (`netctl_common::flow::icmp_is_error`), which pass unjudged.
+const ICMP_ERRORS: [u8; 5] = [3, 4, 5, 11, 12];
 
 /// What the base rules (those `up` makes, before any service) depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,8 +106,9 @@ pub fn base_script(c: &Chains, spec: &BaseSpec) -> String {
         "-I POSTROUTING -m comment --comment \"netctl {inst}: masquerade\" -j {post}"
     );
 
-    let (firewall, policy) = (c.firewall(), c.policy());
-    let mut filter = format!(":{services} - [0:0]\n:{firewall} - [0:0]\n:{policy} - [0:0]\n");
+    let (firewall, policy, icmp) = (c.firewall(), c.policy(), c.icmp());
+    let mut filter =
+        format!(":{services} - [0:0]\n:{firewall} - [0:0]\n:{policy} - [0:0]\n:{icmp} - [0:0]\n");
     for hook in REJECT_HOOKS {
         let _ = writeln!(
             filter,
@@ -119,7 +123,21 @@ pub fn base_script(c: &Chains, spec: &BaseSpec) -> String {
             filter,
             "-I {hook} -m conntrack --ctstate NEW -m comment --comment \"netctl {inst}: policy\" -j {firewall}"
         );
+        // ICMP conntrack cannot track (an echo reply without its request, an error about
+        // no known connection) is not NEW, yet the eBPF dataplane judges such a reply.
+        let _ = writeln!(
+            filter,
+            "-I {hook} -p icmp -m conntrack --ctstate INVALID -m comment --comment \"netctl {inst}: untracked icmp\" -j {icmp}"
+        );
     }
+    // Errors pass as related traffic, as on the eBPF dataplane; the rest is judged.
+    for error in ICMP_ERRORS {
+        let _ = writeln!(
+            filter,
+            "-A {icmp} -p icmp -m icmp --icmp-type {error} -j RETURN"
+        );
+    }
+    let _ = writeln!(filter, "-A {icmp} -g {firewall}");
     for b in &spec.bridges {
         let _ = writeln!(filter, "-A {firewall} -i {b} -g {policy}");
     }
@@ -583,9 +601,20 @@ mod tests {
             "-I INPUT -m conntrack --ctstate NEW -m comment --comment \"netctl t1: policy\" -j NCTL-t1-FIREWALL",
             "-A NCTL-t1-FIREWALL -i t1-a -g NCTL-t1-POLICY",
             "-A NCTL-t1-FIREWALL -o t1-a -g NCTL-t1-POLICY",
+            "-I FORWARD -p icmp -m conntrack --ctstate INVALID -m comment --comment \"netctl t1: untracked icmp\" -j NCTL-t1-ICMP",
+            "-A NCTL-t1-ICMP -p icmp -m icmp --icmp-type 3 -j RETURN",
+            "-A NCTL-t1-ICMP -p icmp -m icmp --icmp-type 11 -j RETURN",
+            "-A NCTL-t1-ICMP -g NCTL-t1-FIREWALL",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+        for t in ICMP_ERRORS {
+            assert!(
+                netctl_common::flow::icmp_is_error(t),
+                "the eBPF side agrees on {t}"
+            );
+        }
+        assert!(!netctl_common::flow::icmp_is_error(0) && !netctl_common::flow::icmp_is_error(8));
         assert!(text.starts_with("*nat\n") && text.ends_with("COMMIT\n"));
     }
 
