@@ -35,6 +35,11 @@ pub fn print_line(line: &str) -> io::Result<()> {
     writeln!(io::stdout().lock(), "{line}")
 }
 
+/// A note for people on stderr, when stdout is for scripts (e.g. JSON lines).
+pub fn print_note(line: &str) -> io::Result<()> {
+    writeln!(io::stderr().lock(), "{line}")
+}
+
 /// `1.2 KiB`-style sizes for tables.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

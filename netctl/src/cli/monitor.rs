@@ -1,7 +1,10 @@
 //! `netctl monitor`: the live stream of drops and new connections. From the controller
 //! when it runs (it owns the event ring buffer), else straight from the ring buffer.
+//! Lost events are shown in the stream as `lost` records (JSON lines with `--json`), and
+//! counted in the summary printed at the end (`--count` reached, the stream's end, or
+//! Ctrl-C).
 
-use std::process::ExitCode;
+use std::{collections::BTreeSet, process::ExitCode, time::Duration};
 
 use netctl_common::DropReason;
 
@@ -11,12 +14,15 @@ use crate::{
     dataplane::{
         Pins,
         clock::BootClock,
-        events::{self, EventView},
-        stats,
+        events::{self, EventView, LOST_BY_CLIENT, LOST_BY_DATAPLANE, LostView},
+        stats::LostEvents,
     },
     output,
     topology::Plan,
 };
+
+/// How often, without a controller, the lost-events counter is read.
+const LOST_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -56,61 +62,120 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         let known: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
         anyhow::bail!("unknown drop reason {r:?} (one of: {})", known.join(", "));
     }
+    if let Some(s) = &args.service {
+        let known = peer_names(&state.plan);
+        if !known.contains(s) {
+            anyhow::bail!(
+                "no service or replica {s:?} in {} (one of: {})",
+                state.instance,
+                known.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
     let pins = Pins::for_instance(&state.instance);
-    let lost_at_start = lost(&pins);
+    let mut session_lost = LostEvents::new(&pins);
     let mut printer = Printer {
         args: &args,
         plan: &state.plan,
         shown: 0,
+        lost_by_dataplane: 0,
+        lost_by_client: 0,
     };
-    if daemon::running(&state.instance).is_some() {
+    let interrupted = if daemon::running(&state.instance).is_some() {
         let mut failed = None;
-        api::stream_lines(&state.instance, "/v1/events", |line| {
-            match printer.line(line) {
-                Ok(more) => more,
-                Err(e) => {
-                    failed = Some(e);
-                    false
+        let interrupted = tokio::select! {
+            r = api::stream_lines(&state.instance, "/v1/events", |line| {
+                match printer.line(line) {
+                    Ok(more) => more,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
                 }
+            }) => {
+                r?;
+                false
             }
-        })
-        .await?;
+            _ = tokio::signal::ctrl_c() => true,
+        };
         if let Some(e) = failed {
             return Err(e);
         }
+        interrupted
     } else {
-        let mut reader = events::EventReader::open(&pins)?;
-        'read: loop {
-            let batch = reader.next_batch().await?;
-            let clock = BootClock::now()?;
-            for e in &batch {
-                if !printer.event(&events::decode(e, &state.plan, &clock))? {
-                    break 'read;
-                }
-            }
-        }
-    }
-    let lost_now = lost(&pins);
-    if lost_now > lost_at_start && !args.json {
-        output::print_line(&format!(
-            "{} events were lost by the dataplane meanwhile",
-            lost_now - lost_at_start
-        ))?;
+        read_directly(&pins, &state.plan, &mut printer).await?
+    };
+    // What the dataplane lost while we watched, whether the stream said so yet or not.
+    let lost = session_lost.more().max(printer.lost_by_dataplane);
+    let summary = format!(
+        "-- {} events shown{}; {lost} lost by the dataplane, {} not delivered to this client --",
+        printer.shown,
+        if interrupted { " (interrupted)" } else { "" },
+        printer.lost_by_client
+    );
+    if args.json {
+        // stdout stays one JSON record a line.
+        output::print_note(&summary)?;
+    } else {
+        output::print_line(&summary)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn lost(pins: &Pins) -> u64 {
-    stats::counters(pins)
-        .ok()
-        .and_then(|c| c.into_iter().find(|(n, _)| *n == "events_lost"))
-        .map_or(0, |(_, v)| v)
+/// No controller: this process is the ring buffer's reader, and watches the lost-events
+/// counter itself. Returns whether SIGINT ended it.
+async fn read_directly(
+    pins: &Pins,
+    plan: &Plan,
+    printer: &mut Printer<'_>,
+) -> anyhow::Result<bool> {
+    let mut reader = events::EventReader::open(pins)?;
+    let mut lost = LostEvents::new(pins);
+    let mut ticker = tokio::time::interval(LOST_CHECK);
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    loop {
+        tokio::select! {
+            _ = &mut interrupt => return Ok(true),
+            _ = ticker.tick() => {
+                let n = lost.more();
+                if n > 0 {
+                    printer.lost(&LostView::new(n, LOST_BY_DATAPLANE))?;
+                }
+            }
+            batch = reader.next_batch() => {
+                let batch = batch?;
+                let clock = BootClock::now()?;
+                for e in &batch {
+                    if !printer.event(&events::decode(e, plan, &clock))? {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What `--service` may name: services, replicas, `host` and `world`.
+fn peer_names(plan: &Plan) -> BTreeSet<String> {
+    plan.services
+        .iter()
+        .map(|s| s.name.clone())
+        .chain(
+            plan.endpoints
+                .iter()
+                .flat_map(|e| [e.name.clone(), e.service.clone()]),
+        )
+        .chain(["host".to_string(), "world".to_string()])
+        .collect()
 }
 
 struct Printer<'a> {
     args: &'a Args,
     plan: &'a Plan,
     shown: usize,
+    lost_by_dataplane: u64,
+    lost_by_client: u64,
 }
 
 impl Printer<'_> {
@@ -118,18 +183,35 @@ impl Printer<'_> {
     fn line(&mut self, line: &str) -> anyhow::Result<bool> {
         let value: serde_json::Value = serde_json::from_str(line)?;
         if value["kind"] == "lost" {
-            output::print_line(&if self.args.json {
-                line.to_string()
-            } else {
-                format!(
-                    "-- {} events lost: this client fell behind --",
-                    value["count"]
-                )
-            })?;
+            let lost: LostView = serde_json::from_value(value)?;
+            self.lost(&lost)?;
             return Ok(true);
         }
         let e: EventView = serde_json::from_value(value)?;
         self.event(&e)
+    }
+
+    /// A `lost` record: printed whatever the filters (it may hide any event).
+    fn lost(&mut self, lost: &LostView) -> anyhow::Result<()> {
+        if lost.by == LOST_BY_CLIENT {
+            self.lost_by_client += lost.count;
+        } else {
+            self.lost_by_dataplane += lost.count;
+        }
+        if self.args.json {
+            output::print_line(lost.line().trim_end())?;
+        } else if lost.by == LOST_BY_CLIENT {
+            output::print_line(&format!(
+                "-- {} events lost: this client fell behind --",
+                lost.count
+            ))?;
+        } else {
+            output::print_line(&format!(
+                "-- {} events lost by the dataplane (its ring buffer was full) --",
+                lost.count
+            ))?;
+        }
+        Ok(())
     }
 
     /// Prints `e` if it passes the filters; false when `--count` is reached.

@@ -1,10 +1,15 @@
 //! The controller's events component: the single reader of the dataplane's `EVENTS` ring
 //! buffer. Every drop is logged (to the controller log, at most `LOG_PER_SECOND` lines a
-//! second, then a count of the rest), and every event goes to the `netctl monitor`
-//! clients of `GET /v1/events` as JSON lines. A client too slow to keep up is told how
-//! many events it lost (`{"kind":"lost","count":N}`), never silently.
+//! second, then a count of the rest, written once a second), and every event goes to the
+//! `netctl monitor` clients of `GET /v1/events` as JSON lines. Lost events are never
+//! silent: when the dataplane's `events_lost` counter grows (the ring buffer was full),
+//! every client gets `{"kind":"lost","count":N,"by":"dataplane"}`; a client too slow to
+//! keep up gets `{"kind":"lost","count":N,"by":"client"}`.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use netctl_common::event::EVENT_DROP;
@@ -13,13 +18,20 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::agent::{AgentCtx, ComponentFuture, StreamHandler};
 use crate::{
-    dataplane::{Pins, clock::BootClock, events},
+    dataplane::{
+        Pins,
+        clock::BootClock,
+        events::{self, LOST_BY_CLIENT, LOST_BY_DATAPLANE, LostView},
+        stats::LostEvents,
+    },
     topology::DataplaneMode,
 };
 
 const LOG_PER_SECOND: u32 = 20;
 const FANOUT: usize = 8192;
 const PER_CLIENT: usize = 1024;
+/// How often the lost-events counter is read and the log's summary written.
+const TICK: Duration = Duration::from_secs(1);
 
 pub fn component(ctx: AgentCtx) -> ComponentFuture {
     Box::pin(run(ctx))
@@ -31,7 +43,10 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         ctx.shutdown.cancelled().await;
         return Ok(());
     }
-    let mut reader = events::EventReader::open(&Pins::for_instance(&ctx.instance))?;
+    let pins = Pins::for_instance(&ctx.instance);
+    let mut reader = events::EventReader::open(&pins)?;
+    let mut lost = LostEvents::new(&pins);
+    let mut ticker = tokio::time::interval(TICK);
     let (tx, _) = broadcast::channel::<Bytes>(FANOUT);
     let open: StreamHandler = {
         let tx = tx.clone();
@@ -42,10 +57,29 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     let mut log = DropLog::default();
     let mut seen: u64 = 0;
     let mut dropped: u64 = 0;
+    let mut lost_total: u64 = 0;
     loop {
         let batch = tokio::select! {
             () = ctx.shutdown.cancelled() => return Ok(()),
             batch = reader.next_batch() => batch?,
+            _ = ticker.tick() => {
+                if let Some(n) = log.tick(Instant::now()) {
+                    log_suppressed(n);
+                }
+                let more = lost.more();
+                if more > 0 {
+                    lost_total += more;
+                    tracing::warn!(target: "netctl::drops", "the dataplane lost {more} events (ring buffer full)");
+                    let _ = tx.send(Bytes::from(LostView::new(more, LOST_BY_DATAPLANE).line()));
+                    ctx.board
+                        .publish(
+                            "events",
+                            json!({ "events": seen, "drops": dropped, "lost": lost_total, "clients": tx.receiver_count() }),
+                        )
+                        .await;
+                }
+                continue;
+            }
         };
         let plan = ctx.state.borrow().plan.clone();
         let clock = BootClock::now()?;
@@ -66,7 +100,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         ctx.board
             .publish(
                 "events",
-                json!({ "events": seen, "drops": dropped, "clients": tx.receiver_count() }),
+                json!({ "events": seen, "drops": dropped, "lost": lost_total, "clients": tx.receiver_count() }),
             )
             .await;
     }
@@ -81,7 +115,7 @@ fn subscribe(tx: &broadcast::Sender<Bytes>) -> mpsc::Receiver<Bytes> {
             let chunk = match rx.recv().await {
                 Ok(b) => b,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    Bytes::from(format!("{{\"kind\":\"lost\",\"count\":{n}}}\n"))
+                    Bytes::from(LostView::new(n, LOST_BY_CLIENT).line())
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
@@ -93,7 +127,8 @@ fn subscribe(tx: &broadcast::Sender<Bytes>) -> mpsc::Receiver<Bytes> {
     client
 }
 
-/// Logs drops, at most `LOG_PER_SECOND` a second; the rest are counted and summarised.
+/// Logs drops, at most `LOG_PER_SECOND` a second; the rest are counted and summarised
+/// (by [`DropLog::tick`], once their second is over).
 #[derive(Default)]
 struct DropLog {
     second: Option<Instant>,
@@ -103,28 +138,75 @@ struct DropLog {
 
 impl DropLog {
     fn drop(&mut self, e: &events::EventView) {
-        let now = Instant::now();
-        if self
-            .second
-            .is_none_or(|s| now.duration_since(s).as_secs() >= 1)
-        {
-            if self.suppressed > 0 {
-                tracing::warn!(target: "netctl::drops", "{} more drops not logged (see `netctl drops`)", self.suppressed);
-            }
-            self.second = Some(now);
-            self.logged = 0;
-            self.suppressed = 0;
-        }
-        if self.logged < LOG_PER_SECOND {
-            self.logged += 1;
+        if self.admit(Instant::now()) {
             tracing::warn!(
                 target: "netctl::drops",
                 reason = %e.reason,
                 "DROP {} {}:{} ({}) -> {}:{} ({}) at {}",
                 e.protocol, e.src, e.src_port, e.src_identity, e.dst, e.dst_port, e.dst_identity, e.hook
             );
+        }
+    }
+
+    /// Whether a drop at `now` may be logged (else it is counted).
+    fn admit(&mut self, now: Instant) -> bool {
+        if let Some(n) = self.tick(now) {
+            log_suppressed(n);
+        }
+        if self.second.is_none() {
+            self.second = Some(now);
+        }
+        if self.logged < LOG_PER_SECOND {
+            self.logged += 1;
+            true
         } else {
             self.suppressed += 1;
+            false
         }
+    }
+
+    /// Ends the second that began with its first drop once it is over: the number of
+    /// drops not logged in it, if any.
+    fn tick(&mut self, now: Instant) -> Option<u64> {
+        let start = self.second?;
+        if now.duration_since(start) < Duration::from_secs(1) {
+            return None;
+        }
+        let n = std::mem::take(&mut self.suppressed);
+        self.second = None;
+        self.logged = 0;
+        (n > 0).then_some(n)
+    }
+}
+
+fn log_suppressed(n: u64) {
+    tracing::warn!(target: "netctl::drops", "{n} more drops not logged (see `netctl drops`)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_over_the_log_budget_are_summarised_when_their_second_is_over() {
+        let mut log = DropLog::default();
+        let t0 = Instant::now();
+        let logged = (0..25).filter(|_| log.admit(t0)).count();
+        assert_eq!(logged, LOG_PER_SECOND as usize);
+        // No further drop arrives: the timer's tick writes the summary, once.
+        assert_eq!(
+            log.tick(t0 + Duration::from_millis(500)),
+            None,
+            "second not over"
+        );
+        assert_eq!(log.tick(t0 + Duration::from_millis(1001)), Some(5));
+        assert_eq!(log.tick(t0 + Duration::from_millis(3000)), None);
+        // A new second logs again.
+        assert!(log.admit(t0 + Duration::from_secs(4)));
+        assert_eq!(
+            log.tick(t0 + Duration::from_secs(6)),
+            None,
+            "nothing suppressed"
+        );
     }
 }

@@ -43,6 +43,37 @@ pub struct EventView {
     pub ifindex: u32,
 }
 
+/// Who lost events: the dataplane (the ring buffer was full: `COUNTERS[events_lost]`
+/// grew) or one client of the controller's stream (it fell behind).
+pub const LOST_BY_DATAPLANE: &str = "dataplane";
+pub const LOST_BY_CLIENT: &str = "client";
+
+/// The record a stream carries in place of events that were lost:
+/// `{"kind":"lost","count":N,"by":"dataplane"|"client"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostView {
+    pub kind: String,
+    pub count: u64,
+    pub by: String,
+}
+
+impl LostView {
+    pub fn new(count: u64, by: &str) -> Self {
+        Self {
+            kind: "lost".into(),
+            count,
+            by: by.into(),
+        }
+    }
+
+    /// As one JSON line, newline included.
+    pub fn line(&self) -> String {
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+}
+
 pub fn decode(e: &Event, plan: &Plan, clock: &BootClock) -> EventView {
     let src = Ipv4Addr::from(e.tuple.src_addr);
     let dst = Ipv4Addr::from(e.tuple.dst_addr);

@@ -5,7 +5,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use netctl_common::{
     DropReason,
     maps::{COUNTERS, DROPS},
-    stats::COUNTER_NAMES,
+    stats::{CNT_EVENTS_LOST, COUNTER_NAMES},
 };
 
 use super::Pins;
@@ -35,4 +35,36 @@ pub fn counters(pins: &Pins) -> anyhow::Result<Vec<(&'static str, u64)>> {
         .iter()
         .map(|(i, name)| Ok((*name, sum(pins, COUNTERS, *i)?)))
         .collect()
+}
+
+/// Events the dataplane could not put on the full `EVENTS` ring buffer, since load.
+pub fn events_lost(pins: &Pins) -> anyhow::Result<u64> {
+    sum(pins, COUNTERS, CNT_EVENTS_LOST)
+}
+
+/// Follows `COUNTERS[events_lost]`: how many more events the dataplane lost since the
+/// last look.
+pub struct LostEvents {
+    pins: Pins,
+    seen: u64,
+}
+
+impl LostEvents {
+    /// Starts from the counter's current value.
+    pub fn new(pins: &Pins) -> Self {
+        Self {
+            pins: pins.clone(),
+            seen: events_lost(pins).unwrap_or(0),
+        }
+    }
+
+    /// Events lost since the last call (0 when the counter cannot be read).
+    pub fn more(&mut self) -> u64 {
+        let Ok(now) = events_lost(&self.pins) else {
+            return 0;
+        };
+        let more = now.saturating_sub(self.seen);
+        self.seen = self.seen.max(now);
+        more
+    }
 }
