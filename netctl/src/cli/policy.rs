@@ -1,8 +1,9 @@
 //! `netctl policy`: the compiled policy as the kernel has it, with names (from the policy
 //! maps, or read back from the iptables rules); `policy apply -f FILE`: install a changed
-//! policy (and nothing else) without touching the network.
+//! policy (and nothing else) without touching the network, and wait until the kernel has
+//! it (or the controller says why not).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use netctl_common::policy::{ANY_PORT, ANY_PROTO, VERDICT_DENY};
@@ -11,7 +12,7 @@ use serde_json::json;
 use super::{load_state, up::plan_from};
 use crate::{
     controller::{
-        daemon, preflight,
+        api, daemon, preflight,
         state::{State, StateLock},
     },
     dataplane::{Pins, policy::PolicyMaps},
@@ -41,7 +42,7 @@ enum Command {
 
 pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     match args.command {
-        Some(Command::Apply { file }) => apply(file, prefix),
+        Some(Command::Apply { file }) => apply(file, prefix).await,
         None => show(args.json, prefix),
     }
 }
@@ -157,10 +158,13 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn apply(file: Option<PathBuf>, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+/// How long `policy apply` waits for the controller to install the policy.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn apply(file: Option<PathBuf>, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let plan = plan_from(file.as_deref(), prefix)?;
     preflight::require_root("policy apply")?;
-    let _lock = StateLock::acquire()?;
+    let lock = StateLock::acquire()?;
     let instance = plan.instance();
     let mut state =
         State::load(&instance)?.with_context(|| format!("instance {instance} is not up"))?;
@@ -173,11 +177,96 @@ fn apply(file: Option<PathBuf>, prefix: Option<&str>) -> anyhow::Result<ExitCode
         output::print_line("policy unchanged")?;
         return Ok(ExitCode::SUCCESS);
     }
+    if daemon::running(&instance).is_none() {
+        bail!("no controller is running to install the policy (run `netctl up`); nothing changed");
+    }
+    let before = installed_generation(&state)?;
+    let asked_at_ms = unix_ms();
+    let previous = state.plan.clone();
     state.plan = plan;
     state.save()?;
     if !daemon::reload(&instance)? {
-        bail!("the policy is saved, but no controller is running to install it (run `netctl up`)");
+        restore(&mut state, previous)?;
+        bail!("the controller went away before it could install the policy; nothing changed");
     }
-    output::print_line("policy saved; the controller installs it as a new generation")?;
-    Ok(ExitCode::SUCCESS)
+    match wait_installed(&state, before, asked_at_ms).await {
+        Ok(generation) => {
+            drop(lock);
+            output::print_line(&format!("policy installed as generation {generation}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Refused(message)) => {
+            // The file keeps describing what is in force.
+            restore(&mut state, previous)?;
+            let _ = daemon::reload(&instance);
+            bail!(
+                "the controller could not install the policy: {message}; generation {before} stays in force"
+            )
+        }
+        Err(TimedOut) => bail!(
+            "the policy is saved, but the controller has not installed it within {} s (see `netctl logs controller`)",
+            APPLY_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+use WaitError::{Refused, TimedOut};
+
+enum WaitError {
+    /// The controller reported a failed install (its message).
+    Refused(String),
+    TimedOut,
+}
+
+/// Waits until the kernel's policy generation moves past `before` (returns the new one),
+/// or the controller reports an install that failed after `asked_at_ms`.
+async fn wait_installed(state: &State, before: u32, asked_at_ms: u64) -> Result<u32, WaitError> {
+    let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
+    loop {
+        if let Ok(generation) = installed_generation(state)
+            && generation != before
+        {
+            return Ok(generation);
+        }
+        if let Ok(status) = api::get(&state.instance, "/v1/status").await {
+            let policy = &status["components"]["policy"];
+            // An error without a time is the component's own end: it installs nothing more.
+            if let Some(error) = policy["error"].as_str()
+                && policy["failed_at_ms"]
+                    .as_u64()
+                    .is_none_or(|at| at >= asked_at_ms)
+            {
+                return Err(Refused(error.to_string()));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(TimedOut);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The policy generation in force in the kernel (maps or iptables rules); 0 before any.
+fn installed_generation(state: &State) -> anyhow::Result<u32> {
+    match state.plan.dataplane.mode {
+        DataplaneMode::Ebpf => PolicyMaps::open(&Pins::for_instance(&state.instance))?.generation(),
+        DataplaneMode::Iptables => {
+            let chains = crate::iptables::Chains::for_instance(&state.instance);
+            Ok(
+                crate::iptables::policy::read(&chains, &iptables::save("filter")?)
+                    .map_or(0, |i| i.generation),
+            )
+        }
+    }
+}
+
+fn restore(state: &mut State, previous: crate::topology::Plan) -> anyhow::Result<()> {
+    state.plan = previous;
+    state.save()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -33,28 +33,33 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     let mut maps = PolicyMaps::open(&Pins::for_instance(&ctx.instance))?;
     let netlink = Netlink::current()?;
     let mut state = ctx.state.clone();
-    let mut installed: Option<(compile::Compiled, BTreeSet<(Ipv4Addr, u32)>)> = None;
+    let mut installed: Option<Wanted> = None;
+    let mut failed: Option<Wanted> = None;
     let mut ticker = tokio::time::interval(RESCAN);
     loop {
-        tokio::select! {
+        let changed = tokio::select! {
             () = ctx.shutdown.cancelled() => return Ok(()),
-            _ = state.changed() => {},
-            _ = ticker.tick() => {},
-        }
+            _ = state.changed() => true,
+            _ = ticker.tick() => false,
+        };
         let plan = state.borrow().plan.clone();
-        let compiled = compile::compile(&plan);
-        let mut ids: BTreeSet<(Ipv4Addr, u32)> = identity::addresses(&plan).into_iter().collect();
-        for addr in host_addresses(&netlink, &plan).await {
-            ids.insert((addr, ID_HOST));
-        }
-        if installed
-            .as_ref()
-            .is_some_and(|(c, i)| *c == compiled && *i == ids)
-        {
+        let wanted = wanted(&netlink, &plan).await;
+        // A refused install is tried again when the state changes, not at every rescan
+        // (the kernel refuses the same entries the same way).
+        if installed.as_ref() == Some(&wanted) || (!changed && failed.as_ref() == Some(&wanted)) {
             continue;
         }
+        let (compiled, ids) = (&wanted.0, &wanted.1);
         let list: Vec<(Ipv4Addr, u32)> = ids.iter().copied().collect();
-        let generation = maps.install(&list, &compiled)?;
+        let generation = match maps.install(&list, compiled) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("policy not installed: {e:#}");
+                publish_failure(&ctx, maps.generation().unwrap_or(0), &e).await;
+                failed = Some(wanted);
+                continue;
+            }
+        };
         tracing::info!(
             generation,
             entries = compiled.entries.len(),
@@ -71,8 +76,39 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 }),
             )
             .await;
-        installed = Some((compiled, ids));
+        failed = None;
+        installed = Some(wanted);
     }
+}
+
+/// What a policy install writes: the compiled entries and address -> identity.
+type Wanted = (compile::Compiled, BTreeSet<(Ipv4Addr, u32)>);
+
+async fn wanted(netlink: &Netlink, plan: &Plan) -> Wanted {
+    let compiled = compile::compile(plan);
+    let mut ids: BTreeSet<(Ipv4Addr, u32)> = identity::addresses(plan).into_iter().collect();
+    for addr in host_addresses(netlink, plan).await {
+        ids.insert((addr, ID_HOST));
+    }
+    (compiled, ids)
+}
+
+/// Tells `netctl policy apply` (which watches `/v1/status`) that an install failed and
+/// why; the generation in force stays.
+async fn publish_failure(ctx: &AgentCtx, generation: u32, e: &anyhow::Error) {
+    let failed_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    ctx.board
+        .publish(
+            "policy",
+            json!({
+                "generation": generation,
+                "error": format!("{e:#}"),
+                "failed_at_ms": failed_at_ms,
+            }),
+        )
+        .await;
 }
 
 /// The iptables dataplane's policy: the same compiled entries and identities, written as
@@ -99,11 +135,7 @@ async fn run_iptables(ctx: AgentCtx) -> anyhow::Result<()> {
             _ = ticker.tick() => {},
         }
         let plan = state.borrow().plan.clone();
-        let compiled = compile::compile(&plan);
-        let mut ids: BTreeSet<(Ipv4Addr, u32)> = identity::addresses(&plan).into_iter().collect();
-        for addr in host_addresses(&netlink, &plan).await {
-            ids.insert((addr, ID_HOST));
-        }
+        let (compiled, ids) = wanted(&netlink, &plan).await;
         if installed
             .as_ref()
             .is_some_and(|(c, i)| *c == compiled && *i == ids)
@@ -134,6 +166,7 @@ async fn run_iptables(ctx: AgentCtx) -> anyhow::Result<()> {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!("policy not installed (retrying): {e:#}");
+                publish_failure(&ctx, generation, &e).await;
                 continue;
             }
         };
