@@ -6,13 +6,19 @@ use std::{net::Ipv4Addr, process::ExitCode};
 use anyhow::{Context, bail};
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
 use netctl_common::{
-    Backend, CtEntry, FlowKey, FlowStats, ServiceKey, ServiceValue, maps as names,
+    Backend, CtEntry, DropReason, FlowKey, FlowStats, ServiceKey, ServiceValue,
+    event::DropPairKey,
+    maps as names,
+    policy::{
+        Bucket, BucketKey, IdentityKey, PolicyKey, PolicyValue, RL_BY_IDENTITY, RateLimit,
+        RateLimitKey, VERDICT_DENY,
+    },
     sock::{SockRevNatKey, SockRevNatValue},
 };
 use serde_json::{Value, json};
 
 use super::load_state;
-use crate::{controller::preflight, dataplane::Pins, output};
+use crate::{controller::preflight, dataplane::Pins, output, policy::identity, topology::Plan};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -42,14 +48,14 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
                     pins.pinned_maps().join(", ")
                 );
             }
-            output::print_json(&dump(&pins, &name)?)?;
+            output::print_json(&dump(&pins, &state.plan, &name)?)?;
         }
-        None => list(&pins, args.json)?,
+        None => list(&pins, &state.plan, args.json)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn list(pins: &Pins, as_json: bool) -> anyhow::Result<()> {
+fn list(pins: &Pins, plan: &Plan, as_json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for name in pins.pinned_maps() {
         let path = pins.map(&name);
@@ -58,7 +64,7 @@ fn list(pins: &Pins, as_json: bool) -> anyhow::Result<()> {
         let kind = info
             .map_type()
             .map_or_else(|_| "?".to_string(), |t| format!("{t:?}"));
-        let entries = dump(pins, &name)
+        let entries = dump(pins, plan, &name)
             .ok()
             .and_then(|d| d.as_array().map(Vec::len));
         rows.push(json!({
@@ -97,8 +103,9 @@ fn list(pins: &Pins, as_json: bool) -> anyhow::Result<()> {
     output::print_table(&t).map_err(Into::into)
 }
 
-/// Every entry of a known map as `{key, value}` objects.
-fn dump(pins: &Pins, name: &str) -> anyhow::Result<Value> {
+/// Every entry of a known map as `{key, value}` objects (every map but the `EVENTS` ring
+/// buffer, which has no entries to look at, only a reader).
+fn dump(pins: &Pins, plan: &Plan, name: &str) -> anyhow::Result<Value> {
     let data = MapData::from_pin(pins.map(name)).with_context(|| format!("opening {name}"))?;
     let entries: Vec<Value> = match name {
         names::FLOWS => HashMap::<_, FlowKey, FlowStats>::try_from(Map::LruHashMap(data))?
@@ -115,7 +122,9 @@ fn dump(pins: &Pins, name: &str) -> anyhow::Result<Value> {
                 "created_ns": v.created_ns, "last_seen_ns": v.last_seen_ns,
                 "nat_addr": Ipv4Addr::from(v.nat_addr), "nat_port": v.nat_port,
                 "flags": v.flags, "tcp_flags": v.tcp_flags,
-                "backend_id": v.backend_id, "service_id": v.service_id } }))
+                "backend_id": v.backend_id, "service_id": v.service_id,
+                "src_identity": v.src_identity, "dst_identity": v.dst_identity,
+                "policy_port": v.policy_port, "policy_gen": v.policy_gen } }))
             .collect(),
         names::LB_SERVICES => HashMap::<_, ServiceKey, ServiceValue>::try_from(Map::HashMap(data))?
             .iter()
@@ -156,6 +165,48 @@ fn dump(pins: &Pins, name: &str) -> anyhow::Result<Value> {
             .enumerate()
             .filter_map(|(i, r)| r.ok().filter(|v| *v != 0).map(|v| json!({ "key": i, "value": v })))
             .collect(),
+        names::IDENTITIES => HashMap::<_, IdentityKey, u32>::try_from(Map::HashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, id)| json!({
+                "key": { "addr": Ipv4Addr::from(k.addr), "generation": k.generation },
+                "value": { "identity": id, "name": identity::name(plan, id) } }))
+            .collect(),
+        names::POLICY => HashMap::<_, PolicyKey, PolicyValue>::try_from(Map::HashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| json!({
+                "key": { "generation": k.generation, "src": k.src, "dst": k.dst,
+                    "port": k.port, "proto": k.proto },
+                "value": { "verdict": verdict(v.verdict), "rule": v.rule } }))
+            .collect(),
+        names::RATE_LIMITS => HashMap::<_, RateLimitKey, RateLimit>::try_from(Map::HashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| json!({
+                "key": { "src": k.src, "dst": k.dst },
+                "value": { "rate_milli": v.rate_milli, "burst": v.burst,
+                    "by": if v.by == RL_BY_IDENTITY { "identity" } else { "address" } } }))
+            .collect(),
+        names::RATE_BUCKETS => HashMap::<_, BucketKey, Bucket>::try_from(Map::LruHashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| json!({
+                "key": { "source": k.source, "dst": k.dst },
+                "value": { "nano_tokens": v.nano_tokens, "refilled_ns": v.refilled_ns } }))
+            .collect(),
+        names::DROP_PAIRS => HashMap::<_, DropPairKey, u64>::try_from(Map::LruHashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, packets)| json!({
+                "key": { "src_identity": k.src_identity, "dst_identity": k.dst_identity,
+                    "reason": DropReason::from_u32(k.reason)
+                        .map_or_else(|| format!("#{}", k.reason), |r| r.name().to_string()) },
+                "value": packets }))
+            .collect(),
+        names::EVENTS => bail!(
+            "EVENTS is a ring buffer, read once by its one reader: `netctl monitor` shows it"
+        ),
         other => bail!("netctl does not know the layout of {other}"),
     };
     Ok(Value::Array(entries))
@@ -164,4 +215,8 @@ fn dump(pins: &Pins, name: &str) -> anyhow::Result<Value> {
 fn tuple(k: &FlowKey) -> Value {
     json!({ "src": Ipv4Addr::from(k.src_addr), "dst": Ipv4Addr::from(k.dst_addr),
             "src_port": k.src_port, "dst_port": k.dst_port, "proto": k.proto })
+}
+
+fn verdict(v: u8) -> &'static str {
+    if v == VERDICT_DENY { "deny" } else { "allow" }
 }
