@@ -451,3 +451,166 @@ impl Listener {
         }
     }
 }
+
+/// One ICMP echo from `ns` (or the host) to `addr`: whether its reply came back within
+/// `timeout`. A raw socket (no `ping` binary needed), with an identifier of its own so
+/// that concurrent pings in one namespace do not take each other's replies.
+pub fn ping(ns: Option<&str>, addr: Ipv4Addr, timeout: Duration) -> bool {
+    static NEXT_ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    let id = NEXT_ID
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .wrapping_add((std::process::id() as u16) << 8);
+    let attempt = move || -> anyhow::Result<bool> { ping_here(addr, id, timeout) };
+    match ns {
+        Some(ns) => netns::run_in(ns, attempt).expect("ping"),
+        None => attempt().expect("ping from the host"),
+    }
+}
+
+fn ping_here(addr: Ipv4Addr, id: u16, timeout: Duration) -> anyhow::Result<bool> {
+    // SAFETY: plain socket creation; the fd is closed below.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let mut msg = [0u8; 16];
+    msg[0] = 8; // echo request
+    msg[4..6].copy_from_slice(&id.to_be_bytes());
+    msg[6..8].copy_from_slice(&1u16.to_be_bytes());
+    let sum = super::packets::checksum(&msg);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    let (sa, len) = sockaddr(SocketAddr::from((addr, 0)));
+    // SAFETY: `msg` and `sa` are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            s,
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&raw const sa).cast(),
+            len,
+        )
+    };
+    // A drop in the host's OUTPUT chain fails the send itself (EPERM): not through.
+    let deadline = std::time::Instant::now() + timeout;
+    let mut answered = false;
+    while sent >= 0 && !answered {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let tv = libc::timeval {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_usec: left.subsec_micros().max(1) as libc::suseconds_t,
+        };
+        // SAFETY: `tv` is a valid timeval for SO_RCVTIMEO.
+        unsafe {
+            libc::setsockopt(
+                s,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        let mut buf = [0u8; 1500];
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::recv(s, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            break; // timed out
+        }
+        // A raw socket gets the IP header too.
+        let n = n as usize;
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        if n >= ihl + 8 {
+            let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+            let icmp = &buf[ihl..n];
+            answered = from == addr && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes();
+        }
+    }
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(s) };
+    Ok(answered)
+}
+
+/// Sends an ICMP echo *reply* nobody asked for from `from_ns` to `to` (in `to_ns`): whether
+/// it arrived there (a raw socket in `to_ns` sees every ICMP message delivered).
+pub fn unsolicited_echo_reply_arrives(
+    from_ns: &str,
+    to_ns: &str,
+    to: Ipv4Addr,
+    timeout: Duration,
+) -> bool {
+    let id: u16 = 0xbe00 | (std::process::id() as u16 & 0xff);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let to_ns = to_ns.to_string();
+    let listener = std::thread::spawn(move || {
+        netns::run_in(&to_ns, move || -> anyhow::Result<bool> {
+            // SAFETY: plain socket creation; closed below.
+            let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            if s < 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 50_000,
+            };
+            // SAFETY: `tv` is a valid timeval for SO_RCVTIMEO.
+            unsafe {
+                libc::setsockopt(
+                    s,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&raw const tv).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            let _ = ready_tx.send(());
+            let deadline = std::time::Instant::now() + timeout;
+            let mut seen = false;
+            while !seen && std::time::Instant::now() < deadline {
+                let mut buf = [0u8; 1500];
+                // SAFETY: `buf` is writable for its length.
+                let n = unsafe { libc::recv(s, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n > 0 {
+                    let ihl = usize::from(buf[0] & 0x0f) * 4;
+                    let icmp = &buf[ihl..n as usize];
+                    seen = icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes();
+                }
+            }
+            // SAFETY: closing the socket opened above.
+            unsafe { libc::close(s) };
+            Ok(seen)
+        })
+        .expect("listener")
+    });
+    ready_rx.recv().expect("listener ready");
+    netns::run_in(from_ns, move || -> anyhow::Result<()> {
+        // SAFETY: plain socket creation; closed below.
+        let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        if s < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let mut msg = [0u8; 16];
+        msg[4..6].copy_from_slice(&id.to_be_bytes());
+        let sum = super::packets::checksum(&msg);
+        msg[2..4].copy_from_slice(&sum.to_be_bytes());
+        let (sa, len) = sockaddr(SocketAddr::from((to, 0)));
+        // SAFETY: `msg` and `sa` are valid for the lengths given.
+        unsafe {
+            libc::sendto(
+                s,
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&raw const sa).cast(),
+                len,
+            )
+        };
+        // SAFETY: closing the socket opened above.
+        unsafe { libc::close(s) };
+        Ok(())
+    })
+    .expect("sending the reply");
+    listener.join().expect("listener thread")
+}
