@@ -242,7 +242,7 @@ async fn wait_installed(state: &State, before: u32, asked_at_ms: u64) -> Result<
         if tokio::time::Instant::now() >= deadline {
             return Err(TimedOut);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
