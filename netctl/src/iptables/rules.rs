@@ -181,7 +181,8 @@ pub fn remove_script(c: &Chains, nat: &Table, filter: &Table) -> Option<String> 
 }
 
 /// True when the base is in place: the services chain and the jump from PREROUTING, the
-/// policy's chains and the jump from FORWARD.
+/// policy's chains and the jumps from FORWARD (a base from before the ICMP chain is not:
+/// `up` makes it again).
 pub fn base_present(c: &Chains, nat: &Table, filter: &Table) -> bool {
     let jumps = |t: &Table, hook: &str, chain: &str| {
         t.chains.iter().any(|ch| ch == chain)
@@ -191,6 +192,7 @@ pub fn base_present(c: &Chains, nat: &Table, filter: &Table) -> bool {
     };
     jumps(nat, "PREROUTING", &c.services())
         && jumps(filter, "FORWARD", &c.firewall())
+        && jumps(filter, "FORWARD", &c.icmp())
         && filter.chains.contains(&c.policy())
 }
 
@@ -616,6 +618,27 @@ mod tests {
         }
         assert!(!netctl_common::flow::icmp_is_error(0) && !netctl_common::flow::icmp_is_error(8));
         assert!(text.starts_with("*nat\n") && text.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn the_base_is_present_only_with_every_jump() {
+        let c = Chains::for_instance("t1");
+        let nat = parse_table(
+            "*nat\n:NCTL-t1-SERVICES - [0:0]\n-A PREROUTING -j NCTL-t1-SERVICES\nCOMMIT\n",
+        );
+        let filter = |icmp: bool| {
+            let mut t = String::from(
+                "*filter\n:NCTL-t1-FIREWALL - [0:0]\n:NCTL-t1-POLICY - [0:0]\n:NCTL-t1-ICMP - [0:0]\n\
+                 -A FORWARD -m conntrack --ctstate NEW -j NCTL-t1-FIREWALL\n",
+            );
+            if icmp {
+                t.push_str("-A FORWARD -p icmp -m conntrack --ctstate INVALID -j NCTL-t1-ICMP\n");
+            }
+            t.push_str("COMMIT\n");
+            parse_table(&t)
+        };
+        assert!(base_present(&c, &nat, &filter(true)));
+        assert!(!base_present(&c, &nat, &filter(false)), "an older base");
     }
 
     #[test]
