@@ -2,12 +2,14 @@
 //! buffer. Every drop is logged (to the controller log, at most `LOG_PER_SECOND` lines a
 //! second, then a count of the rest), and every event goes to the `netctl monitor`
 //! clients of `GET /v1/events` as JSON lines. A client too slow to keep up is told how
-//! many events it lost (`{"kind":"lost","count":N}`), never silently.
+//! many events it lost (`{"kind":"lost","count":N}`), never silently. New-flow events are
+//! counted per destination service and protocol, for the metrics' per-service connection
+//! counters (on the status board).
 
 use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use netctl_common::event::EVENT_DROP;
+use netctl_common::event::{EVENT_DROP, EVENT_NEW_FLOW};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
@@ -42,6 +44,8 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     let mut log = DropLog::default();
     let mut seen: u64 = 0;
     let mut dropped: u64 = 0;
+    // (destination service identity, protocol) -> new connections since the start.
+    let mut new_flows: std::collections::BTreeMap<(String, String), u64> = Default::default();
     loop {
         let batch = tokio::select! {
             () = ctx.shutdown.cancelled() => return Ok(()),
@@ -55,6 +59,10 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             if e.kind == EVENT_DROP {
                 dropped += 1;
                 log.drop(&view);
+            } else if e.kind == EVENT_NEW_FLOW {
+                *new_flows
+                    .entry((view.dst_identity.clone(), view.protocol.clone()))
+                    .or_default() += 1;
             }
             if tx.receiver_count() > 0
                 && let Ok(mut line) = serde_json::to_vec(&view)
@@ -66,7 +74,17 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         ctx.board
             .publish(
                 "events",
-                json!({ "events": seen, "drops": dropped, "clients": tx.receiver_count() }),
+                json!({
+                    "events": seen,
+                    "drops": dropped,
+                    "clients": tx.receiver_count(),
+                    "new_connections": new_flows
+                        .iter()
+                        .map(|((service, protocol), n)| {
+                            json!({ "service": service, "protocol": protocol, "count": n })
+                        })
+                        .collect::<Vec<_>>(),
+                }),
             )
             .await;
     }
