@@ -29,7 +29,7 @@ pub const MAX_GAP: f64 = 0.25;
 
 /// True when `ours / theirs` is missing or off by more than [`MAX_GAP`] either way.
 pub fn disagree(ours_over_theirs: Option<f64>) -> bool {
-    ours_over_theirs.is_none_or(|r| r > 1.0 + MAX_GAP || r < 1.0 / (1.0 + MAX_GAP))
+    ours_over_theirs.is_none_or(|r| !(1.0 / (1.0 + MAX_GAP)..=1.0 + MAX_GAP).contains(&r))
 }
 const ECHO: u16 = 7000;
 const SOCKPERF: u16 = 7001;
