@@ -24,6 +24,8 @@ use crate::{
 };
 
 const PORT: u16 = 7000;
+/// Connections made to see whether the detached programs still count.
+const PROBE: Duration = Duration::from_millis(10);
 const PREFIX: &str = "bn-";
 
 fn topology(socket_lb: bool) -> String {
@@ -171,6 +173,9 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
             pathcheck::wait_socket_lb(&instance, socket_lb)?;
             if path == Path_::Bare {
                 pathcheck::detach_all(&instance)?;
+                pathcheck::wait_detached(&instance, || {
+                    loadgen::connection_rate(&client, direct, PORT, 1, PROBE).map(drop)
+                })?;
             }
             let target = if matches!(path, Path_::Bare | Path_::Direct) {
                 direct

@@ -40,6 +40,8 @@ use crate::{
 };
 
 const PORT: u16 = 7000;
+/// Connections made to see whether the detached programs still count.
+const PROBE: Duration = Duration::from_millis(10);
 const PREFIX: &str = "bs-";
 
 /// What to measure.
@@ -311,6 +313,9 @@ pub fn run(quick: bool, parts: Parts, out: &Path) -> anyhow::Result<ScaleResult>
                 }
                 if path == Path_::Bare {
                     let n_links = pathcheck::detach_all(&instance)?;
+                    pathcheck::wait_detached(&instance, || {
+                        loadgen::connection_rate(&client, direct, PORT, 1, PROBE).map(drop)
+                    })?;
                     tracing::debug!(links = n_links, "detached every program");
                 }
                 let target = if matches!(path, Path_::Bare | Path_::Direct) {
