@@ -141,6 +141,22 @@ fn commands_that_change_the_host_refuse_to_run_without_root() {
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", stderr(&out));
+    // With a short summary of the resolved plan: networks, and where each service runs.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("ok: 3 networks, 7 services in 9 namespaces"),
+        "{text}"
+    );
+    assert!(
+        text.contains("backend   172.21.0.0/24  172.21.0.1"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("product")
+            && l.contains("172.21.0.10 172.21.0.11 172.21.0.12")
+            && l.contains("5000/tcp")),
+        "{text}"
+    );
 }
 
 #[test]

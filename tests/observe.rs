@@ -51,14 +51,28 @@ fn the_report_counts_known_traffic_and_renders_with_its_charts() {
     let client = platform.endpoint("client");
     let server = platform.endpoint("server");
 
-    // Exactly N datagrams of a known size, client -> server (the client has no port, so
-    // nothing health-checks it: it sends nothing else).
+    // Exactly N datagrams of a known size client -> server, and M of another size server
+    // -> client (the client has no port, so nothing health-checks it: it sends nothing
+    // else, and receives only these).
     const N: usize = 25;
     const PAYLOAD: usize = 200;
+    const M: usize = 12;
+    const PAYLOAD_BACK: usize = 60;
     let frame = (14 + 20 + 8 + PAYLOAD) as u64;
+    let frame_back = (14 + 20 + 8 + PAYLOAD_BACK) as u64;
     let sink = traffic::udp_sink(&server.netns, server.address, 7100, N);
     traffic::udp_send(Some(&client.netns), 17100, server.address, 7100, N, PAYLOAD);
     assert_eq!(sink.join().unwrap(), N);
+    let sink = traffic::udp_sink(&client.netns, client.address, 7200, M);
+    traffic::udp_send(
+        Some(&server.netns),
+        17200,
+        client.address,
+        7200,
+        M,
+        PAYLOAD_BACK,
+    );
+    assert_eq!(sink.join().unwrap(), M);
 
     let dir = tempfile::tempdir().unwrap();
     let out = slot.netctl(&["report", "-o", dir.path().to_str().unwrap(), "--reset"]);
@@ -73,19 +87,33 @@ fn the_report_counts_known_traffic_and_renders_with_its_charts() {
         pairs.contains(&format!("client,server,{N},{}\n", N as u64 * frame)),
         "{pairs}"
     );
+    assert!(
+        pairs.contains(&format!("server,client,{M},{}\n", M as u64 * frame_back)),
+        "{pairs}"
+    );
     let talkers = read("top_talkers.csv");
     assert!(
         talkers.contains(&format!("client,{N},{}\n", N as u64 * frame)),
         "{talkers}"
     );
+    // The protocol distribution: every UDP packet is one of ours; TCP is the health
+    // checks of the server (host -> server:7000); no ICMP.
     let protocols = read("protocol_distribution.csv");
-    let udp: u64 = protocols
-        .lines()
-        .find_map(|l| l.strip_prefix("UDP,"))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    assert_eq!(udp, N as u64, "{protocols}");
+    let packets = |proto: &str| -> u64 {
+        protocols
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{proto},")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(packets("UDP"), (N + M) as u64, "{protocols}");
+    assert_eq!(packets("ICMP"), 0, "{protocols}");
+    let all: u64 = ["TCP", "UDP", "ICMP", "other"]
+        .iter()
+        .map(|p| packets(p))
+        .sum();
+    assert_eq!(all, packets("UDP") + packets("TCP"), "{protocols}");
     for chart in ["protocol_distribution", "top_service_pairs", "top_talkers"] {
         assert!(
             read(&format!("{chart}.svg")).contains("<svg"),
@@ -139,11 +167,24 @@ fn the_report_counts_known_traffic_and_renders_with_its_charts() {
 fn the_topology_reads_from_the_kernel_and_its_dot_parses_with_graphviz() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::from_toml(&slot, TOPOLOGY);
+    let with_forward = format!(
+        "{TOPOLOGY}[[port_forwards]]\nhost_port = 8080\nservice = \"server\"\nport = 7000\n"
+    );
+    let platform = Platform::from_toml(&slot, &with_forward);
     platform.up_ok();
-    let text = slot.netctl(&["topology"]);
-    assert_success(&text, "netctl topology");
-    let text = String::from_utf8_lossy(&text.stdout);
+    let host_port = platform.plan.port_forwards[0].host_port;
+    // The controller writes the LB maps just after `up`: until then they are MISSING.
+    let mut text = String::new();
+    wait_until(
+        "the VIP and host port in the LB maps",
+        Duration::from_secs(10),
+        || {
+            let out = slot.netctl(&["topology"]);
+            assert_success(&out, "netctl topology");
+            text = String::from_utf8_lossy(&out.stdout).into_owned();
+            !text.contains("MISSING")
+        },
+    );
     let server = platform.endpoint("server");
     assert!(
         text.contains(&server.netns) && text.contains(&format!("{}/24", server.address)),
@@ -151,7 +192,12 @@ fn the_topology_reads_from_the_kernel_and_its_dot_parses_with_graphviz() {
     );
     assert!(text.contains("bridge up"), "{text}");
     let vip = platform.plan.service("server").unwrap().vip;
-    assert!(text.contains(&format!("VIP {vip}")), "{text}");
+    assert!(text.contains(&format!("server  VIP {vip}")), "{text}");
+    assert!(
+        text.contains(&format!("port {host_port}/tcp -> server:7000")),
+        "{text}"
+    );
+    assert!(!text.contains("MISSING"), "{text}");
 
     let dot = slot.netctl(&["topology", "--format", "dot"]);
     assert_success(&dot, "netctl topology --format dot");
@@ -183,10 +229,54 @@ fn the_topology_reads_from_the_kernel_and_its_dot_parses_with_graphviz() {
     let direct = slot.netctl(&["topology", "--format", "svg"]);
     assert!(String::from_utf8_lossy(&direct.stdout).contains("<svg"));
 
-    // Live, not from the file: a namespace removed behind netctl's back shows as missing.
+    // Live, not from the file: with the controller stopped (it would put them back), the
+    // VIP and the host port taken out of the LB map behind netctl's back show as missing,
+    // and so does a namespace removed.
+    let controller = netctl::controller::daemon::running(&slot.instance()).expect("controller");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(controller.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the controller to die", Duration::from_secs(10), || {
+        !controller.is_alive()
+    });
+    let removed = remove_frontends(&slot, |k| {
+        std::net::Ipv4Addr::from(k.addr) == vip || k.port == host_port
+    });
+    assert!(removed >= 2, "the VIP's and the host port's entries");
+    let text = String::from_utf8_lossy(&slot.netctl(&["topology"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("(MISSING in the dataplane: {vip}:7000/tcp)")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("port {host_port}/tcp -> server:7000"))
+            && text.contains("(MISSING in the dataplane)"),
+        "{text}"
+    );
+    assert!(!text.contains(&format!("server  VIP {vip}")), "{text}");
     netctl::net::netns::delete(&server.netns).unwrap();
     let text = slot.netctl(&["topology"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("namespace MISSING"));
+}
+
+/// Removes the entries of the slot's `LB_SERVICES` map whose key `drop` picks; how many.
+fn remove_frontends(slot: &Slot, drop: impl Fn(&netctl_common::ServiceKey) -> bool) -> usize {
+    use aya::maps::{HashMap, Map, MapData};
+    let pins = netctl::dataplane::Pins::for_instance(&slot.instance());
+    let data = MapData::from_pin(pins.map(netctl_common::maps::LB_SERVICES)).unwrap();
+    let mut map: HashMap<_, netctl_common::ServiceKey, netctl_common::ServiceValue> =
+        HashMap::try_from(Map::HashMap(data)).unwrap();
+    let keys: Vec<_> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| drop(k))
+        .collect();
+    for k in &keys {
+        map.remove(k).unwrap();
+    }
+    keys.len()
 }
 
 /// Parses the Prometheus text format: every sample line is `name{labels} value`.
@@ -275,6 +365,79 @@ fn metrics_scrape_parses_and_tracks_drops_health_and_conntrack() {
         "{samples:?}"
     );
     assert!(value(&samples, "netctl_conntrack_entries").unwrap() >= 2.0);
+
+    // Map pressure for every map: capacity, and entries of the hash maps.
+    for map in [
+        "FLOWS",
+        "CT",
+        "LB_SERVICES",
+        "LB_BACKENDS",
+        "SOCK_REVNAT",
+        "IDENTITIES",
+        "POLICY",
+        "RATE_LIMITS",
+        "RATE_BUCKETS",
+        "DROP_PAIRS",
+    ] {
+        let entries = value(&samples, &format!("netctl_map_entries{{map=\"{map}\"}}"));
+        let capacity = value(&samples, &format!("netctl_map_capacity{{map=\"{map}\"}}"));
+        assert!(
+            entries.is_some() && capacity.is_some_and(|c| c > 0.0),
+            "{map}: {samples:?}"
+        );
+        assert!(entries <= capacity, "{map}");
+    }
+    // The server's frontend: one master entry and one slot.
+    assert!(value(&samples, "netctl_map_entries{map=\"LB_SERVICES\"}").unwrap() >= 2.0);
+    assert!(value(&samples, "netctl_map_entries{map=\"IDENTITIES\"}").unwrap() >= 2.0);
+    assert!(value(&samples, "netctl_map_entries{map=\"DROP_PAIRS\"}").unwrap() >= 1.0);
+    assert!(value(&samples, "netctl_map_fill_ratio{map=\"CT\"}").unwrap() > 0.0);
+
+    // New connections per service, from the dataplane's flow events: three more to the
+    // server show as three more.
+    let new_conns = "netctl_service_new_connections_total{service=\"server\",protocol=\"tcp\"}";
+    let before = value(&scrape(slot.metrics_port()), new_conns).unwrap_or(0.0);
+    let _more: Vec<Session> = (0..3)
+        .map(|_| Session::open(&client.netns, vip, 7000))
+        .collect();
+    wait_until(
+        "three new connections counted",
+        Duration::from_secs(10),
+        || value(&scrape(slot.metrics_port()), new_conns).unwrap_or(0.0) >= before + 3.0,
+    );
+
+    // The iptables dataplane: conntrack fill from the kernel's own table.
+    drop(_more);
+    drop(_session);
+    let file = platform.file.to_str().unwrap();
+    assert_success(
+        &slot.netctl(&["up", "-f", file, "--dataplane", "iptables"]),
+        "up --dataplane iptables",
+    );
+    let max: f64 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut samples = Vec::new();
+    wait_until(
+        "the iptables controller's metrics",
+        Duration::from_secs(20),
+        || {
+            samples = std::panic::catch_unwind(|| scrape(slot.metrics_port())).unwrap_or_default();
+            // The new controller's (no maps any more), from the kernel's table.
+            !samples.is_empty() && !samples.iter().any(|(s, _)| s.starts_with("netctl_map_"))
+        },
+    );
+    assert_eq!(value(&samples, "netctl_conntrack_capacity"), Some(max));
+    let count: f64 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let entries = value(&samples, "netctl_conntrack_entries").unwrap();
+    // Host-wide and live: other connections come and go between the two reads.
+    assert!(entries > 0.0 && (entries - count).abs() <= count.max(entries) * 0.5 + 50.0);
 }
 
 #[test]

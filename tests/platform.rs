@@ -239,3 +239,70 @@ fn traffic_leaving_through_the_uplink_is_masqueraded() {
         "the outside sees the host's address, not the namespace's"
     );
 }
+
+/// The flat example (one /16 bridge, examples/flat.toml) moved into the slot (its /16
+/// narrowed to the slot's /17): up, traffic between two of its namespaces on the one
+/// bridge, `netctl flows` with the controller stopped, and a `down` that leaves nothing.
+#[test]
+fn the_flat_example_comes_up_counts_flows_without_a_controller_and_goes_down_clean() {
+    require_root!();
+    let slot = Slot::acquire();
+    let before = Snapshot::take(&slot.prefix());
+    {
+        let mut topology = netctl::topology::Topology::parse(include_str!("../examples/flat.toml"))
+            .expect("the flat example parses");
+        common::relocate(&mut topology, slot.block());
+        common::run_nothing(&mut topology);
+        let platform = Platform::from_topology(&slot, &topology);
+        assert_eq!(platform.plan.networks.len(), 1);
+        assert_eq!(platform.plan.networks[0].subnet.prefix_len(), 17);
+        let out = platform.up_ok();
+        assert!(out.contains("1 networks, 9 namespaces"), "{out}");
+
+        // TCP and exact UDP between namespaces on the one bridge.
+        let order = platform.endpoint("order");
+        let postgres = platform.endpoint("postgres");
+        let p1 = platform.endpoint("product-1");
+        let redis = platform.endpoint("redis");
+        let sink = traffic::tcp_sink(&postgres.netns, postgres.address, 5432);
+        traffic::tcp_send(&order.netns, postgres.address, 5432, 50_000);
+        assert_eq!(sink.join().expect("sink").bytes, 50_000);
+        const N: usize = 10;
+        let sink = traffic::udp_sink(&redis.netns, redis.address, 7000, N);
+        traffic::udp_send(Some(&p1.netns), 17000, redis.address, 7000, N, 100);
+        assert_eq!(sink.join().expect("udp sink"), N);
+
+        // The flow map is pinned: it answers with no netctl process running.
+        let controller =
+            netctl::controller::daemon::running(&slot.instance()).expect("controller running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(controller.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the controller");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while controller.is_alive() {
+            assert!(std::time::Instant::now() < deadline, "the controller died");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let flows = flows(&slot);
+        let tcp = find(&flows, "order", "postgres", "tcp", 5432).expect("order -> postgres");
+        assert!(tcp["bytes"].as_u64().expect("bytes") > 50_000, "{tcp}");
+        let udp = find(&flows, "product-1", "redis", "udp", 7000).expect("product-1 -> redis");
+        assert_eq!(udp["packets"], N as u64, "{udp}");
+        let table = slot.netctl(&["flows", "--service", "redis"]);
+        assert_success(&table, "netctl flows");
+        let text = String::from_utf8_lossy(&table.stdout);
+        assert!(
+            text.contains("FIRST SEEN") && text.contains("product-1:17000"),
+            "{text}"
+        );
+
+        assert_success(&slot.netctl(&["down"]), "netctl down");
+    }
+    before.assert_same(&Snapshot::take(&slot.prefix()));
+    assert!(
+        !netctl::controller::state::instance_dir(&slot.instance()).exists(),
+        "no state left in /run/netctl"
+    );
+}

@@ -4,6 +4,7 @@
 
 mod http_load;
 mod loadgen;
+mod pathcheck;
 mod platform;
 mod plot;
 mod report;
@@ -20,7 +21,7 @@ struct Cli {
     /// CI-sized run: fewer rounds, shorter measurements.
     #[arg(long, global = true)]
     quick: bool,
-    /// Where to write `<date>-<bench>.json` and `.md`.
+    /// Where to write `<date>T<time>-<bench>.json`, `.md` and `.html`.
     #[arg(long, global = true, default_value = "bench-results")]
     out: std::path::PathBuf,
     #[command(subcommand)]
@@ -49,7 +50,8 @@ enum Bench {
     /// port, nginx, the gateway and a product replica, from Redis; requests/s, p50/p99,
     /// eBPF vs iptables.
     Http(scenarios::http::Args),
-    /// Everything above except `lb` and `http`, then one combined report.
+    /// Everything above except `lb` (its paths are the 1-service cells of `scale`), `http`
+    /// included (cross-checked with wrk), then one combined report with the goals.
     All,
 }
 
@@ -91,7 +93,7 @@ fn main() -> ExitCode {
         Bench::Packet => scenarios::packet::run(cli.quick, &cli.out).map(drop),
         Bench::Crosscheck => scenarios::crosscheck::run(cli.quick, &cli.out).map(drop),
         Bench::Http(args) => scenarios::http::run(cli.quick, &cli.out, &args),
-        Bench::All => scenarios::all::run(cli.quick, &cli.out),
+        Bench::All => scenarios::all::run(cli.quick, &cli.out, &scenarios::http::Args::for_all()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

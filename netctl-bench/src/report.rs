@@ -1,5 +1,6 @@
-//! Writing results: `bench-results/<date>-<bench>.json` (every measurement), `.md` (tables,
-//! plots linked) and `.html` (the same, plots inline), and each plot as its own `.svg`.
+//! Writing results: `bench-results/<date>T<time>-<bench>.json` (every measurement), `.md`
+//! (tables, plots linked) and `.html` (the same, plots inline), and each plot as its own
+//! `.svg`. The time (UTC, to the second) keeps a rerun on the same day from overwriting.
 
 use std::{
     fmt::Write as _,
@@ -9,11 +10,35 @@ use std::{
 use anyhow::Context;
 use serde::Serialize;
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// `YYYY-MM-DD` of today (UTC), without a date crate.
 pub fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    date_of(now_secs())
+}
+
+/// `YYYY-MM-DDTHHMMSS` (UTC) now: a file name's stamp (no `:`, which some tools refuse).
+pub fn stamp() -> String {
+    stamp_of(now_secs())
+}
+
+fn stamp_of(secs: u64) -> String {
+    let t = secs % 86_400;
+    format!(
+        "{}T{:02}{:02}{:02}",
+        date_of(secs),
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    )
+}
+
+fn date_of(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
     // Civil from days (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -119,7 +144,7 @@ pub struct Written {
     pub html: PathBuf,
 }
 
-/// Writes `<dir>/<date>-<name>.json`, `.md`, `.html` and one `.svg` per plot.
+/// Writes `<dir>/<date>T<time>-<name>.json`, `.md`, `.html` and one `.svg` per plot.
 pub fn write<T: Serialize>(
     dir: &Path,
     name: &str,
@@ -128,7 +153,7 @@ pub fn write<T: Serialize>(
     sections: &[Section],
 ) -> anyhow::Result<Written> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let base = format!("{}-{name}", today());
+    let base = format!("{}-{name}", stamp());
     let path = |ext: &str| dir.join(format!("{base}.{ext}"));
     let json = path("json");
     std::fs::write(&json, serde_json::to_vec_pretty(result)?)
@@ -176,14 +201,38 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// `x / base`, 0 when the base is 0.
-pub fn ratio(x: f64, base: f64) -> f64 {
-    if base > 0.0 { x / base } else { 0.0 }
+/// `x / base`, or `None` ("not measured") unless both were measured (positive, finite):
+/// a missing figure must never read as a ratio of 0 that passes a "within 10%" goal.
+pub fn ratio(x: f64, base: f64) -> Option<f64> {
+    let measured = |v: f64| v.is_finite() && v > 0.0;
+    (measured(x) && measured(base)).then(|| x / base)
+}
+
+/// A ratio for a table: `digits` decimals and `suffix`, or `-` when not measured.
+pub fn show_ratio(r: Option<f64>, digits: usize, suffix: &str) -> String {
+    r.map_or_else(|| "-".into(), |v| format!("{v:.digits$}{suffix}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratios_need_both_figures() {
+        assert_eq!(ratio(3.0, 2.0), Some(1.5));
+        assert_eq!(ratio(3.0, 0.0), None);
+        assert_eq!(ratio(0.0, 2.0), None);
+        assert_eq!(ratio(f64::NAN, 2.0), None);
+        assert_eq!(show_ratio(None, 3, ""), "-");
+        assert_eq!(show_ratio(Some(2.0), 1, "x"), "2.0x");
+    }
+
+    #[test]
+    fn stamps_carry_the_time_of_day() {
+        // 2024-03-01 13:05:09 UTC.
+        assert_eq!(stamp_of(1_709_298_309), "2024-03-01T130509");
+        assert_eq!(date_of(0), "1970-01-01");
+    }
 
     #[test]
     fn today_is_a_date() {
@@ -213,7 +262,13 @@ mod tests {
         let html = std::fs::read_to_string(&w.html).expect("html");
         assert!(html.contains("<svg></svg>") && html.contains("a &lt; b"));
         let md = std::fs::read_to_string(&w.markdown).expect("md");
-        assert!(md.contains(&format!("![p]({}-x-p.svg)", today())));
+        let base = w
+            .markdown
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("name");
+        assert!(base.starts_with(&today()) && base.ends_with("-x") && base.contains('T'));
+        assert!(md.contains(&format!("![p]({base}-p.svg)")));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,6 @@
 //! Output for people (aligned tables) and for scripts (JSON), on stdout. Logs go to stderr
-//! through `tracing`.
+//! through `tracing`; so does the progress of long operations, and only on a terminal
+//! (scripts and tests see the same output with or without it).
 
 use std::io::{self, Write};
 
@@ -29,6 +30,37 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// A spinner with `message` on stderr when it is a terminal; hidden otherwise.
+pub fn spinner(message: &str) -> indicatif::ProgressBar {
+    let bar = if io::IsTerminal::is_terminal(&io::stderr()) {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    bar.set_message(message.to_string());
+    bar
+}
+
+/// A bar of `total` steps of `what` on stderr when it is a terminal; hidden otherwise.
+pub fn bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = if io::IsTerminal::is_terminal(&io::stderr()) {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let template =
+        format!("{{bar:30}} {{pos}}/{{len}} {what} ({{elapsed}}, ~{{eta}} left) {{msg}}");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
 }
 
 pub fn print_line(line: &str) -> io::Result<()> {

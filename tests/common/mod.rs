@@ -266,8 +266,10 @@ fn write_topology(slot: &Slot, topology: &Topology, file: &Path) -> netctl::topo
         .expect("relocated topology is valid")
 }
 
-/// Moves every network of `topology` into `block` (network i -> block + i*256), keeping
-/// each address's offset in its subnet. Networks must be /24 or smaller.
+/// Moves every network of `topology` into `block`, in file order, each to the next address
+/// aligned to its size and at least a /24 apart (so /24s and smaller land at block + i*256),
+/// keeping each address's offset in its subnet. A network wider than /17 is narrowed to a
+/// /17 (the slot's VIPs sit at .240.0/20): its addresses must lie in its first /17.
 pub fn relocate(topology: &mut Topology, block: Ipv4Net) {
     // Service VIPs too: 10.(200+NN).240.0/20.
     let vips =
@@ -277,11 +279,18 @@ pub fn relocate(topology: &mut Topology, block: Ipv4Net) {
         svc.vip = None;
     }
     let mut moves: Vec<(String, Ipv4Net, Ipv4Net)> = Vec::new();
-    for (i, (name, net)) in topology.networks.iter_mut().enumerate() {
+    let mut next = u32::from(block.network());
+    for (name, net) in topology.networks.iter_mut() {
         let old: Ipv4Net = net.subnet.parse().expect("valid subnet");
-        assert!(old.prefix_len() >= 24, "relocate handles /24 or smaller");
-        let base = u32::from(block.network()) + (i as u32) * 256;
-        let new = Ipv4Net::new(Ipv4Addr::from(base), old.prefix_len()).expect("valid");
+        let len = old.prefix_len().max(17);
+        let size = (1u32 << (32 - len)).max(256);
+        let base = next.div_ceil(size) * size;
+        next = base + size;
+        assert!(
+            next <= u32::from(vips.network()),
+            "the networks fit below the slot's VIPs"
+        );
+        let new = Ipv4Net::new(Ipv4Addr::from(base), len).expect("valid");
         net.subnet = new.to_string();
         if let Some(gw) = &net.gateway {
             net.gateway = Some(shift(gw, old, new));
@@ -317,7 +326,12 @@ pub fn relocate(topology: &mut Topology, block: Ipv4Net) {
 fn shift(addr: &str, old: Ipv4Net, new: Ipv4Net) -> String {
     let a: Ipv4Addr = addr.parse().expect("valid address");
     let offset = u32::from(a) - u32::from(old.network());
-    Ipv4Addr::from(u32::from(new.network()) + offset).to_string()
+    let moved = Ipv4Addr::from(u32::from(new.network()) + offset);
+    assert!(
+        new.contains(&moved),
+        "{addr} of {old} does not fit in {new}"
+    );
+    moved.to_string()
 }
 
 pub fn assert_success(out: &Output, what: &str) {

@@ -1,6 +1,7 @@
 //! `bench all`: every benchmark in one run (latency and connection rate at every service
-//! count, control plane, per-packet cost, the sockperf cross-check), then one combined
-//! report with the goals of the iptables/benchmark issue checked against the figures.
+//! count, control plane, per-packet cost, the sockperf cross-check, HTTP end to end), then
+//! one combined report with the goals of the iptables/benchmark issue checked against the
+//! figures. (`bench lb` stays apart: its paths are the 1-service cells of `scale`.)
 
 use std::path::Path;
 
@@ -9,6 +10,7 @@ use serde::Serialize;
 use super::{
     control::{self, ControlResult},
     crosscheck::{self, CrosscheckResult},
+    http::{self, HttpResult},
     packet::{self, PacketResult},
     scale::{self, Parts, Path_, ScaleResult},
 };
@@ -22,7 +24,36 @@ struct AllResult<'a> {
     control: &'a ControlResult,
     packet: &'a PacketResult,
     crosscheck: &'a CrosscheckResult,
+    http: &'a HttpResult,
     goals: &'a [Goal],
+}
+
+/// Whether a goal was met, by the figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Met,
+    NotMet,
+    /// A figure it needs is missing, zero, or from a flagged cell: never "met".
+    NotMeasured,
+}
+
+impl Verdict {
+    fn from(met: Option<bool>) -> Verdict {
+        match met {
+            Some(true) => Verdict::Met,
+            Some(false) => Verdict::NotMet,
+            None => Verdict::NotMeasured,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Met => "yes",
+            Verdict::NotMet => "NO",
+            Verdict::NotMeasured => "not measured",
+        }
+    }
 }
 
 /// One goal, its measured value and whether it was met.
@@ -30,10 +61,10 @@ struct AllResult<'a> {
 pub struct Goal {
     pub goal: String,
     pub measured: String,
-    pub met: bool,
+    pub verdict: Verdict,
 }
 
-pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
+pub fn run(quick: bool, out: &Path, http_args: &http::Args) -> anyhow::Result<()> {
     let both = Parts {
         latency: true,
         rate: true,
@@ -42,12 +73,14 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     let c = control::run(quick, out)?;
     let p = packet::run(quick, out)?;
     let x = crosscheck::run(quick, out)?;
+    let h = http::measure(quick, http_args)?;
     let goals = goals(&s, &c);
     let mut sections = vec![goals_section(&goals)];
     sections.extend(scale::sections(&s, both)?);
     sections.push(control::section(&c)?);
     sections.push(packet::section(&p));
     sections.push(crosscheck::section(&x));
+    sections.push(http::section(&h));
     let result = AllResult {
         date: report::today(),
         quick,
@@ -55,6 +88,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
         control: &c,
         packet: &p,
         crosscheck: &x,
+        http: &h,
         goals: &goals,
     };
     let w = report::write(
@@ -66,18 +100,25 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     )?;
     report::print(&sections[..1]);
     tracing::info!("wrote {} and {}", w.markdown.display(), w.html.display());
-    Ok(())
+    http::check_failures(&h)
+}
+
+fn show(r: Option<f64>) -> String {
+    report::show_ratio(r, 3, "")
 }
 
 /// The issue's goals, each checked against the figures (nothing is tuned to meet them).
+/// A goal whose figures are missing, zero or flagged is "not measured", never met.
 pub fn goals(s: &ScaleResult, c: &ControlResult) -> Vec<Goal> {
     let mut out = Vec::new();
     let counts = &s.service_counts;
-    let (first, last) = (
-        counts.first().copied().unwrap_or(1),
-        counts.last().copied().unwrap_or(1),
-    );
-    let get = |n: usize, p: Path_| s.cell(n, p).cloned().unwrap_or_default();
+    // A cell counts only when measured cleanly.
+    let get = |n: usize, p: Path_| s.cell(n, p).filter(|r| !r.flagged());
+    let fig = |n: usize, p: Path_, f: fn(&scale::Round) -> f64| get(n, p).map(f).unwrap_or(0.0);
+    let (first, last) = match (counts.first(), counts.last()) {
+        (Some(a), Some(b)) => (*a, *b),
+        _ => (1, 1),
+    };
 
     for (what, f) in [
         (
@@ -86,78 +127,106 @@ pub fn goals(s: &ScaleResult, c: &ControlResult) -> Vec<Goal> {
         ),
         ("new connection p50", |r: &scale::Round| r.conn_p50_us),
     ] {
-        let ratios: Vec<String> = counts
-            .iter()
-            .map(|n| {
-                format!(
-                    "{n}: {:.3}",
-                    ratio(f(&get(*n, Path_::EbpfTc)), f(&get(*n, Path_::Direct)))
-                )
-            })
-            .collect();
-        let met = counts
-            .iter()
-            .all(|n| ratio(f(&get(*n, Path_::EbpfTc)), f(&get(*n, Path_::Direct))) <= 1.10);
-        out.push(Goal {
-            goal: format!("eBPF TC {what} within 10% of direct at every service count"),
-            measured: format!("ebpf-tc / direct: {}", ratios.join(", ")),
-            met,
-        });
+        for base in [Path_::Direct, Path_::Bare] {
+            let ratios: Vec<Option<f64>> = counts
+                .iter()
+                .map(|n| ratio(fig(*n, Path_::EbpfTc, f), fig(*n, base, f)))
+                .collect();
+            let shown: Vec<String> = counts
+                .iter()
+                .zip(&ratios)
+                .map(|(n, r)| format!("{n}: {}", show(*r)))
+                .collect();
+            let met = (!ratios.is_empty())
+                .then(|| {
+                    ratios
+                        .iter()
+                        .map(|r| r.map(|r| r <= 1.10))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .flatten()
+                .map(|v| v.iter().all(|ok| *ok));
+            out.push(Goal {
+                goal: format!(
+                    "eBPF TC {what} within 10% of {} at every service count",
+                    base.label()
+                ),
+                measured: format!("ebpf-tc / {}: {}", base.name(), shown.join(", ")),
+                verdict: Verdict::from(met),
+            });
+        }
     }
-    let growth = |p: Path_| ratio(get(last, p).conn_p50_us, get(first, p).conn_p50_us);
+    let conn = |r: &scale::Round| r.conn_p50_us;
+    let growth = |p: Path_| {
+        if first == last {
+            return None; // one service count: no growth to speak of
+        }
+        ratio(fig(last, p, conn), fig(first, p, conn))
+    };
     let ipt = growth(Path_::Iptables);
     out.push(Goal {
         goal: format!("iptables new-connection latency grows from {first} to {last} services"),
-        measured: format!("iptables p50 at {last} / at {first}: {ipt:.3}"),
-        met: ipt > 1.05,
+        measured: format!("iptables p50 at {last} / at {first}: {}", show(ipt)),
+        verdict: Verdict::from(ipt.map(|g| g > 1.05)),
     });
     let ebpf = growth(Path_::EbpfTc);
     out.push(Goal {
         goal: format!(
             "eBPF TC new-connection latency flat within 5% from {first} to {last} services"
         ),
-        measured: format!("ebpf-tc p50 at {last} / at {first}: {ebpf:.3}"),
-        met: (ebpf - 1.0).abs() <= 0.05,
+        measured: format!("ebpf-tc p50 at {last} / at {first}: {}", show(ebpf)),
+        verdict: Verdict::from(ebpf.map(|g| (g - 1.0).abs() <= 0.05)),
     });
-    let rate = ratio(
-        get(last, Path_::EbpfTc).conn_per_s,
-        get(last, Path_::Iptables).conn_per_s,
-    );
+    let rate_of = |p: Path_| fig(last, p, |r| r.conn_per_s);
+    let rate = ratio(rate_of(Path_::EbpfTc), rate_of(Path_::Iptables));
     out.push(Goal {
         goal: format!("connection rate at {last} services at least 2x iptables (eBPF TC)"),
         measured: format!(
-            "ebpf-tc / iptables: {rate:.2}x (ebpf-socket: {:.2}x)",
-            ratio(
-                get(last, Path_::EbpfSocket).conn_per_s,
-                get(last, Path_::Iptables).conn_per_s
+            "ebpf-tc / iptables: {} (ebpf-socket: {})",
+            report::show_ratio(rate, 2, "x"),
+            report::show_ratio(
+                ratio(rate_of(Path_::EbpfSocket), rate_of(Path_::Iptables)),
+                2,
+                "x"
             )
         ),
-        met: rate >= 2.0,
+        verdict: Verdict::from(rate.map(|r| r >= 2.0)),
     });
-    if let Some(a) = c.apply.last() {
-        let x = ratio(a.iptables_ms, a.ebpf_ms);
-        out.push(Goal {
-            goal: format!(
-                "applying {} services at least 10x faster than iptables-restore",
-                a.services
-            ),
-            measured: format!(
-                "eBPF {:.1} ms, iptables {:.1} ms: {x:.1}x",
-                a.ebpf_ms, a.iptables_ms
-            ),
-            met: x >= 10.0,
-        });
+    match c.apply.last() {
+        Some(a) => {
+            let x = ratio(a.iptables_ms, a.ebpf_ms);
+            out.push(Goal {
+                goal: format!(
+                    "applying {} services at least 10x faster than iptables-restore",
+                    a.services
+                ),
+                measured: format!(
+                    "eBPF {:.1} ms, iptables {:.1} ms (medians): {}",
+                    a.ebpf_ms,
+                    a.iptables_ms,
+                    report::show_ratio(x, 1, "x")
+                ),
+                verdict: Verdict::from(x.map(|x| x >= 10.0)),
+            });
+        }
+        None => out.push(Goal {
+            goal: "applying 10,000 services at least 10x faster than iptables-restore".into(),
+            measured: "no apply measured".into(),
+            verdict: Verdict::NotMeasured,
+        }),
     }
+    let ch = &c.change;
+    let measured = ch.changes > 0 && ch.ebpf_max_ms > 0.0;
     out.push(Goal {
         goal: format!(
             "one backend change under 1 ms ({} services, eBPF)",
-            c.change.services
+            ch.services
         ),
         measured: format!(
-            "median {:.3} ms, slowest {:.3} ms (iptables: median {:.1} ms)",
-            c.change.ebpf_median_ms, c.change.ebpf_max_ms, c.change.iptables_median_ms
+            "median {:.3} ms, slowest {:.3} ms of {} (iptables: median {:.1} ms)",
+            ch.ebpf_median_ms, ch.ebpf_max_ms, ch.changes, ch.iptables_median_ms
         ),
-        met: c.change.ebpf_max_ms < 1.0,
+        verdict: Verdict::from(measured.then_some(ch.ebpf_max_ms < 1.0)),
     });
     out
 }
@@ -168,13 +237,162 @@ fn goals_section(goals: &[Goal]) -> Section {
         t.row(vec![
             g.goal.clone(),
             g.measured.clone(),
-            if g.met { "yes" } else { "NO" }.into(),
+            g.verdict.text().into(),
         ]);
     }
     Section {
         title: "Goals".into(),
-        text: "Checked against the figures below; the benchmark is not tuned to meet them.".into(),
+        text: "Checked against the figures below; the benchmark is not tuned to meet them. \
+               \"not measured\": a figure the goal needs is missing, zero, or from a cell \
+               flagged for failed connections or a wrong path."
+            .into(),
         tables: vec![t],
         plots: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::{
+        control::{ApplyTime, ChangeTime},
+        scale::{Cell, Round},
+    };
+
+    fn scale_result(cells: Vec<Cell>) -> ScaleResult {
+        ScaleResult {
+            date: String::new(),
+            quick: true,
+            service_counts: vec![1, 100],
+            rounds: 1,
+            round_trips: 1,
+            new_connection_seconds: 1.0,
+            rate_seconds: 1.0,
+            rate_clients: 1,
+            cells,
+        }
+    }
+
+    fn control_result(apply: Vec<ApplyTime>, changes: usize, max_ms: f64) -> ControlResult {
+        ControlResult {
+            date: String::new(),
+            quick: true,
+            rounds: 1,
+            apply,
+            change: ChangeTime {
+                services: 100,
+                changes,
+                ebpf_median_ms: max_ms,
+                ebpf_max_ms: max_ms,
+                iptables_median_ms: 0.0,
+                iptables_max_ms: 0.0,
+            },
+        }
+    }
+
+    fn cell(services: usize, path: Path_, v: f64) -> Cell {
+        let r = Round {
+            rr_p50_us: v,
+            conn_p50_us: v,
+            conn_per_s: 1000.0 / v,
+            ..Round::default()
+        };
+        Cell {
+            services,
+            path,
+            rounds: vec![r.clone()],
+            median: r,
+        }
+    }
+
+    #[test]
+    fn no_data_is_never_a_met_goal() {
+        let none = goals(
+            &scale_result(Vec::new()),
+            &control_result(Vec::new(), 0, 0.0),
+        );
+        assert!(none.len() >= 8);
+        for g in &none {
+            assert_eq!(g.verdict, Verdict::NotMeasured, "{g:?}");
+        }
+        // Zeros are no data either.
+        let zeros: Vec<Cell> = [1, 100]
+            .into_iter()
+            .flat_map(|n| Path_::ALL.map(|p| cell(n, p, 0.0)))
+            .collect();
+        let apply = vec![ApplyTime {
+            services: 100,
+            ebpf_ms: 0.0,
+            iptables_ms: 5.0,
+            ebpf_runs_ms: Vec::new(),
+            iptables_runs_ms: Vec::new(),
+        }];
+        for g in goals(&scale_result(zeros), &control_result(apply, 0, 0.0)) {
+            assert_eq!(g.verdict, Verdict::NotMeasured, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn measured_goals_are_met_or_not_and_flagged_cells_do_not_count() {
+        let mut cells = Vec::new();
+        for n in [1, 100] {
+            cells.push(cell(n, Path_::Bare, 10.0));
+            cells.push(cell(n, Path_::Direct, 10.0));
+            cells.push(cell(n, Path_::EbpfTc, 10.5));
+            cells.push(cell(n, Path_::EbpfSocket, 9.0));
+            cells.push(cell(n, Path_::Iptables, if n == 1 { 10.0 } else { 30.0 }));
+        }
+        let apply = vec![ApplyTime {
+            services: 100,
+            ebpf_ms: 1.0,
+            iptables_ms: 50.0,
+            ebpf_runs_ms: Vec::new(),
+            iptables_runs_ms: Vec::new(),
+        }];
+        let g = goals(&scale_result(cells), &control_result(apply.clone(), 4, 0.2));
+        let verdict = |needle: &str| {
+            g.iter()
+                .find(|g| g.goal.contains(needle))
+                .map(|g| g.verdict)
+                .unwrap_or_else(|| panic!("no goal {needle}"))
+        };
+        assert_eq!(
+            verdict("request/response p50 within 10% of direct"),
+            Verdict::Met
+        );
+        assert_eq!(
+            verdict("request/response p50 within 10% of bare"),
+            Verdict::Met
+        );
+        assert_eq!(
+            verdict("iptables new-connection latency grows"),
+            Verdict::Met
+        );
+        assert_eq!(verdict("flat within 5%"), Verdict::Met);
+        assert_eq!(verdict("at least 2x iptables"), Verdict::Met);
+        assert_eq!(verdict("10x faster"), Verdict::Met);
+        assert_eq!(verdict("under 1 ms"), Verdict::Met);
+
+        // The same figures, but the TC cell at 100 services had failures.
+        let mut cells = Vec::new();
+        for n in [1, 100] {
+            for p in Path_::ALL {
+                let mut c = cell(n, p, 10.0);
+                if n == 100 && p == Path_::EbpfTc {
+                    c.median.failures = 3;
+                }
+                cells.push(c);
+            }
+        }
+        let g = goals(&scale_result(cells), &control_result(apply, 4, 2.0));
+        for g in &g {
+            if g.goal.contains("eBPF TC") || g.goal.contains("(eBPF TC)") {
+                assert_eq!(g.verdict, Verdict::NotMeasured, "{g:?}");
+            }
+        }
+        assert!(
+            g.iter()
+                .any(|g| g.goal.contains("under 1 ms") && g.verdict == Verdict::NotMet)
+        );
     }
 }

@@ -7,8 +7,10 @@
 //! - iptables: the `IptablesWriter` running `iptables-restore --noflush` into a bench
 //!   instance's chains (`NCTL-bncp-…`, removed afterwards).
 //!
-//! A backend change swaps one backend of the service in the middle for another address,
-//! then back, several times; the median and the slowest are reported.
+//! Each apply is repeated (a fresh object and fresh chains each time, the two dataplanes
+//! taking turns) and the median reported, every run kept in the JSON. A backend change
+//! swaps one backend of the service in the middle for another address, then back, several
+//! times; the median and the slowest are reported.
 
 use std::{
     collections::BTreeMap,
@@ -33,7 +35,7 @@ use serde::Serialize;
 
 use crate::{
     plot::{self, Series},
-    report::{self, Section, Table, ratio},
+    report::{self, Section, Table, ratio, show_ratio},
     stats::median,
 };
 
@@ -43,8 +45,14 @@ const INSTANCE: &str = "bncp";
 #[derive(Debug, Serialize, Clone)]
 pub struct ApplyTime {
     pub services: usize,
+    /// Medians over the runs.
     pub ebpf_ms: f64,
     pub iptables_ms: f64,
+    /// Every run, in order.
+    #[serde(default)]
+    pub ebpf_runs_ms: Vec<f64>,
+    #[serde(default)]
+    pub iptables_runs_ms: Vec<f64>,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -61,6 +69,8 @@ pub struct ChangeTime {
 pub struct ControlResult {
     pub date: String,
     pub quick: bool,
+    /// Runs of each apply.
+    pub rounds: usize,
     pub apply: Vec<ApplyTime>,
     pub change: ChangeTime,
 }
@@ -167,28 +177,47 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn run(quick: bool, out: &Path) -> anyhow::Result<ControlResult> {
-    let (counts, changes): (&[usize], usize) = if quick {
-        (&[1, 100], 4)
+    let (counts, changes, rounds): (&[usize], usize, usize) = if quick {
+        (&[1, 100], 4, 3)
     } else {
-        (&[1, 100, 1_000, 10_000], 10)
+        (&[1, 100, 1_000, 10_000], 10, 5)
     };
     let mut apply = Vec::new();
+    let bar = netctl::output::bar((counts.len() * rounds) as u64, "applies");
     for &n in counts {
         let d = desired(n);
-        let (_obj, mut rec) = ebpf_writer()?;
-        let ebpf = timed(|| rec.apply(&d, None).map(drop))?;
-        let ipt = {
-            let _base = IptablesBase::install()?;
-            let mut w = IptablesWriter::new(INSTANCE);
-            timed(|| LbWriter::apply(&mut w, &d, None).map(drop))?
-        };
-        tracing::info!(services = n, ?ebpf, ?ipt, "applied");
+        let (mut ebpf_runs, mut ipt_runs) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            bar.set_message(format!("{n} services"));
+            let ebpf_once = || -> anyhow::Result<f64> {
+                let (_obj, mut rec) = ebpf_writer()?;
+                Ok(ms(timed(|| rec.apply(&d, None).map(drop))?))
+            };
+            let ipt_once = || -> anyhow::Result<f64> {
+                let _base = IptablesBase::install()?;
+                let mut w = IptablesWriter::new(INSTANCE);
+                Ok(ms(timed(|| LbWriter::apply(&mut w, &d, None).map(drop))?))
+            };
+            // Take turns at going first.
+            if round % 2 == 0 {
+                ebpf_runs.push(ebpf_once()?);
+                ipt_runs.push(ipt_once()?);
+            } else {
+                ipt_runs.push(ipt_once()?);
+                ebpf_runs.push(ebpf_once()?);
+            }
+            bar.inc(1);
+        }
+        tracing::info!(services = n, ?ebpf_runs, ?ipt_runs, "applied (ms)");
         apply.push(ApplyTime {
             services: n,
-            ebpf_ms: ms(ebpf),
-            iptables_ms: ms(ipt),
+            ebpf_ms: median(&mut ebpf_runs.clone()),
+            iptables_ms: median(&mut ipt_runs.clone()),
+            ebpf_runs_ms: ebpf_runs,
+            iptables_runs_ms: ipt_runs,
         });
     }
+    bar.finish_and_clear();
 
     // One backend changed, with the most services installed.
     let n = counts.last().copied().unwrap_or(1);
@@ -223,6 +252,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<ControlResult> {
     let result = ControlResult {
         date: report::today(),
         quick,
+        rounds,
         apply,
         change,
     };
@@ -242,8 +272,8 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<ControlResult> {
 pub fn section(r: &ControlResult) -> anyhow::Result<Section> {
     let mut t = Table::new(&[
         "services",
-        "eBPF map writes ms",
-        "iptables-restore ms",
+        "eBPF map writes ms (median)",
+        "iptables-restore ms (median)",
         "iptables / eBPF",
     ]);
     for a in &r.apply {
@@ -251,7 +281,7 @@ pub fn section(r: &ControlResult) -> anyhow::Result<Section> {
             a.services.to_string(),
             format!("{:.2}", a.ebpf_ms),
             format!("{:.1}", a.iptables_ms),
-            format!("{:.1}x", ratio(a.iptables_ms, a.ebpf_ms)),
+            show_ratio(ratio(a.iptables_ms, a.ebpf_ms), 1, "x"),
         ]);
     }
     let c = &r.change;
@@ -294,12 +324,13 @@ pub fn section(r: &ControlResult) -> anyhow::Result<Section> {
     Ok(Section {
         title: "Control plane".into(),
         text: format!(
-            "The controller's writer (`LbWriter::apply`) from nothing to N services, and one \
+            "The controller's writer (`LbWriter::apply`) from nothing to N services, median \
+             of {} runs each (a fresh object or fresh chains every run), and one \
              backend of one service swapped ({} times, alternating) with {} services installed. \
              eBPF: map writes into a freshly loaded object; iptables: `iptables-restore \
              --noflush` transactions into the bench's own chains (the first apply includes \
              reading the nat table once, as after a controller start).",
-            c.changes, c.services
+            r.rounds, c.changes, c.services
         ),
         tables: vec![t, t2],
         plots: vec![("control-apply".into(), plot)],
@@ -333,6 +364,8 @@ mod tests {
         assert_eq!(r.apply.len(), 2);
         for a in &r.apply {
             assert!(a.ebpf_ms > 0.0 && a.iptables_ms > 0.0, "{a:?}");
+            assert_eq!(a.ebpf_runs_ms.len(), r.rounds, "{a:?}");
+            assert_eq!(a.iptables_runs_ms.len(), r.rounds, "{a:?}");
         }
         assert!(r.change.ebpf_median_ms > 0.0 && r.change.iptables_median_ms > 0.0);
         assert_eq!(

@@ -2,7 +2,8 @@
 //! side: `sockperf ping-pong` (Debian's sockperf, TCP, 64-byte messages, full round trip)
 //! and our request/response workload, client namespace -> backend directly and -> the VIP
 //! through the eBPF TC path. The servers differ (sockperf's own, our echo server); both
-//! run in the backend's namespace.
+//! run in the backend's namespace. Each path gets the ratio of our p50 to sockperf's, and
+//! a gap over [`MAX_GAP`] (either way) is flagged: the tools should agree.
 
 use std::{
     net::Ipv4Addr,
@@ -22,6 +23,14 @@ use crate::{
 };
 
 const PREFIX: &str = "bx-";
+
+/// Largest relative gap between two tools' figures that still counts as agreement.
+pub const MAX_GAP: f64 = 0.25;
+
+/// True when `ours / theirs` is missing or off by more than [`MAX_GAP`] either way.
+pub fn disagree(ours_over_theirs: Option<f64>) -> bool {
+    ours_over_theirs.is_none_or(|r| !(1.0 / (1.0 + MAX_GAP)..=1.0 + MAX_GAP).contains(&r))
+}
 const ECHO: u16 = 7000;
 const SOCKPERF: u16 = 7001;
 
@@ -57,12 +66,47 @@ pub struct Pair {
     pub p99_us: f64,
 }
 
+/// The two tools on one path.
+#[derive(Debug, Serialize, Clone)]
+pub struct Agreement {
+    pub path: String,
+    /// Our p50 / sockperf's p50 (`None`: either is missing).
+    pub p50_ratio: Option<f64>,
+    pub p99_ratio: Option<f64>,
+    /// The p50s differ by more than [`MAX_GAP`].
+    pub disagree: bool,
+}
+
 #[derive(Debug, Serialize)]
 pub struct CrosscheckResult {
     pub date: String,
     pub quick: bool,
     pub seconds_per_tool: f64,
     pub results: Vec<Pair>,
+    pub agreement: Vec<Agreement>,
+}
+
+fn agreement(results: &[Pair]) -> Vec<Agreement> {
+    let mut paths: Vec<&str> = results.iter().map(|p| p.path.as_str()).collect();
+    paths.dedup();
+    paths
+        .into_iter()
+        .map(|path| {
+            let by = |tool: &str| results.iter().find(|p| p.path == path && p.tool == tool);
+            let (ours, theirs) = (by("netctl-bench"), by("sockperf"));
+            let r = |f: fn(&Pair) -> f64| {
+                ours.zip(theirs)
+                    .and_then(|(o, t)| report::ratio(f(o), f(t)))
+            };
+            let p50_ratio = r(|p| p.p50_us);
+            Agreement {
+                path: path.to_string(),
+                p50_ratio,
+                p99_ratio: r(|p| p.p99_us),
+                disagree: disagree(p50_ratio),
+            }
+        })
+        .collect()
 }
 
 /// A process started by the bench, stopped (by its pid) and reaped when dropped.
@@ -101,7 +145,11 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<CrosscheckResult> {
     let mut results = Vec::new();
     for (path, target) in [("direct", web.address), ("ebpf-tc (VIP)", vip)] {
         let trips = (secs as usize) * 20_000;
-        let mut rr = loadgen::request_response(&client, target, ECHO, trips / 10, trips)?;
+        let rr = loadgen::request_response(&client, target, ECHO, trips / 10, trips)?;
+        if rr.failures > 0 {
+            tracing::warn!(path, failures = rr.failures, "round trips failed");
+        }
+        let mut rr = rr.samples;
         results.push(Pair {
             path: path.into(),
             tool: "netctl-bench".into(),
@@ -122,6 +170,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<CrosscheckResult> {
         date: report::today(),
         quick,
         seconds_per_tool: secs as f64,
+        agreement: agreement(&results),
         results,
     };
     let sections = vec![section(&result)];
@@ -178,21 +227,69 @@ pub fn section(r: &CrosscheckResult) -> Section {
             format!("{:.1}", p.p99_us),
         ]);
     }
+    let mut a = Table::new(&[
+        "path",
+        "ours / sockperf p50",
+        "ours / sockperf p99",
+        "agree",
+    ]);
+    for g in &r.agreement {
+        a.row(vec![
+            g.path.clone(),
+            report::show_ratio(g.p50_ratio, 2, "x"),
+            report::show_ratio(g.p99_ratio, 2, "x"),
+            if g.disagree {
+                format!("NO (!): gap over {:.0}%", MAX_GAP * 100.0)
+            } else {
+                "yes".into()
+            },
+        ]);
+    }
     Section {
         title: "Load generator cross-check (sockperf)".into(),
         text: format!(
             "TCP request/response of 64 bytes over one connection, {:.0} s per tool and path: \
              `sockperf ping-pong --tcp -m 64 --full-rtt` against `sockperf sr`, and our \
-             request/response workload against our echo server, in the same namespaces.",
-            r.seconds_per_tool
+             request/response workload against our echo server, in the same namespaces. \
+             The tools agree when their p50s are within {:.0}% of each other.",
+            r.seconds_per_tool,
+            MAX_GAP * 100.0
         ),
-        tables: vec![t],
+        tables: vec![t, a],
         plots: Vec::new(),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tools_agree_within_a_quarter() {
+        let pair = |path: &str, tool: &str, p50: f64| Pair {
+            path: path.into(),
+            tool: tool.into(),
+            p50_us: p50,
+            p90_us: p50,
+            p99_us: p50 * 2.0,
+        };
+        let a = agreement(&[
+            pair("direct", "netctl-bench", 10.0),
+            pair("direct", "sockperf", 9.0),
+            pair("vip", "netctl-bench", 20.0),
+            pair("vip", "sockperf", 10.0),
+            pair("lost", "netctl-bench", 20.0),
+        ]);
+        assert_eq!(a.len(), 3);
+        assert!(!a[0].disagree && (a[0].p50_ratio.unwrap() - 10.0 / 9.0).abs() < 1e-9);
+        assert!(a[1].disagree, "2x apart");
+        assert!(
+            a[2].disagree && a[2].p50_ratio.is_none(),
+            "nothing to compare with"
+        );
+        assert!(disagree(Some(0.7)) && !disagree(Some(0.85)) && !disagree(Some(1.2)));
+    }
+
     #[test]
     fn sockperf_percentiles_are_read() {
         let text = "sockperf: ---> percentile 99.000 =   25.656\n\

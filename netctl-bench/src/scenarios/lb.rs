@@ -1,13 +1,15 @@
 //! `bench lb`: TCP request/response latency and new-connection rate from a client namespace
-//! to a service of three replicas on another tier, by three paths measured side by side:
+//! to a service of three replicas on another tier, by four paths measured side by side:
 //!
-//! - `direct`: to one backend's own address (no load balancing: the floor);
+//! - `bare`: to one backend's own address with every program detached (the floor);
+//! - `direct`: the same with the eBPF dataplane attached, no load balancing;
 //! - `vip-tc`: to the VIP with socket LB off: DNAT/reverse NAT by the TC programs;
 //! - `vip-socket`: to the VIP with socket LB on: connect() goes straight to a backend.
 //!
 //! The paths take turns within each round (socket LB is switched by `netctl up` with the
-//! changed topology: a map update, no reload); the report gives medians over the rounds and
-//! ratios to `direct`.
+//! changed topology: a map update, no reload, waited for in the `CONFIG` map); each is
+//! checked against the dataplane's counters ([`crate::pathcheck`]). The report gives
+//! medians over the rounds and ratios to `direct` and to `bare`.
 
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
@@ -15,12 +17,15 @@ use serde::Serialize;
 
 use crate::{
     loadgen::{self, EchoServer},
+    pathcheck::{self, Counters, Expect},
     platform::BenchPlatform,
-    report,
+    report::{self, show_ratio},
     stats::{median, micros, quantile},
 };
 
 const PORT: u16 = 7000;
+/// Connections made to see whether the detached programs still count.
+const PROBE: Duration = Duration::from_millis(10);
 const PREFIX: &str = "bn-";
 
 fn topology(socket_lb: bool) -> String {
@@ -51,19 +56,30 @@ socket_lb = {socket_lb}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 enum Path_ {
+    Bare,
     Direct,
     VipTc,
     VipSocket,
 }
 
 impl Path_ {
-    const ALL: [Path_; 3] = [Path_::Direct, Path_::VipTc, Path_::VipSocket];
+    const ALL: [Path_; 4] = [Path_::Bare, Path_::Direct, Path_::VipTc, Path_::VipSocket];
 
     fn name(self) -> &'static str {
         match self {
-            Path_::Direct => "direct",
+            Path_::Bare => "bare (no programs attached)",
+            Path_::Direct => "direct (dataplane attached, no LB)",
             Path_::VipTc => "vip-tc",
             Path_::VipSocket => "vip-socket",
+        }
+    }
+
+    fn expect(self) -> Expect {
+        match self {
+            Path_::Bare => Expect::Bare,
+            Path_::Direct => Expect::Direct,
+            Path_::VipTc => Expect::TcLb,
+            Path_::VipSocket => Expect::SocketLb,
         }
     }
 }
@@ -76,7 +92,23 @@ struct Round {
     conn_per_s: f64,
     conn_p50_us: f64,
     conn_p99_us: f64,
+    /// Failed connections and round trips, stalls (1 s timeouts) included.
     conn_failures: usize,
+    stalls: usize,
+    /// Why the dataplane's counters say the path was not the one meant, if they do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wrong_path: Option<String>,
+}
+
+/// Each figure over a baseline's (`None`: either is missing).
+#[derive(Debug, Default, Clone, Serialize)]
+struct Ratios {
+    rr_p50_us: Option<f64>,
+    rr_p90_us: Option<f64>,
+    rr_p99_us: Option<f64>,
+    conn_per_s: Option<f64>,
+    conn_p50_us: Option<f64>,
+    conn_p99_us: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,8 +116,8 @@ struct PathResult {
     path: Path_,
     rounds: Vec<Round>,
     median: Round,
-    /// `median / direct median` for each figure.
-    ratio_to_direct: Round,
+    ratio_to_direct: Ratios,
+    ratio_to_bare: Ratios,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,42 +151,79 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
     platform.wait_backends("web", PORT, 3)?;
 
-    let mut results: Vec<Vec<Round>> = vec![Vec::new(); 3];
+    let instance = platform.plan.instance();
+    let mut results: Vec<Vec<Round>> = vec![Vec::new(); Path_::ALL.len()];
     let mut socket_lb = false;
+    let bar = netctl::output::bar((rounds * Path_::ALL.len()) as u64, "measurements");
     for round in 0..rounds {
         // Rotate the order so no path always runs first (warm caches, CPU frequency).
-        for k in 0..3 {
-            let i = (round + k) % 3;
+        for k in 0..Path_::ALL.len() {
+            let i = (round + k) % Path_::ALL.len();
             let path = Path_::ALL[i];
-            let want_socket = path == Path_::VipSocket;
+            bar.set_message(format!("round {}, {}", round + 1, path.name()));
+            let want_socket = match path {
+                Path_::VipSocket => true,
+                Path_::VipTc => false,
+                _ => socket_lb,
+            };
             if want_socket != socket_lb {
                 platform.apply(&topology(want_socket))?;
                 socket_lb = want_socket;
-                // The controller applies CONFIG within a tick.
-                std::thread::sleep(Duration::from_millis(400));
             }
-            let target = if path == Path_::Direct { direct } else { vip };
-            let mut rr = loadgen::request_response(&client, target, PORT, trips / 10, trips)?;
-            let cr = loadgen::connection_rate(&client, target, PORT, clients, conn_time)?;
+            pathcheck::wait_socket_lb(&instance, socket_lb)?;
+            if path == Path_::Bare {
+                pathcheck::detach_all(&instance)?;
+                pathcheck::wait_detached(&instance, || {
+                    loadgen::connection_rate(&client, direct, PORT, 1, PROBE).map(drop)
+                })?;
+            }
+            let target = if matches!(path, Path_::Bare | Path_::Direct) {
+                direct
+            } else {
+                vip
+            };
+            let before = Counters::read(&instance)?;
+            let measured = (|| -> anyhow::Result<_> {
+                let rr = loadgen::request_response(&client, target, PORT, trips / 10, trips)?;
+                let cr = loadgen::connection_rate(&client, target, PORT, clients, conn_time)?;
+                Ok((rr, cr))
+            })();
+            let after = Counters::read(&instance)?;
+            if path == Path_::Bare {
+                // Attach everything again (same topology: only the hooks are made).
+                platform.apply(&topology(socket_lb))?;
+                platform.wait_backends("web", PORT, 3)?;
+            }
+            let (rr, cr) = measured?;
+            let mut samples = rr.samples;
             let mut lat = cr.latencies;
+            let connections = 1 + lat.len() as u64;
             let r = Round {
-                rr_p50_us: micros(quantile(&mut rr, 0.50)),
-                rr_p90_us: micros(quantile(&mut rr, 0.90)),
-                rr_p99_us: micros(quantile(&mut rr, 0.99)),
+                rr_p50_us: micros(quantile(&mut samples, 0.50)),
+                rr_p90_us: micros(quantile(&mut samples, 0.90)),
+                rr_p99_us: micros(quantile(&mut samples, 0.99)),
                 conn_per_s: cr.connections as f64 / cr.elapsed.as_secs_f64(),
                 conn_p50_us: micros(quantile(&mut lat, 0.50)),
                 conn_p99_us: micros(quantile(&mut lat, 0.99)),
-                conn_failures: cr.failures,
+                conn_failures: cr.failures + rr.failures,
+                stalls: cr.stalls + rr.stalls,
+                wrong_path: pathcheck::check(path.expect(), before, after, connections).err(),
             };
+            if r.conn_failures > 0 || r.wrong_path.is_some() {
+                tracing::warn!(round, path = path.name(), ?r, "flagged");
+            }
             tracing::info!(round, path = path.name(), ?r, "measured");
             results[i].push(r);
+            bar.inc(1);
         }
     }
+    bar.finish_and_clear();
     drop(servers);
     drop(platform);
 
     let medians: Vec<Round> = results.iter().map(|rs| median_round(rs)).collect();
-    let direct_m = medians[0].clone();
+    let bare_m = medians[Path_::Bare as usize].clone();
+    let direct_m = medians[Path_::Direct as usize].clone();
     let paths: Vec<PathResult> = Path_::ALL
         .iter()
         .zip(results)
@@ -163,7 +232,8 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
             path: *p,
             rounds,
             median: m.clone(),
-            ratio_to_direct: ratio(m, &direct_m),
+            ratio_to_direct: ratios(m, &direct_m),
+            ratio_to_bare: ratios(m, &bare_m),
         })
         .collect();
     let result = LbResult {
@@ -202,19 +272,20 @@ fn median_round(rs: &[Round]) -> Round {
         conn_p50_us: m(|r| r.conn_p50_us),
         conn_p99_us: m(|r| r.conn_p99_us),
         conn_failures: rs.iter().map(|r| r.conn_failures).sum(),
+        stalls: rs.iter().map(|r| r.stalls).sum(),
+        wrong_path: rs.iter().find_map(|r| r.wrong_path.clone()),
     }
 }
 
-fn ratio(a: &Round, base: &Round) -> Round {
-    let r = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
-    Round {
+fn ratios(a: &Round, base: &Round) -> Ratios {
+    let r = report::ratio;
+    Ratios {
         rr_p50_us: r(a.rr_p50_us, base.rr_p50_us),
         rr_p90_us: r(a.rr_p90_us, base.rr_p90_us),
         rr_p99_us: r(a.rr_p99_us, base.rr_p99_us),
         conn_per_s: r(a.conn_per_s, base.conn_per_s),
         conn_p50_us: r(a.conn_p50_us, base.conn_p50_us),
         conn_p99_us: r(a.conn_p99_us, base.conn_p99_us),
-        conn_failures: a.conn_failures,
     }
 }
 
@@ -223,7 +294,9 @@ fn section(r: &LbResult) -> report::Section {
         "Client namespace -> service (3 replicas, other tier). {} round(s); each: {} \
          request/response round trips of {} bytes on one connection, then {:.1} s of connect \
          + 1 round trip + close from {} parallel clients. Medians over rounds; ratios to \
-         `direct`.",
+         `direct` (dataplane attached, no LB) and to `bare` (no programs attached), `-` when \
+         either is missing. `(!)`: failed or stalled connections, or the dataplane's \
+         counters show the path was not taken.",
         r.paths.first().map_or(0, |p| p.rounds.len()),
         r.round_trips_per_round,
         loadgen::MESSAGE,
@@ -239,26 +312,37 @@ fn section(r: &LbResult) -> report::Section {
         "conn p50 µs",
         "conn p99 µs",
         "failures",
-        "RR p50 ratio",
-        "conn/s ratio",
+        "RR p50 / direct",
+        "RR p50 / bare",
+        "conn/s / direct",
+        "conn/s / bare",
     ]);
     for p in &r.paths {
         let m = &p.median;
+        let flagged = m.conn_failures > 0 || m.wrong_path.is_some();
         t.row(vec![
-            p.path.name().into(),
+            format!("{}{}", p.path.name(), if flagged { " (!)" } else { "" }),
             format!("{:.1}", m.rr_p50_us),
             format!("{:.1}", m.rr_p90_us),
             format!("{:.1}", m.rr_p99_us),
             format!("{:.0}", m.conn_per_s),
             format!("{:.1}", m.conn_p50_us),
             format!("{:.1}", m.conn_p99_us),
-            m.conn_failures.to_string(),
-            format!("{:.3}", p.ratio_to_direct.rr_p50_us),
-            format!("{:.3}", p.ratio_to_direct.conn_per_s),
+            match &m.wrong_path {
+                Some(w) => format!(
+                    "{} ({} stalled); wrong path: {w}",
+                    m.conn_failures, m.stalls
+                ),
+                None => format!("{} ({} stalled)", m.conn_failures, m.stalls),
+            },
+            show_ratio(p.ratio_to_direct.rr_p50_us, 3, ""),
+            show_ratio(p.ratio_to_bare.rr_p50_us, 3, ""),
+            show_ratio(p.ratio_to_direct.conn_per_s, 3, ""),
+            show_ratio(p.ratio_to_bare.conn_per_s, 3, ""),
         ]);
     }
     report::Section {
-        title: "Load balancing: direct vs VIP (TC) vs VIP (socket LB)".into(),
+        title: "Load balancing: bare and direct vs VIP (TC) vs VIP (socket LB)".into(),
         text,
         tables: vec![t],
         plots: Vec::new(),
@@ -284,7 +368,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(json.path()).expect("read")).expect("json");
         let _ = std::fs::remove_dir_all(&dir);
         let paths = v["paths"].as_array().expect("paths");
-        assert_eq!(paths.len(), 3);
+        assert_eq!(paths.len(), 4);
         for p in paths {
             assert!(p["median"]["rr_p50_us"].as_f64().expect("p50") > 0.0, "{p}");
             assert!(
@@ -292,6 +376,7 @@ mod tests {
                 "{p}"
             );
             assert_eq!(p["median"]["conn_failures"], 0, "{p}");
+            assert!(p["median"].get("wrong_path").is_none(), "path taken: {p}");
         }
     }
 }

@@ -14,7 +14,7 @@
 
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use aya::programs::{TestRun, TestRunOptions};
 use netctl::{
     controller::lb::apply::Reconciler,
@@ -125,18 +125,24 @@ fn measure(n: usize, runs: u32) -> anyhow::Result<Vec<PathCost>> {
         });
     };
 
-    // New flows: a SYN from a new source port each time.
+    // New flows: a SYN from a new source port each time (the first checked for its DNAT).
+    let backend_list: Vec<(Ipv4Addr, u16)> =
+        fe.backends.iter().map(|(b, _)| (b.addr, b.port)).collect();
     let mut times = Vec::new();
     for i in 0..runs {
         let port = 10_000 + (i % 50_000) as u16;
-        let (t, _) = run_once(&tcp(CLIENT, port, vip, 7000, TCP_SYN), 1)?;
+        let (t, out) = run_once(&tcp(CLIENT, port, vip, 7000, TCP_SYN), 1)?;
+        if i == 0 {
+            dnat_target(&out, &backend_list).context("the first new-flow SYN")?;
+        }
         times.push(micros(t) * 1e3);
     }
     record("new flow to a VIP (SYN)", &mut times, None);
 
-    // One tracked connection, then its packets both ways.
+    // One tracked connection, then its packets both ways. Its SYN must have been DNATed
+    // to one of the service's backends, or the paths timed below are not the NAT paths.
     let (_, syn_out) = run_once(&tcp(CLIENT, 9_000, vip, 7000, TCP_SYN), 1)?;
-    let backend = Ipv4Addr::new(syn_out[30], syn_out[31], syn_out[32], syn_out[33]);
+    let backend = dnat_target(&syn_out, &backend_list)?;
     let ack = tcp(CLIENT, 9_000, vip, 7000, TCP_ACK);
     let mut times = Vec::new();
     for _ in 0..runs {
@@ -167,6 +173,19 @@ fn measure(n: usize, runs: u32) -> anyhow::Result<Vec<PathCost>> {
         Some(repeat_mean),
     );
     Ok(out)
+}
+
+/// The destination of a frame the program let through, which must be one of `backends`.
+fn dnat_target(frame: &[u8], backends: &[(Ipv4Addr, u16)]) -> anyhow::Result<Ipv4Addr> {
+    let (Some(ip), Some(port)) = (frame.get(30..34), frame.get(36..38)) else {
+        bail!("the program returned a {}-byte frame", frame.len());
+    };
+    let addr = Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]);
+    let port = u16::from_be_bytes([port[0], port[1]]);
+    if !backends.contains(&(addr, port)) {
+        bail!("the SYN went to {addr}:{port}, not to a backend ({backends:?}): it was not DNATed");
+    }
+    Ok(addr)
 }
 
 pub fn section(r: &PacketResult) -> Section {
@@ -256,6 +275,23 @@ mod tests {
         let f = tcp(CLIENT, 1, Ipv4Addr::new(10, 96, 0, 1), 80, TCP_SYN);
         assert_eq!(f.len(), 54);
         assert_eq!(checksum(&f[14..34]), 0, "IP header sums to zero");
+    }
+
+    #[test]
+    fn a_syn_must_leave_dnated_to_a_backend() {
+        let b = Ipv4Addr::new(10, 254, 2, 11);
+        let backends = [(b, BACKEND_PORT)];
+        let dnated = tcp(CLIENT, 1, b, BACKEND_PORT, TCP_SYN);
+        assert_eq!(dnat_target(&dnated, &backends).expect("a backend"), b);
+        let vip = tcp(
+            CLIENT,
+            1,
+            Ipv4Addr::new(10, 254, 64, 1),
+            BACKEND_PORT,
+            TCP_SYN,
+        );
+        assert!(dnat_target(&vip, &backends).is_err(), "still to the VIP");
+        assert!(dnat_target(&vip[..20], &backends).is_err(), "truncated");
     }
 
     #[test]

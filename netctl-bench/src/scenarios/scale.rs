@@ -1,11 +1,18 @@
 //! `bench latency` / `bench rate`: TCP latency and connection rate through a service VIP
-//! with 1, 100, 1,000 and 10,000 services installed, by four paths side by side:
+//! with 1, 100, 1,000 and 10,000 services installed, by five paths side by side:
 //!
-//! - `direct`: client namespace -> one backend's own address (no load balancing: the floor;
-//!   measured on the eBPF platform, so the TC programs' per-packet work is in it);
+//! - `bare`: client namespace -> one backend's own address with every program of the
+//!   platform detached (no TC, no socket programs): the same namespaces, veths and
+//!   bridges, nothing of ours in the path. The true floor;
+//! - `direct`: the same, with the eBPF dataplane attached (conntrack, flow counters,
+//!   policy) but no load balancing: "direct (dataplane attached, no LB)";
 //! - `ebpf-tc`: -> the VIP, DNAT by the TC programs (socket LB off);
 //! - `ebpf-socket`: -> the VIP, connect() pointed at a backend by the cgroup program;
 //! - `iptables`: -> the VIP, the same platform brought up with `--dataplane iptables`.
+//!
+//! Each eBPF cell is checked against the dataplane's counters ([`crate::pathcheck`]): a
+//! cell that did not take its path (socket LB not on yet, programs not detached) is
+//! flagged, and so is one with failed or stalled connections.
 //!
 //! The platform: a client tier, the measured service `web` (3 replicas running our echo
 //! server) on another tier, and N - 1 more services whose backends are listed by hand
@@ -15,8 +22,8 @@
 //! of a service, not the best or the worst.
 //!
 //! For each service count, every round runs both dataplanes (their order alternating) and,
-//! on the eBPF platform, the three eBPF paths in rotating order. Figures are medians over
-//! rounds; ratios are to `direct` at the same service count.
+//! on the eBPF platform, the four eBPF-platform paths in rotating order. Figures are
+//! medians over rounds; ratios are to `direct` and to `bare` at the same service count.
 
 use std::{fmt::Write as _, net::Ipv4Addr, path::Path, time::Duration};
 
@@ -25,13 +32,16 @@ use serde::Serialize;
 
 use crate::{
     loadgen::{self, EchoServer},
+    pathcheck::{self, Counters, Expect},
     platform::BenchPlatform,
     plot::{self, Series},
-    report::{self, Section, Table, ratio},
+    report::{self, Section, Table, ratio, show_ratio},
     stats::{median, micros, quantile},
 };
 
 const PORT: u16 = 7000;
+/// Connections made to see whether the detached programs still count.
+const PROBE: Duration = Duration::from_millis(10);
 const PREFIX: &str = "bs-";
 
 /// What to measure.
@@ -44,6 +54,7 @@ pub struct Parts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Path_ {
+    Bare,
     Direct,
     EbpfTc,
     EbpfSocket,
@@ -51,19 +62,45 @@ pub enum Path_ {
 }
 
 impl Path_ {
-    pub const ALL: [Path_; 4] = [
+    pub const ALL: [Path_; 5] = [
+        Path_::Bare,
         Path_::Direct,
         Path_::EbpfTc,
         Path_::EbpfSocket,
         Path_::Iptables,
     ];
+    /// The paths measured on the eBPF platform, rotated within a round.
+    const ON_EBPF: [Path_; 4] = [Path_::Bare, Path_::Direct, Path_::EbpfTc, Path_::EbpfSocket];
 
     pub fn name(self) -> &'static str {
         match self {
+            Path_::Bare => "bare",
             Path_::Direct => "direct",
             Path_::EbpfTc => "ebpf-tc",
             Path_::EbpfSocket => "ebpf-socket",
             Path_::Iptables => "iptables",
+        }
+    }
+
+    /// The name in tables, saying what the baselines are.
+    pub fn label(self) -> &'static str {
+        match self {
+            Path_::Bare => "bare (no programs attached)",
+            Path_::Direct => "direct (dataplane attached, no LB)",
+            Path_::EbpfTc => "ebpf-tc",
+            Path_::EbpfSocket => "ebpf-socket",
+            Path_::Iptables => "iptables",
+        }
+    }
+
+    fn expect(self) -> Option<Expect> {
+        match self {
+            Path_::Bare => Some(Expect::Bare),
+            Path_::Direct => Some(Expect::Direct),
+            Path_::EbpfTc => Some(Expect::TcLb),
+            Path_::EbpfSocket => Some(Expect::SocketLb),
+            // No maps to ask.
+            Path_::Iptables => None,
         }
     }
 }
@@ -79,7 +116,48 @@ pub struct Round {
     pub conn_p99_us: f64,
     /// Connections per second with several parallel clients.
     pub conn_per_s: f64,
+    /// Failed connections and round trips, stalls included.
     pub failures: usize,
+    /// Failures that were timeouts (`loadgen::IO_TIMEOUT`).
+    #[serde(default)]
+    pub stalls: usize,
+    /// Why the dataplane's counters say the path was not the one meant, if they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrong_path: Option<String>,
+}
+
+impl Round {
+    /// Failed connections or a wrong path: the figures are not to be trusted.
+    pub fn flagged(&self) -> bool {
+        self.failures > 0 || self.wrong_path.is_some()
+    }
+
+    /// The path's label with a mark when flagged.
+    fn label(&self, path: Path_) -> String {
+        if self.flagged() {
+            format!("{} (!)", path.label())
+        } else {
+            path.label().to_string()
+        }
+    }
+
+    fn problems(&self) -> String {
+        let mut p = Vec::new();
+        if self.failures > 0 {
+            p.push(format!(
+                "{} failed ({} stalled)",
+                self.failures, self.stalls
+            ));
+        }
+        if let Some(w) = &self.wrong_path {
+            p.push(format!("wrong path: {w}"));
+        }
+        if p.is_empty() {
+            "0".into()
+        } else {
+            p.join("; ")
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -171,7 +249,12 @@ pub fn run(quick: bool, parts: Parts, out: &Path) -> anyhow::Result<ScaleResult>
         }
     };
     let mut cells = Vec::new();
+    let bar = netctl::output::bar(
+        (cfg.counts.len() * cfg.rounds * Path_::ALL.len()) as u64,
+        "measurements",
+    );
     for &n in &cfg.counts {
+        bar.set_message(format!("{n} services: bringing up"));
         tracing::info!(services = n, "bringing up");
         let mut platform = BenchPlatform::up(PREFIX, &topology(n, "ebpf", false))?;
         let client = platform.endpoint("client")?.netns.clone();
@@ -186,38 +269,90 @@ pub fn run(quick: bool, parts: Parts, out: &Path) -> anyhow::Result<ScaleResult>
             .service("web")
             .map(|s| s.vip)
             .context("no web service")?;
-        let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); 4];
+        let instance = platform.plan.instance();
+        let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); Path_::ALL.len()];
         let mut mode = "ebpf";
         let mut socket_lb = false;
         platform.wait_ready(n, "web", PORT, 3)?;
         for round in 0..cfg.rounds {
-            // Alternate which dataplane goes first; rotate the eBPF paths.
+            // Alternate which dataplane goes first; rotate the eBPF platform's paths.
             let ebpf_first = round % 2 == 0;
-            let mut order: Vec<Path_> = (0..3).map(|k| Path_::ALL[(round + k) % 3]).collect();
+            let k = Path_::ON_EBPF.len();
+            let mut order: Vec<Path_> = (0..k).map(|i| Path_::ON_EBPF[(round + i) % k]).collect();
             if ebpf_first {
                 order.push(Path_::Iptables);
             } else {
                 order.insert(0, Path_::Iptables);
             }
             for path in order {
+                bar.set_message(format!(
+                    "{n} services, round {}, {}",
+                    round + 1,
+                    path.name()
+                ));
                 let want_mode = if path == Path_::Iptables {
                     "iptables"
                 } else {
                     "ebpf"
                 };
-                let want_socket = path == Path_::EbpfSocket;
+                // Socket LB is switched only for its own path; the others keep it as is.
+                let want_socket = match path {
+                    Path_::EbpfSocket => true,
+                    Path_::EbpfTc => false,
+                    _ => socket_lb,
+                };
                 if want_mode != mode || (want_mode == "ebpf" && want_socket != socket_lb) {
                     platform.apply(&topology(n, want_mode, want_socket))?;
                     platform.wait_ready(n, "web", PORT, 3)?;
                     mode = want_mode;
                     socket_lb = want_socket;
-                    // Socket LB is a CONFIG flag the controller sets within a tick.
-                    std::thread::sleep(Duration::from_millis(400));
                 }
-                let target = if path == Path_::Direct { direct } else { vip };
-                let r = measure(&client, target, &cfg, parts)?;
+                if mode == "ebpf" {
+                    // The controller sets the CONFIG flag within a tick: wait for it.
+                    pathcheck::wait_socket_lb(&instance, socket_lb)?;
+                }
+                if path == Path_::Bare {
+                    let n_links = pathcheck::detach_all(&instance)?;
+                    pathcheck::wait_detached(&instance, || {
+                        loadgen::connection_rate(&client, direct, PORT, 1, PROBE).map(drop)
+                    })?;
+                    tracing::debug!(links = n_links, "detached every program");
+                }
+                let target = if matches!(path, Path_::Bare | Path_::Direct) {
+                    direct
+                } else {
+                    vip
+                };
+                let before = path
+                    .expect()
+                    .map(|_| Counters::read(&instance))
+                    .transpose()?;
+                let measured = measure(&client, target, &cfg, parts);
+                let after = path
+                    .expect()
+                    .map(|_| Counters::read(&instance))
+                    .transpose()?;
+                if path == Path_::Bare {
+                    // Attach everything again (the same topology: only the hooks are made).
+                    platform.apply(&topology(n, mode, socket_lb))?;
+                    platform.wait_ready(n, "web", PORT, 3)?;
+                }
+                let (mut r, connections) = measured?;
+                if let (Some(expect), Some(b), Some(a)) = (path.expect(), before, after) {
+                    r.wrong_path = pathcheck::check(expect, b, a, connections).err();
+                }
+                if r.flagged() {
+                    tracing::warn!(
+                        services = n,
+                        round,
+                        path = path.name(),
+                        "flagged: {}",
+                        r.problems()
+                    );
+                }
                 tracing::info!(services = n, round, path = path.name(), ?r, "measured");
                 rounds[path as usize].push(r);
+                bar.inc(1);
             }
         }
         drop(servers);
@@ -232,6 +367,7 @@ pub fn run(quick: bool, parts: Parts, out: &Path) -> anyhow::Result<ScaleResult>
             });
         }
     }
+    bar.finish_and_clear();
     let result = ScaleResult {
         date: report::today(),
         quick,
@@ -261,26 +397,38 @@ pub fn run(quick: bool, parts: Parts, out: &Path) -> anyhow::Result<ScaleResult>
     Ok(result)
 }
 
-fn measure(ns: &str, target: Ipv4Addr, cfg: &Config, parts: Parts) -> anyhow::Result<Round> {
+/// One round of `parts` to `target`, and how many connections it made (for the path check).
+fn measure(ns: &str, target: Ipv4Addr, cfg: &Config, parts: Parts) -> anyhow::Result<(Round, u64)> {
     let mut r = Round::default();
+    let mut connections = 0;
     if parts.latency {
-        let mut rr = loadgen::request_response(ns, target, PORT, cfg.trips / 10, cfg.trips)?;
-        r.rr_p50_us = micros(quantile(&mut rr, 0.50));
-        r.rr_p90_us = micros(quantile(&mut rr, 0.90));
-        r.rr_p99_us = micros(quantile(&mut rr, 0.99));
+        let rr = loadgen::request_response(ns, target, PORT, cfg.trips / 10, cfg.trips)?;
+        // At least one connection (more after failures: a lower bound is enough).
+        connections += 1;
+        r.failures += rr.failures;
+        r.stalls += rr.stalls;
+        let mut samples = rr.samples;
+        r.rr_p50_us = micros(quantile(&mut samples, 0.50));
+        r.rr_p90_us = micros(quantile(&mut samples, 0.90));
+        r.rr_p99_us = micros(quantile(&mut samples, 0.99));
         let one = loadgen::connection_rate(ns, target, PORT, 1, cfg.conn_time)?;
+        connections += one.connections as u64;
         let mut lat = one.latencies;
         r.conn_p50_us = micros(quantile(&mut lat, 0.50));
         r.conn_p90_us = micros(quantile(&mut lat, 0.90));
         r.conn_p99_us = micros(quantile(&mut lat, 0.99));
         r.failures += one.failures;
+        r.stalls += one.stalls;
     }
     if parts.rate {
         let many = loadgen::connection_rate(ns, target, PORT, cfg.clients, cfg.rate_time)?;
+        connections += many.connections as u64;
         r.conn_per_s = many.connections as f64 / many.elapsed.as_secs_f64();
         r.failures += many.failures;
+        r.stalls += many.stalls;
     }
-    Ok(r)
+    // Successful connections only: a failed one may or may not have reached the dataplane.
+    Ok((r, connections))
 }
 
 fn median_round(rs: &[Round]) -> Round {
@@ -294,6 +442,8 @@ fn median_round(rs: &[Round]) -> Round {
         conn_p99_us: m(|r| r.conn_p99_us),
         conn_per_s: m(|r| r.conn_per_s),
         failures: rs.iter().map(|r| r.failures).sum(),
+        stalls: rs.iter().map(|r| r.stalls).sum(),
+        wrong_path: rs.iter().find_map(|r| r.wrong_path.clone()),
     }
 }
 
@@ -325,7 +475,12 @@ pub fn sections(r: &ScaleResult, parts: Parts) -> anyhow::Result<Vec<Section>> {
     let setup = format!(
         "Client namespace -> service `web` (3 replicas on another tier), with N services \
          installed (3 backends each). {} round(s) per service count, both dataplanes in every \
-         round; medians over rounds; ratios to `direct` at the same N.",
+         round; medians over rounds. Two baselines at the same N: `bare`, the same namespaces \
+         with no program of ours attached (the floor), and `direct`, straight to a backend \
+         with the eBPF dataplane attached but no load balancing. A ratio is `-` when either \
+         figure is missing. `(!)` marks a cell with failed or stalled connections (1 s \
+         timeouts) or whose dataplane counters show it did not take its path: do not trust \
+         its figures.",
         r.rounds
     );
     if parts.latency {
@@ -339,25 +494,33 @@ pub fn sections(r: &ScaleResult, parts: Parts) -> anyhow::Result<Vec<Section>> {
             "new conn p90 µs",
             "new conn p99 µs",
             "RR p50 / direct",
+            "RR p50 / bare",
             "new conn p50 / direct",
+            "new conn p50 / bare",
+            "failures",
         ]);
         for n in &r.service_counts {
-            let Some(d) = r.cell(*n, Path_::Direct) else {
-                continue;
+            let d = r.cell(*n, Path_::Direct);
+            let b = r.cell(*n, Path_::Bare);
+            let vs = |x: f64, base: Option<&Round>, f: fn(&Round) -> f64| {
+                show_ratio(base.and_then(|base| ratio(x, f(base))), 3, "")
             };
             for p in Path_::ALL {
                 let Some(c) = r.cell(*n, p) else { continue };
                 t.row(vec![
                     n.to_string(),
-                    p.name().into(),
+                    c.label(p),
                     format!("{:.1}", c.rr_p50_us),
                     format!("{:.1}", c.rr_p90_us),
                     format!("{:.1}", c.rr_p99_us),
                     format!("{:.1}", c.conn_p50_us),
                     format!("{:.1}", c.conn_p90_us),
                     format!("{:.1}", c.conn_p99_us),
-                    format!("{:.3}", ratio(c.rr_p50_us, d.rr_p50_us)),
-                    format!("{:.3}", ratio(c.conn_p50_us, d.conn_p50_us)),
+                    vs(c.rr_p50_us, d, |x| x.rr_p50_us),
+                    vs(c.rr_p50_us, b, |x| x.rr_p50_us),
+                    vs(c.conn_p50_us, d, |x| x.conn_p50_us),
+                    vs(c.conn_p50_us, b, |x| x.conn_p50_us),
+                    c.problems(),
                 ]);
             }
         }
@@ -394,21 +557,27 @@ pub fn sections(r: &ScaleResult, parts: Parts) -> anyhow::Result<Vec<Section>> {
             "path",
             "connections/s",
             "/ direct",
+            "/ bare",
             "/ iptables",
             "failures",
         ]);
         for n in &r.service_counts {
-            let d = r.cell(*n, Path_::Direct).map_or(0.0, |c| c.conn_per_s);
-            let ipt = r.cell(*n, Path_::Iptables).map_or(0.0, |c| c.conn_per_s);
+            let base = |p: Path_| r.cell(*n, p).map_or(0.0, |c| c.conn_per_s);
+            let (d, b, ipt) = (
+                base(Path_::Direct),
+                base(Path_::Bare),
+                base(Path_::Iptables),
+            );
             for p in Path_::ALL {
                 let Some(c) = r.cell(*n, p) else { continue };
                 t.row(vec![
                     n.to_string(),
-                    p.name().into(),
+                    c.label(p),
                     format!("{:.0}", c.conn_per_s),
-                    format!("{:.3}", ratio(c.conn_per_s, d)),
-                    format!("{:.3}", ratio(c.conn_per_s, ipt)),
-                    c.failures.to_string(),
+                    show_ratio(ratio(c.conn_per_s, d), 3, ""),
+                    show_ratio(ratio(c.conn_per_s, b), 3, ""),
+                    show_ratio(ratio(c.conn_per_s, ipt), 3, ""),
+                    c.problems(),
                 ]);
             }
         }
@@ -473,7 +642,7 @@ mod tests {
             rate: true,
         };
         let r = run(true, both, &dir).expect("quick scale benchmark runs");
-        assert_eq!(r.cells.len(), 8, "4 paths x 2 service counts");
+        assert_eq!(r.cells.len(), 10, "5 paths x 2 service counts");
         for c in &r.cells {
             let m = &c.median;
             assert!(
@@ -481,6 +650,7 @@ mod tests {
                 "{c:?}"
             );
             assert_eq!(m.failures, 0, "{c:?}");
+            assert_eq!(m.wrong_path, None, "every path taken as meant: {c:?}");
         }
         assert_eq!(
             crate::scenarios::written(&dir),

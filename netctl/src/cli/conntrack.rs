@@ -110,42 +110,52 @@ fn involves(plan: &Plan, r: &Row, service: &str) -> bool {
         || name_is(&r.backend_name)
 }
 
-/// The seed's "connection tracker": connections per destination service and state.
-fn summary(plan: &Plan, rows: &[Row], as_json: bool) -> anyhow::Result<ExitCode> {
-    const STATES: [&str; 4] = ["established", "syn-sent", "closing", "udp"];
-    let mut table: std::collections::BTreeMap<String, [usize; 4]> =
+/// The columns of the summary: TCP's states, then the protocols that have none.
+const STATES: [&str; 6] = ["established", "syn-sent", "closing", "udp", "icmp", "other"];
+
+/// Connections per destination service, counted by [`STATES`] (anything else is `other`,
+/// never `established`).
+fn count(plan: &Plan, rows: &[Row]) -> std::collections::BTreeMap<String, [usize; 6]> {
+    let mut table: std::collections::BTreeMap<String, [usize; 6]> =
         std::collections::BTreeMap::new();
     for r in rows {
         let service = r
             .service
             .clone()
             .unwrap_or_else(|| crate::report::data::party(plan, r.conn.backend));
-        let i = STATES.iter().position(|s| *s == r.conn.state).unwrap_or(0);
+        let i = STATES
+            .iter()
+            .position(|s| *s == r.conn.state)
+            .unwrap_or(STATES.len() - 1);
         table.entry(service).or_default()[i] += 1;
     }
+    table
+}
+
+/// The seed's "connection tracker": connections per destination service and state.
+fn summary(plan: &Plan, rows: &[Row], as_json: bool) -> anyhow::Result<ExitCode> {
+    let table = count(plan, rows);
     if as_json {
         let v: Vec<serde_json::Value> = table
             .iter()
             .map(|(svc, n)| {
-                serde_json::json!({
-                    "service": svc,
-                    "established": n[0], "syn_sent": n[1], "closing": n[2], "udp": n[3],
-                    "total": n.iter().sum::<usize>(),
-                })
+                let mut o = serde_json::Map::new();
+                o.insert("service".into(), svc.clone().into());
+                for (state, v) in STATES.iter().zip(n) {
+                    o.insert(state.replace('-', "_"), (*v).into());
+                }
+                o.insert("total".into(), n.iter().sum::<usize>().into());
+                serde_json::Value::Object(o)
             })
             .collect();
         output::print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = output::table(&[
-        "service",
-        "established",
-        "syn-sent",
-        "closing",
-        "udp",
-        "total",
-    ]);
-    let mut totals = [0usize; 4];
+    let mut header = vec!["service"];
+    header.extend(STATES);
+    header.push("total");
+    let mut t = output::table(&header);
+    let mut totals = [0usize; 6];
     for (svc, n) in &table {
         for (t, v) in totals.iter_mut().zip(n) {
             *t += v;
@@ -161,4 +171,61 @@ fn summary(plan: &Plan, rows: &[Row], as_json: bool) -> anyhow::Result<ExitCode>
     t.add_row(row);
     output::print_table(&t)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Source;
+
+    #[test]
+    fn the_summary_counts_each_state_and_protocol_in_its_own_column() {
+        let plan = Source {
+            name: "t".into(),
+            text: "[networks.a]\nsubnet = \"10.9.0.0/24\"\n[services.web]\nnetwork = \"a\"\n\
+                   address = \"10.9.0.2\"\nports = [80]\n"
+                .into(),
+        }
+        .plan(None)
+        .expect("valid");
+        let conn = |proto: u8, state: &'static str| conntrack::Connection {
+            proto,
+            client: "10.9.0.9".parse().expect("addr"),
+            client_port: 1,
+            frontend: "10.9.0.2".parse().expect("addr"),
+            frontend_port: 80,
+            backend: "10.9.0.2".parse().expect("addr"),
+            backend_port: 80,
+            state,
+            nat: false,
+            via_uplink: false,
+            service_id: 0,
+            backend_id: 0,
+            age_s: 0.0,
+            idle_s: 0.0,
+            expires_in_s: 1.0,
+        };
+        let conns = [
+            conn(6, "established"),
+            conn(6, "syn-sent"),
+            conn(6, "closing"),
+            conn(6, "mystery"),
+            conn(17, "udp"),
+            conn(1, "icmp"),
+            conn(47, "other"),
+        ];
+        let rows: Vec<Row> = conns
+            .iter()
+            .map(|c| Row {
+                protocol: protocol_name(c.proto),
+                client_name: String::new(),
+                frontend_name: String::new(),
+                backend_name: String::new(),
+                service: None,
+                conn: c,
+            })
+            .collect();
+        let t = count(&plan, &rows);
+        assert_eq!(t.get("web"), Some(&[1, 1, 1, 1, 1, 2]), "{t:?}");
+    }
 }

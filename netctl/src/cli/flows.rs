@@ -83,8 +83,10 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         "packets",
         "bytes",
         "flags",
+        "first seen",
         "last seen",
     ]);
+    let ago = |t: f64| format!("{:.0}s ago", (now - t).max(0.0));
     for r in &rows {
         let f = r.flow;
         let (src, dst) = if args.numeric {
@@ -99,7 +101,8 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             f.packets.to_string(),
             output::human_bytes(f.bytes),
             output::tcp_flags(f.tcp_flags),
-            format!("{:.0}s ago", (now - f.last_seen).max(0.0)),
+            ago(f.first_seen),
+            ago(f.last_seen),
         ]);
     }
     output::print_table(&t)?;

@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::load_state;
 use crate::{
@@ -40,7 +39,7 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     };
     super::require_ebpf(&state, "report", "")?;
     let pins = Pins::for_instance(&state.instance);
-    let spinner = progress("reading the flow map");
+    let spinner = output::spinner("reading the flow map");
     let all = flows::read(&pins).context("reading the flow map")?;
     spinner.set_message(format!("analysing {} flows", all.len()));
     let since = args.since.map(|d| {
@@ -77,21 +76,6 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         output::print_line(&format!("  {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A spinner on stderr when it is a terminal; hidden otherwise (scripts, tests).
-fn progress(message: &str) -> ProgressBar {
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        ProgressBar::new_spinner()
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
-        bar.set_style(style);
-    }
-    bar.enable_steady_tick(Duration::from_millis(100));
-    bar.set_message(message.to_string());
-    bar
 }
 
 fn pdf(dir: &Path) -> anyhow::Result<PathBuf> {

@@ -1,6 +1,8 @@
 //! `netctl topology`: the platform as it is in the kernel now (bridges, namespaces and
-//! their addresses as netlink reports them, VIPs, the uplinks, port forwards), as a
-//! terminal diagram, Graphviz DOT, or SVG (through Graphviz's `dot`).
+//! their addresses as netlink reports them, the uplinks; VIPs and port forwards as the
+//! dataplane serves them: the LB maps, or the iptables chains), as a terminal diagram,
+//! Graphviz DOT, or SVG (through Graphviz's `dot`). What the plan has and the kernel lacks
+//! is marked MISSING; what the kernel serves and the plan does not, "not in the plan".
 
 use std::{
     io::Write,
@@ -15,9 +17,10 @@ use serde::Serialize;
 use super::load_state;
 use crate::{
     controller::{preflight, resource::HostFacts},
+    dataplane::{Pins, lb::LbMaps},
     net::{netlink::Netlink, netns, sysctl},
     output,
-    topology::{Plan, plan::ENDPOINT_IFNAME},
+    topology::{DataplaneMode, Plan, Proto, plan::ENDPOINT_IFNAME},
 };
 
 #[derive(clap::Args, Debug)]
@@ -35,7 +38,26 @@ struct Live {
     ip_forward: String,
     uplinks: Vec<(String, Vec<Ipv4Net>)>,
     bridges: Vec<BridgeLive>,
-    port_forwards: Vec<String>,
+    port_forwards: Vec<PortForwardLive>,
+}
+
+/// A frontend as the dataplane serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct LiveFrontend {
+    service: String,
+    addr: Ipv4Addr,
+    port: u16,
+    proto: &'static str,
+    host_port: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct PortForwardLive {
+    text: String,
+    /// In the plan, not in the dataplane.
+    missing: bool,
+    /// In the dataplane, not in the plan.
+    unplanned: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,7 +78,10 @@ struct NamespaceLive {
     exists: bool,
     /// eth0's addresses inside the namespace.
     addresses: Vec<Ipv4Net>,
-    vip: Option<Ipv4Addr>,
+    /// The service's VIPs the dataplane serves.
+    vips: Vec<Ipv4Addr>,
+    /// The plan's `VIP:port/proto` frontends of the service the dataplane lacks.
+    missing_frontends: Vec<String>,
     ports: Vec<String>,
 }
 
@@ -65,7 +90,8 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let Some(state) = load_state(prefix)? else {
         bail!("no netctl platform is up");
     };
-    let live = gather(&state.plan).await?;
+    let frontends = live_frontends(&state.plan, &state.instance)?;
+    let live = gather(&state.plan, &frontends).await?;
     match args.format.as_str() {
         "dot" => output::print_line(&dot(&live))?,
         "svg" => output::print_line(&svg(&dot(&live))?)?,
@@ -74,7 +100,115 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn gather(plan: &Plan) -> anyhow::Result<Live> {
+/// The frontends (VIPs and host ports) the dataplane serves now: from the pinned LB maps,
+/// or read back from the instance's iptables chains.
+fn live_frontends(plan: &Plan, instance: &str) -> anyhow::Result<Vec<LiveFrontend>> {
+    Ok(match plan.dataplane.mode {
+        DataplaneMode::Ebpf => LbMaps::open(&Pins::for_instance(instance))?
+            .frontends()
+            .into_iter()
+            .map(|fe| LiveFrontend {
+                service: plan
+                    .service_by_id(fe.service_id)
+                    .map_or_else(|| format!("#{}", fe.service_id), |s| s.name.clone()),
+                addr: fe.addr,
+                port: fe.port,
+                proto: Proto::from_number(fe.proto).map_or("?", Proto::name),
+                host_port: fe.flags & netctl_common::lb::SVC_F_HOST_PORT != 0,
+            })
+            .collect(),
+        DataplaneMode::Iptables => {
+            let chains = crate::iptables::Chains::for_instance(instance);
+            let nat = crate::net::iptables::save("nat")?;
+            let filter = crate::net::iptables::save("filter")?;
+            crate::iptables::rules::read_frontends(&chains, &nat, &filter)
+                .into_iter()
+                .map(|fe| LiveFrontend {
+                    service: fe.service,
+                    addr: fe.addr,
+                    port: fe.port,
+                    proto: fe.proto.name(),
+                    host_port: fe.host_port,
+                })
+                .collect()
+        }
+    })
+}
+
+/// The plan's port forwards checked against the live host ports, then the live host ports
+/// the plan does not have.
+fn port_forwards(plan: &Plan, live: &[LiveFrontend]) -> Vec<PortForwardLive> {
+    let served = |port: u16, proto: &str| {
+        live.iter()
+            .any(|f| f.host_port && f.port == port && f.proto == proto)
+    };
+    let mut out: Vec<PortForwardLive> = plan
+        .port_forwards
+        .iter()
+        .map(|f| {
+            let vip = plan
+                .service(&f.service)
+                .map(|s| format!(" (VIP {})", s.vip))
+                .unwrap_or_default();
+            PortForwardLive {
+                text: format!(
+                    "{}/{} -> {}:{}{vip}",
+                    f.host_port,
+                    f.proto.name(),
+                    f.service,
+                    f.port
+                ),
+                missing: !served(f.host_port, f.proto.name()),
+                unplanned: false,
+            }
+        })
+        .collect();
+    for f in live.iter().filter(|f| f.host_port) {
+        let planned = plan
+            .port_forwards
+            .iter()
+            .any(|p| p.host_port == f.port && p.proto.name() == f.proto);
+        if !planned {
+            out.push(PortForwardLive {
+                text: format!("{}/{} -> {}", f.port, f.proto, f.service),
+                missing: false,
+                unplanned: true,
+            });
+        }
+    }
+    out
+}
+
+/// The live VIPs of `service`, and the plan's frontends of it that the dataplane lacks.
+fn vips_of(plan: &Plan, service: &str, live: &[LiveFrontend]) -> (Vec<Ipv4Addr>, Vec<String>) {
+    let mut vips: Vec<Ipv4Addr> = live
+        .iter()
+        .filter(|f| !f.host_port && f.service == service)
+        .map(|f| f.addr)
+        .collect();
+    vips.sort_unstable();
+    vips.dedup();
+    let missing = plan
+        .service(service)
+        .map(|s| {
+            s.ports
+                .iter()
+                .filter(|p| {
+                    !live.iter().any(|f| {
+                        !f.host_port
+                            && f.addr == s.vip
+                            && f.port == p.port
+                            && f.proto == p.proto.name()
+                    })
+                })
+                .map(|p| format!("{}:{}/{}", s.vip, p.port, p.proto.name()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (vips, missing)
+}
+
+async fn gather(plan: &Plan, frontends: &[LiveFrontend]) -> anyhow::Result<Live> {
     let host = Netlink::current()?;
     let links = host.links().await?;
     let facts = HostFacts::discover(&host, plan).await?;
@@ -101,14 +235,15 @@ async fn gather(plan: &Plan) -> anyhow::Result<Live> {
             } else {
                 Vec::new()
             };
-            let svc = plan.service(&e.service);
+            let (vips, missing_frontends) = vips_of(plan, &e.service, frontends);
             namespaces.push(NamespaceLive {
                 name: e.name.clone(),
                 netns: e.netns.clone(),
                 service: e.service.clone(),
                 exists,
                 addresses,
-                vip: svc.map(|s| s.vip),
+                vips,
+                missing_frontends,
                 ports: e.ports.iter().map(ToString::to_string).collect(),
             });
         }
@@ -121,23 +256,7 @@ async fn gather(plan: &Plan) -> anyhow::Result<Live> {
             namespaces,
         });
     }
-    let port_forwards = plan
-        .port_forwards
-        .iter()
-        .map(|f| {
-            let vip = plan
-                .service(&f.service)
-                .map(|s| format!(" (VIP {})", s.vip))
-                .unwrap_or_default();
-            format!(
-                "{}/{} -> {}:{}{vip}",
-                f.host_port,
-                f.proto.name(),
-                f.service,
-                f.port
-            )
-        })
-        .collect();
+    let port_forwards = port_forwards(plan, frontends);
     Ok(Live {
         platform: plan.platform.clone(),
         instance: plan.instance(),
@@ -175,7 +294,7 @@ fn text(l: &Live) -> String {
         s.push_str(&format!(" ├─ uplink {name}  {}\n", list(addrs)));
     }
     for pf in &l.port_forwards {
-        s.push_str(&format!(" │    └─ port {pf}\n"));
+        s.push_str(&format!(" │    └─ port {}{}\n", pf.text, pf_mark(pf)));
     }
     for (bi, b) in l.bridges.iter().enumerate() {
         let last_bridge = bi + 1 == l.bridges.len();
@@ -198,7 +317,7 @@ fn text(l: &Live) -> String {
             } else {
                 "├"
             };
-            let vip = n.vip.map(|v| format!("  VIP {v}")).unwrap_or_default();
+            let vip = vip_text(n, "  ");
             let ports = if n.ports.is_empty() {
                 String::new()
             } else {
@@ -248,8 +367,9 @@ fn dot(l: &Live) -> String {
     for (i, pf) in l.port_forwards.iter().enumerate() {
         let id = q(&format!("pf:{i}"));
         s.push_str(&format!(
-            "  {id} [label={}, shape=note];\n  host -> {id} [style=dashed];\n",
-            q(&format!("port {pf}"))
+            "  {id} [label={}, shape=note{}];\n  host -> {id} [style=dashed];\n",
+            q(&format!("port {}{}", pf.text, pf_mark(pf))),
+            if pf.missing { ", color=red" } else { "" }
         ));
     }
     for b in &l.bridges {
@@ -265,7 +385,7 @@ fn dot(l: &Live) -> String {
         ));
         for n in &b.namespaces {
             let nid = q(&format!("ns:{}", n.netns));
-            let vip = n.vip.map(|v| format!("\\nVIP {v}")).unwrap_or_default();
+            let vip = vip_text(n, "\\n");
             s.push_str(&format!(
                 "    {nid} [label={}{}];\n    {bid} -> {nid};\n",
                 q(&format!(
@@ -274,13 +394,43 @@ fn dot(l: &Live) -> String {
                     n.netns,
                     list(&n.addresses)
                 )),
-                if n.exists { "" } else { ", color=red" }
+                if n.exists && n.missing_frontends.is_empty() {
+                    ""
+                } else {
+                    ", color=red"
+                }
             ));
         }
         s.push_str("  }\n");
         s.push_str(&format!("  host -> {bid};\n"));
     }
     s.push_str("}\n");
+    s
+}
+
+fn pf_mark(pf: &PortForwardLive) -> &'static str {
+    if pf.missing {
+        "  (MISSING in the dataplane)"
+    } else if pf.unplanned {
+        "  (not in the plan)"
+    } else {
+        ""
+    }
+}
+
+/// `VIP a` for each live VIP, then what the plan has that the dataplane lacks; each part
+/// after `sep`.
+fn vip_text(n: &NamespaceLive, sep: &str) -> String {
+    let mut s = String::new();
+    for v in &n.vips {
+        s.push_str(&format!("{sep}VIP {v}"));
+    }
+    if !n.missing_frontends.is_empty() {
+        s.push_str(&format!(
+            "{sep}(MISSING in the dataplane: {})",
+            n.missing_frontends.join(" ")
+        ));
+    }
     s
 }
 

@@ -138,11 +138,24 @@ async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> any
     let deadline = Instant::now() + timeout;
     let mut last: Vec<ServiceStatus> = Vec::new();
     let mut last_error: Option<anyhow::Error>;
+    // Up to `timeout` of waiting: say so on a terminal (nothing for scripts).
+    let spinner = output::spinner("waiting for the controller");
     loop {
         match api::get(&instance, "/v1/status").await {
             Ok(v) => {
                 last = status::from_status(&v).unwrap_or_default();
                 last_error = None;
+                let pending: Vec<&str> = want
+                    .iter()
+                    .copied()
+                    .filter(|n| !last.iter().any(|s| s.name == *n && s.state.is_ready()))
+                    .collect();
+                spinner.set_message(format!(
+                    "{} of {} services healthy; waiting for {}",
+                    want.len() - pending.len(),
+                    want.len(),
+                    pending.join(", ")
+                ));
                 // The controller may still be applying an earlier plan (reload is a signal).
                 let current = status::applied_plan(&v) == Some(fingerprint.as_str());
                 let ready = current
@@ -151,6 +164,7 @@ async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> any
                         .iter()
                         .all(|n| last.iter().any(|s| s.name == *n && s.state.is_ready()));
                 if ready {
+                    spinner.finish_and_clear();
                     output::print_line(&format!(
                         "{} services healthy ({:.1}s)",
                         want.len(),
@@ -166,6 +180,7 @@ async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> any
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    spinner.finish_and_clear();
     if let Some(e) = last_error {
         bail!("the controller does not answer: {e:#}");
     }

@@ -7,7 +7,7 @@ use anyhow::bail;
 use super::{
     Resource,
     resource::Ctx,
-    state::{HostChanges, State, StateLock, instances},
+    state::{self, HostChanges, State, StateLock, instances},
 };
 use crate::net::{bpffs, netlink::Netlink, sysctl};
 
@@ -18,7 +18,10 @@ pub enum DownReport {
 }
 
 pub async fn down(instance: &str) -> anyhow::Result<DownReport> {
-    let _lock = StateLock::acquire()?;
+    // No state directory: nothing is up, and `down` makes none.
+    let Some(_lock) = StateLock::acquire_existing()? else {
+        return Ok(DownReport::NothingUp);
+    };
     let Some(mut state) = State::load(instance)? else {
         return Ok(DownReport::NothingUp);
     };
@@ -51,7 +54,9 @@ pub async fn down(instance: &str) -> anyhow::Result<DownReport> {
 }
 
 /// Drops the state file of an instance with nothing left, and when it was the last
-/// instance, restores the host settings netctl changed.
+/// instance, restores the host settings netctl changed and removes `/run/netctl`. (The
+/// shared `/run/netns` mount point `up` may have made stays, as `ip netns` leaves it:
+/// other tools' namespaces may live there.)
 pub fn finish_instance(state: &State) -> anyhow::Result<()> {
     state.remove()?;
     bpffs::remove_pin_root_if_empty()?;
@@ -65,5 +70,6 @@ pub fn finish_instance(state: &State) -> anyhow::Result<()> {
     if host.mounted_bpffs {
         bpffs::unmount_if_unused()?;
     }
-    host.remove()
+    host.remove()?;
+    state::remove_dir_if_empty()
 }

@@ -4,7 +4,9 @@
 //! `netctl monitor` clients of `GET /v1/events` as JSON lines. Lost events are never
 //! silent: when the dataplane's `events_lost` counter grows (the ring buffer was full),
 //! every client gets `{"kind":"lost","count":N,"by":"dataplane"}`; a client too slow to
-//! keep up gets `{"kind":"lost","count":N,"by":"client"}`.
+//! keep up gets `{"kind":"lost","count":N,"by":"client"}`. New-flow events are counted
+//! per destination service and protocol, for the metrics' per-service connection
+//! counters (on the status board).
 
 use std::{
     sync::Arc,
@@ -12,7 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use netctl_common::event::EVENT_DROP;
+use netctl_common::event::{EVENT_DROP, EVENT_NEW_FLOW};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
@@ -58,6 +60,8 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     let mut seen: u64 = 0;
     let mut dropped: u64 = 0;
     let mut lost_total: u64 = 0;
+    // (destination service identity, protocol) -> new connections since the start.
+    let mut new_flows: std::collections::BTreeMap<(String, String), u64> = Default::default();
     loop {
         let batch = tokio::select! {
             () = ctx.shutdown.cancelled() => return Ok(()),
@@ -72,10 +76,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                     tracing::warn!(target: "netctl::drops", "the dataplane lost {more} events (ring buffer full)");
                     let _ = tx.send(Bytes::from(LostView::new(more, LOST_BY_DATAPLANE).line()));
                     ctx.board
-                        .publish(
-                            "events",
-                            json!({ "events": seen, "drops": dropped, "lost": lost_total, "clients": tx.receiver_count() }),
-                        )
+                        .publish("events", status(seen, dropped, lost_total, tx.receiver_count(), &new_flows))
                         .await;
                 }
                 continue;
@@ -89,6 +90,10 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             if e.kind == EVENT_DROP {
                 dropped += 1;
                 log.drop(&view);
+            } else if e.kind == EVENT_NEW_FLOW {
+                *new_flows
+                    .entry((view.dst_identity.clone(), view.protocol.clone()))
+                    .or_default() += 1;
             }
             if tx.receiver_count() > 0
                 && let Ok(mut line) = serde_json::to_vec(&view)
@@ -100,10 +105,32 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         ctx.board
             .publish(
                 "events",
-                json!({ "events": seen, "drops": dropped, "lost": lost_total, "clients": tx.receiver_count() }),
+                status(seen, dropped, lost_total, tx.receiver_count(), &new_flows),
             )
             .await;
     }
+}
+
+/// The component's entry on the status board (read by the metrics endpoint).
+fn status(
+    seen: u64,
+    dropped: u64,
+    lost: u64,
+    clients: usize,
+    new_flows: &std::collections::BTreeMap<(String, String), u64>,
+) -> serde_json::Value {
+    json!({
+        "events": seen,
+        "drops": dropped,
+        "lost": lost,
+        "clients": clients,
+        "new_connections": new_flows
+            .iter()
+            .map(|((service, protocol), n)| {
+                json!({ "service": service, "protocol": protocol, "count": n })
+            })
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// A client's stream: events from the broadcast, and a note when it fell behind.

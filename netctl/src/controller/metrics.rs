@@ -1,8 +1,10 @@
 //! The controller's Prometheus endpoint (`GET /metrics`, text format 0.0.4) on the
 //! topology's `[metrics] listen` address: flows and bytes by service pair, drops by reason
-//! and pair, dataplane counters, conntrack fill, map pressure, backend health. Everything
-//! is read fresh from the pinned maps at each scrape (iptables dataplane: drops from the
-//! counters of the policy's rules; it has no maps).
+//! and pair, dataplane counters, new connections per service (the dataplane's new-flow
+//! events), conntrack fill, map pressure (entries and capacity of every pinned map),
+//! backend health. Everything is read fresh from the pinned maps at each scrape (iptables
+//! dataplane: drops from the counters of the policy's rules, conntrack from the kernel's
+//! `nf_conntrack_count`/`_max` and its table; it has no maps).
 
 use std::{collections::BTreeMap, convert::Infallible, fmt::Write as _};
 
@@ -18,7 +20,7 @@ use tokio::net::TcpListener;
 
 use super::agent::{AgentCtx, ComponentFuture, StatusBoard};
 use crate::{
-    dataplane::{Pins, conntrack, flows, stats},
+    dataplane::{Pins, bpf_sys, conntrack, flows, stats},
     policy::identity,
     report,
     topology::{DataplaneMode, Plan},
@@ -187,12 +189,17 @@ fn ebpf_metrics(m: &mut Metrics, plan: &Plan, pins: &Pins) -> anyhow::Result<()>
 
     let ct = conntrack::open(pins)?;
     let conns = conntrack::connections(&ct)?;
-    let entries = ct.keys().filter_map(Result::ok).count();
+    let pressure = map_pressure(pins);
+    let ct_entries = pressure
+        .iter()
+        .find(|p| p.name == names::CT)
+        .and_then(|p| p.entries)
+        .unwrap_or(0);
     m.gauge(
         "netctl_conntrack_entries",
         "Entries in the conntrack map (two per connection).",
         &[],
-        entries as f64,
+        ct_entries as f64,
     );
     m.gauge(
         "netctl_conntrack_capacity",
@@ -200,8 +207,39 @@ fn ebpf_metrics(m: &mut Metrics, plan: &Plan, pins: &Pins) -> anyhow::Result<()>
         &[],
         f64::from(plan.dataplane.conntrack_max),
     );
+    service_connections(m, plan, &conns);
+    for p in &pressure {
+        let l = [("map", p.name.as_str())];
+        m.gauge(
+            "netctl_map_capacity",
+            "Capacity (max entries) of each pinned map.",
+            &l,
+            f64::from(p.max_entries),
+        );
+        if let Some(n) = p.entries {
+            m.gauge(
+                "netctl_map_entries",
+                "Entries in each pinned hash map.",
+                &l,
+                n as f64,
+            );
+            if p.max_entries > 0 {
+                m.gauge(
+                    "netctl_map_fill_ratio",
+                    "Entries over capacity of each pinned hash map (LRU maps evict at 1).",
+                    &l,
+                    n as f64 / f64::from(p.max_entries),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tracked connections to each service, by state.
+fn service_connections(m: &mut Metrics, plan: &Plan, conns: &[conntrack::Connection]) {
     let mut per_service: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
-    for c in &conns {
+    for c in conns {
         let svc = plan
             .service_by_id(c.service_id)
             .map_or_else(|| report::data::party(plan, c.backend), |s| s.name.clone());
@@ -215,35 +253,85 @@ fn ebpf_metrics(m: &mut Metrics, plan: &Plan, pins: &Pins) -> anyhow::Result<()>
             *n as f64,
         );
     }
-
-    for name in pins.pinned_maps() {
-        let Ok(info) = MapInfo::from_pin(pins.map(&name)) else {
-            continue;
-        };
-        m.gauge(
-            "netctl_map_capacity",
-            "Capacity (max entries) of each pinned map.",
-            &[("map", &name)],
-            f64::from(info.max_entries()),
-        );
-    }
-    m.gauge(
-        "netctl_map_entries",
-        "Entries in each pinned hash map.",
-        &[("map", names::FLOWS)],
-        all_flows.len() as f64,
-    );
-    m.gauge(
-        "netctl_map_entries",
-        "Entries in each pinned hash map.",
-        &[("map", names::CT)],
-        entries as f64,
-    );
-    Ok(())
 }
 
-/// The iptables dataplane has no maps: its drops are the counters of the policy's rules.
+/// One pinned map's fill.
+struct Pressure {
+    name: String,
+    max_entries: u32,
+    /// For hash maps (arrays and ring buffers are always "full").
+    entries: Option<u64>,
+}
+
+/// Every pinned map: capacity, and for the hash maps (LB, policy, identities, rate
+/// limits, drop pairs, flows, conntrack, socket reverse NAT) how many entries they hold.
+fn map_pressure(pins: &Pins) -> Vec<Pressure> {
+    use aya::maps::MapType;
+    let mut out = Vec::new();
+    for name in pins.pinned_maps() {
+        let path = pins.map(&name);
+        let Ok(info) = MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let hash = matches!(
+            info.map_type(),
+            Ok(MapType::Hash | MapType::LruHash | MapType::PerCpuHash | MapType::LruPerCpuHash)
+        );
+        let entries = if hash {
+            // An LRU map that is being written may briefly show more keys than fit: a
+            // bound keeps a scrape short whatever happens.
+            let limit = u64::from(info.max_entries()) * 2;
+            match bpf_sys::count_keys(&path, info.key_size(), limit) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::debug!("{e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        out.push(Pressure {
+            name,
+            max_entries: info.max_entries(),
+            entries,
+        });
+    }
+    out
+}
+
+/// The kernel's conntrack table, host-wide: what the iptables dataplane keeps its NAT in.
+const NF_CONNTRACK_COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
+const NF_CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+fn read_number(path: &str) -> Option<f64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The iptables dataplane has no maps: its drops are the counters of the policy's rules,
+/// its connections the kernel's conntrack.
 fn iptables_metrics(m: &mut Metrics, plan: &Plan, instance: &str) -> anyhow::Result<()> {
+    if let (Some(count), Some(max)) = (
+        read_number(NF_CONNTRACK_COUNT),
+        read_number(NF_CONNTRACK_MAX),
+    ) {
+        m.gauge(
+            "netctl_conntrack_entries",
+            "Entries in the kernel's conntrack table (host-wide: iptables dataplane).",
+            &[],
+            count,
+        );
+        m.gauge(
+            "netctl_conntrack_capacity",
+            "Capacity of the kernel's conntrack table (nf_conntrack_max).",
+            &[],
+            max,
+        );
+    }
+    match crate::iptables::conntrack::connections(plan) {
+        Ok(conns) => service_connections(m, plan, &conns),
+        Err(e) => tracing::debug!("{e:#}"),
+    }
     let chains = crate::iptables::Chains::for_instance(instance);
     let d = crate::iptables::policy::drops(&chains, &crate::net::iptables::save_counted("filter")?);
     for reason in [DropReason::PolicyDenied, DropReason::RateLimited] {
@@ -301,6 +389,21 @@ fn board_metrics(m: &mut Metrics, status: &Value) {
                 );
             }
         }
+    }
+    for c in status["components"]["events"]["new_connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+        let (service, protocol) = (s("service"), s("protocol"));
+        m.counter(
+            "netctl_service_new_connections_total",
+            "New connections to each service (destination identity) and protocol, from the \
+             dataplane's new-flow events since the controller started.",
+            &[("service", &service), ("protocol", &protocol)],
+            c["count"].as_f64().unwrap_or(0.0),
+        );
     }
     if let Some(n) = status["components"]["events"]["events"].as_u64() {
         m.counter(

@@ -1,6 +1,8 @@
-//! The state file `/run/netctl/<instance>.json`: the plan an instance was brought up with
-//! and the journal of resources made for it. `/run` is a tmpfs, like the namespaces and
-//! pins it describes, so a reboot clears both together.
+//! The state file `/run/netctl/<instance>/state.json`: the plan an instance was brought
+//! up with and the journal of resources made for it (beside it, the controller's pid file
+//! and API socket, and the supervisor's records). `/run` is a tmpfs, like the namespaces
+//! and pins it describes, so a reboot clears both together; the last `down` removes
+//! `/run/netctl` itself.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -199,24 +201,112 @@ fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
 
 /// Exclusive lock for the length of an `up` or `down`: a `flock` on the state directory
 /// itself, so there is no lock file to leave behind. It is host-wide rather than per
-/// instance; both operations take about a second.
+/// instance; both operations take about a second. The last `down` removes the directory
+/// (under the lock): a waiter that then gets a lock on the removed directory sees that
+/// it is no longer the one at the path, and locks the new one instead.
 pub struct StateLock {
     _lock: Flock<File>,
 }
 
 impl StateLock {
     pub fn acquire() -> anyhow::Result<Self> {
-        ensure_dir()?;
-        let dir = File::open(STATE_DIR).with_context(|| format!("opening {STATE_DIR}"))?;
-        let lock = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err((dir, _)) => {
-                tracing::info!("waiting for another netctl up/down to finish");
-                Flock::lock(dir, FlockArg::LockExclusive)
-                    .map_err(|(_, e)| e)
-                    .with_context(|| format!("locking {STATE_DIR}"))?
+        Self::acquire_in(Path::new(STATE_DIR))
+    }
+
+    /// The lock, without creating the directory: `None` when there is none (nothing up).
+    pub fn acquire_existing() -> anyhow::Result<Option<Self>> {
+        if !Path::new(STATE_DIR).exists() {
+            return Ok(None);
+        }
+        Self::acquire().map(Some)
+    }
+
+    fn acquire_in(dir: &Path) -> anyhow::Result<Self> {
+        loop {
+            if dir == Path::new(STATE_DIR) {
+                ensure_dir()?;
+            } else {
+                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-        };
-        Ok(Self { _lock: lock })
+            let file = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+            let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => l,
+                Err((file, _)) => {
+                    tracing::info!("waiting for another netctl up/down to finish");
+                    Flock::lock(file, FlockArg::LockExclusive)
+                        .map_err(|(_, e)| e)
+                        .with_context(|| format!("locking {}", dir.display()))?
+                }
+            };
+            if is_at(&lock, dir) {
+                return Ok(Self { _lock: lock });
+            }
+            // Removed (and maybe made anew) while we waited: lock what is there now.
+        }
+    }
+}
+
+/// True when the open directory `file` is still the one at `path`.
+fn is_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Removes the state directory when nothing is left in it (the last `down`, holding the
+/// lock), so that a host netctl was used on keeps no trace in /run.
+pub fn remove_dir_if_empty() -> anyhow::Result<()> {
+    remove_empty_dir(Path::new(STATE_DIR))
+}
+
+fn remove_empty_dir(dir: &Path) -> anyhow::Result<()> {
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_waiter_on_a_removed_directory_locks_the_new_one() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dir = base.path().join("state");
+        let first = StateLock::acquire_in(&dir).expect("first lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        let waiter = std::thread::spawn(move || {
+            let lock = StateLock::acquire_in(&d).expect("second lock");
+            tx.send(()).expect("send");
+            lock
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(rx.try_recv().is_err(), "the waiter waits");
+        // The last `down`: the empty directory goes, then the lock is released.
+        remove_empty_dir(&dir).expect("removed");
+        assert!(!dir.exists());
+        drop(first);
+        let second = waiter.join().expect("waiter");
+        assert!(
+            dir.exists(),
+            "the waiter made the directory anew and locked it"
+        );
+        assert!(is_at(&second._lock, &dir));
+        // A directory with something in it stays.
+        fs::write(dir.join("x"), b"").expect("write");
+        remove_empty_dir(&dir).expect("kept");
+        assert!(dir.exists());
     }
 }

@@ -54,11 +54,15 @@ pub enum ControllerMode {
 }
 
 pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
-    let _lock = StateLock::acquire()?;
     let ctx = Ctx {
         host: Netlink::current()?,
     };
+    // The checks read only: they run before anything (the state directory included) is
+    // made, so a refused `up` leaves the host as it was.
     preflight::check_routes(&ctx.host, plan).await?;
+    preflight::check_host_ports(plan)?;
+    let _lock = StateLock::acquire()?;
+    // Again under the lock: another platform's `up` may have taken a host port meanwhile.
     preflight::check_host_ports(plan)?;
 
     let instance = plan.instance();

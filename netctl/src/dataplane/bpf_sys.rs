@@ -1,5 +1,7 @@
-//! The two `bpf(2)` commands aya 0.14 does not expose for links of every kind: opening a
-//! pinned object and `BPF_LINK_UPDATE` (swap a link's program atomically).
+//! The `bpf(2)` commands aya 0.14 does not expose the way netctl needs them: opening a
+//! pinned object, `BPF_LINK_UPDATE` (swap a link's program atomically) for links of every
+//! kind, and walking the keys of a map whose key type is not known here (to count its
+//! entries for the metrics' map pressure).
 
 use std::{
     ffi::CString,
@@ -10,6 +12,7 @@ use std::{
 
 use anyhow::Context;
 
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -32,6 +35,16 @@ struct LinkUpdateAttr {
     new_prog_fd: u32,
     flags: u32,
     old_prog_fd: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapNextKeyAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    next_key: u64,
+    flags: u64,
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
@@ -75,4 +88,37 @@ pub fn link_update(link: &Path, prog: BorrowedFd<'_>) -> anyhow::Result<()> {
     bpf(BPF_LINK_UPDATE, &mut attr)
         .map(drop)
         .with_context(|| format!("updating the program of link {}", link.display()))
+}
+
+/// How many keys the hash map pinned at `path` holds (keys of `key_size` bytes), walked
+/// with `BPF_MAP_GET_NEXT_KEY`. Entries that come and go meanwhile may be missed or seen
+/// twice (the kernel restarts a walk at a deleted key): a gauge, not an exact count. Stops
+/// after `limit` keys.
+pub fn count_keys(path: &Path, key_size: u32, limit: u64) -> anyhow::Result<u64> {
+    let fd = obj_get(path)?;
+    let mut key = vec![0u8; key_size as usize];
+    let mut next = vec![0u8; key_size as usize];
+    let mut n = 0u64;
+    let mut first = true;
+    while n < limit {
+        let mut attr = MapNextKeyAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            // NULL asks for the first key.
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+            ..MapNextKeyAttr::default()
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {
+                n += 1;
+                first = false;
+                std::mem::swap(&mut key, &mut next);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => {
+                return Err(e).with_context(|| format!("walking the keys of {}", path.display()));
+            }
+        }
+    }
+    Ok(n)
 }

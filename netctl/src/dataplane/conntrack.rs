@@ -40,7 +40,8 @@ pub struct Connection {
     /// Who answers (the chosen backend, or the server).
     pub backend: Ipv4Addr,
     pub backend_port: u16,
-    /// `syn-sent`, `established`, `closing` (TCP) or `udp`.
+    /// `syn-sent`, `established`, `closing` (TCP), or the protocol of a connection that
+    /// has no states: `udp`, `icmp`, `other` ([`stateless`]).
     pub state: &'static str,
     pub nat: bool,
     pub via_uplink: bool,
@@ -106,7 +107,7 @@ fn connection(key: &FlowKey, e: &CtEntry, peer: Option<&CtEntry>, clock: &BootCl
     let flags = e.flags | peer.map_or(0, |p| p.flags);
     let last = peer.map_or(e.last_seen_ns, |p| p.last_seen_ns.max(e.last_seen_ns));
     let state = if key.proto != IPPROTO_TCP {
-        "udp"
+        stateless(key.proto)
     } else if flags & CT_F_CLOSING != 0 {
         "closing"
     } else if flags & CT_F_REPLIED != 0 {
@@ -136,6 +137,15 @@ fn connection(key: &FlowKey, e: &CtEntry, peer: Option<&CtEntry>, clock: &BootCl
         age_s: clock.age_s(e.created_ns),
         idle_s: idle,
         expires_in_s: (merged.timeout_ns(key.proto) as f64 / 1e9 - idle).max(0.0),
+    }
+}
+
+/// The state shown for a connection of a protocol without TCP's states: its protocol.
+pub fn stateless(proto: u8) -> &'static str {
+    match proto {
+        netctl_common::flow::IPPROTO_UDP => "udp",
+        netctl_common::flow::IPPROTO_ICMP => "icmp",
+        _ => "other",
     }
 }
 

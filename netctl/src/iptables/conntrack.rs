@@ -36,8 +36,8 @@ pub fn parse_line(line: &str, plan: &Plan) -> Option<Connection> {
     let proto: u8 = words.get(3)?.parse().ok()?;
     let expires: f64 = words.get(4)?.parse().ok()?;
     let state = match words.get(5) {
-        Some(s) if !s.contains('=') => tcp_state(s),
-        _ => "udp",
+        Some(s) if proto == netctl_common::flow::IPPROTO_TCP && !s.contains('=') => tcp_state(s),
+        _ => crate::dataplane::conntrack::stateless(proto),
     };
     let fields: Vec<(&str, &str)> = words.iter().filter_map(|w| w.split_once('=')).collect();
     let get = |name: &str, nth: usize| -> Option<&str> {
@@ -111,5 +111,9 @@ mod tests {
                    src=10.9.0.2 dst=10.9.0.3 sport=53 dport=5000 mark=0 zone=0 use=2";
         let u = parse_line(udp, &plan).expect("parses");
         assert_eq!((u.state, u.nat, u.proto), ("udp", false, 17));
+        let icmp = "ipv4     2 icmp     1 29 src=10.9.0.3 dst=10.9.0.2 type=8 code=0 id=7 \
+                    src=10.9.0.2 dst=10.9.0.3 type=0 code=0 id=7 mark=0 zone=0 use=2";
+        let i = parse_line(icmp, &plan).expect("parses");
+        assert_eq!((i.state, i.proto), ("icmp", 1), "ICMP is not UDP");
     }
 }

@@ -272,11 +272,10 @@ fn service_cidr(
     };
     for n in networks {
         if n.subnet.contains(&cidr) || cidr.contains(&n.subnet) {
-            errors.push(TopologyError::OverlappingSubnets {
-                a: n.name.clone(),
-                subnet_a: n.subnet,
-                b: "(platform.service_cidr)".into(),
-                subnet_b: cidr,
+            errors.push(TopologyError::ServiceCidrOverlapsNetwork {
+                cidr,
+                network: n.name.clone(),
+                subnet: n.subnet,
             });
         }
     }

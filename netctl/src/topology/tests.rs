@@ -771,3 +771,178 @@ fn run_fields_survive_the_state_file() {
     let old: Plan = serde_json::from_value(v).expect("old state loads");
     assert!(old.endpoints.iter().all(|e| e.run.is_none()));
 }
+
+/// The first error's text starts with `field:` (the TOML path the user must fix).
+fn first_names(text: &str, field: &str) -> TopologyError {
+    let e = errors(text);
+    assert!(
+        e[0].to_string().starts_with(&format!("{field}:")),
+        "expected an error naming {field}, got {e:?}"
+    );
+    e[0].clone()
+}
+
+#[test]
+fn a_vip_outside_the_service_cidr_is_an_error() {
+    let e = first_names(
+        &format!("{BASE}ports = [80]\nvip = \"10.1.2.3\"\n"),
+        "services.web.vip",
+    );
+    assert!(
+        matches!(e, TopologyError::VipOutsideServiceCidr { vip, .. } if vip == Ipv4Addr::new(10, 1, 2, 3)),
+        "{e:?}"
+    );
+    // The network and broadcast addresses of the CIDR are not hosts either.
+    let e = first_names(
+        &format!(
+            "[platform]\nservice_cidr = \"10.96.0.0/24\"\n{BASE}ports = [80]\nvip = \"10.96.0.255\"\n"
+        ),
+        "services.web.vip",
+    );
+    assert!(
+        matches!(e, TopologyError::VipOutsideServiceCidr { .. }),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_vip_without_ports_is_an_error() {
+    let e = first_names(&format!("{BASE}vip = \"10.96.0.9\"\n"), "services.web.vip");
+    assert!(matches!(e, TopologyError::VipWithoutPorts { .. }), "{e:?}");
+}
+
+#[test]
+fn a_bad_lb_algorithm_is_an_error() {
+    let e = first_names(
+        &format!("{BASE}ports = [80]\nlb = \"least-conn\"\n"),
+        "services.web.lb",
+    );
+    assert!(
+        matches!(&e, TopologyError::BadAlgorithm { value, .. } if value == "least-conn"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("round-robin, random, maglev"), "{e}");
+}
+
+#[test]
+fn a_duplicate_port_is_an_error() {
+    let e = first_names(
+        &format!("{BASE}ports = [80, \"80/tcp\"]\n"),
+        "services.web.ports[1]",
+    );
+    assert!(matches!(e, TopologyError::DuplicatePort { .. }), "{e:?}");
+    // The same number over UDP is another port.
+    plan(&format!("{BASE}ports = [53, \"53/udp\"]\n")).expect("tcp and udp 53");
+}
+
+#[test]
+fn a_bad_port_spec_is_an_error() {
+    for spec in ["80/sctp", "http", "80/"] {
+        let e = first_names(
+            &format!("{BASE}ports = [\"{spec}\"]\n"),
+            "services.web.ports[0]",
+        );
+        assert!(
+            matches!(&e, TopologyError::BadPortSpec { value, .. } if value == spec),
+            "{spec}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn port_forwards_to_an_unknown_service_or_port_are_errors() {
+    let e = first_names(
+        &format!("{BASE}ports = [80]\n[[port_forwards]]\nhost_port = 8080\nservice = \"webb\"\n"),
+        "port_forwards[0].service",
+    );
+    assert!(
+        matches!(&e, TopologyError::UnknownService { service, known, .. } if service == "webb" && known == "web"),
+        "{e:?}"
+    );
+    let e = first_names(
+        &format!(
+            "{BASE}ports = [80]\n[[port_forwards]]\nhost_port = 8080\nservice = \"web\"\nport = 81\n"
+        ),
+        "port_forwards[0].port",
+    );
+    assert!(
+        matches!(&e, TopologyError::PortForwardToUnknownPort { port, .. } if port == "81/tcp"),
+        "{e:?}"
+    );
+    // A UDP forward to a service with only TCP ports.
+    let e = first_names(
+        &format!(
+            "{BASE}ports = [80]\n[[port_forwards]]\nhost_port = 8080\nservice = \"web\"\nprotocol = \"udp\"\n"
+        ),
+        "port_forwards[0].port",
+    );
+    assert!(
+        matches!(e, TopologyError::PortForwardToUnknownPort { .. }),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn an_exhausted_service_cidr_is_an_error() {
+    // A /30 has two host addresses: the third service has no VIP.
+    let mut text = String::from(
+        "[platform]\nservice_cidr = \"10.96.0.0/30\"\n[networks.app]\nsubnet = \"10.9.0.0/24\"\n",
+    );
+    for name in ["a", "b", "c"] {
+        text.push_str(&format!(
+            "[services.{name}]\nnetwork = \"app\"\nports = [80]\n"
+        ));
+    }
+    let e = first_names(&text, "services.c");
+    assert!(
+        matches!(e, TopologyError::ServiceCidrExhausted { .. }),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_service_cidr_overlapping_a_network_names_the_service_cidr() {
+    let e = first_names(
+        &format!("[platform]\nservice_cidr = \"10.9.0.0/16\"\n{BASE}ports = [80]\n"),
+        "platform.service_cidr",
+    );
+    assert!(
+        matches!(&e, TopologyError::ServiceCidrOverlapsNetwork { network, .. } if network == "app"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("networks.app.subnet"), "{e}");
+}
+
+#[test]
+fn a_conntrack_table_too_small_is_an_error() {
+    let e = first_names(
+        &format!("{BASE}[dataplane]\nconntrack_max = 10\n"),
+        "dataplane.conntrack_max",
+    );
+    assert!(
+        matches!(e, TopologyError::ConntrackTooSmall { value: 10 }),
+        "{e:?}"
+    );
+    plan(&format!(
+        "{BASE}[dataplane]\nconntrack_max = {}\n",
+        services::MIN_CONNTRACK
+    ))
+    .expect("the minimum is enough");
+}
+
+#[test]
+fn a_malformed_address_is_an_error() {
+    let e = first_names(
+        &format!("{BASE}address = \"10.1.0.300\"\n"),
+        "services.web.address",
+    );
+    assert!(
+        matches!(&e, TopologyError::BadAddress { value, .. } if value == "10.1.0.300"),
+        "{e:?}"
+    );
+    let e = first_names(
+        &format!("{BASE}ports = [80]\nvip = \"10.96.0.300\"\n"),
+        "services.web.vip",
+    );
+    assert!(matches!(e, TopologyError::BadAddress { .. }), "{e:?}");
+}

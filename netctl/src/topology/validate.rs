@@ -53,6 +53,12 @@ pub enum TopologyError {
         b: String,
         subnet_b: Ipv4Net,
     },
+    #[error("platform.service_cidr: {cidr} overlaps networks.{network}.subnet ({subnet})")]
+    ServiceCidrOverlapsNetwork {
+        cidr: Ipv4Net,
+        network: String,
+        subnet: Ipv4Net,
+    },
     #[error("{field}: {address} is outside network {network:?} ({subnet})")]
     AddressOutsideSubnet {
         field: String,
