@@ -243,31 +243,54 @@ fn registry_is_reachable_only_as_policy_says(platform: &Platform) {
     assert_eq!(status, 201, "its own address is taken: {body}");
 }
 
+/// Everything under `dir`, `dir` included (symlinks not followed).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if dir.is_dir() && !dir.is_symlink() {
+        for e in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
 fn secrets_and_state_are_root_only(slot: &Slot) {
     let instance = slot.instance();
     let secrets = format!("/var/lib/netctl/{instance}/secrets");
-    let mut private = vec![
-        "/run/netctl".to_string(),
-        "/run/netctl/host.json".to_string(),
-        format!("/run/netctl/{instance}/state.json"),
-        format!("/run/netctl/{instance}/controller.sock"),
-        secrets.clone(),
+    // Every file and directory of the instance's state and logs, whatever new ones a
+    // later change adds, and the secrets.
+    let mut private: Vec<std::path::PathBuf> = vec![
+        "/run/netctl".into(),
+        "/run/netctl/host.json".into(),
+        "/var/log/netctl".into(),
     ];
-    for entry in std::fs::read_dir(&secrets).unwrap().filter_map(Result::ok) {
-        private.push(entry.path().display().to_string());
+    for root in [
+        format!("/run/netctl/{instance}"),
+        format!("/var/log/netctl/{instance}"),
+        secrets,
+    ] {
+        private.extend(walk(std::path::Path::new(&root)));
     }
-    assert!(
-        private.iter().any(|p| p.ends_with("postgres.password")),
-        "{private:?}"
-    );
+    let names: Vec<String> = private.iter().map(|p| p.display().to_string()).collect();
+    for must in [
+        "postgres.password",
+        "state.json",
+        "controller.sock",
+        "controller.log",
+        "product-1.log",
+    ] {
+        assert!(names.iter().any(|p| p.ends_with(must)), "{must}: {names:?}");
+    }
     for path in &private {
-        let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(meta.uid(), 0, "{path} belongs to root");
-        assert_eq!(
-            meta.permissions().mode() & 0o077,
-            0,
-            "{path} is root's alone: {:o}",
-            meta.permissions().mode()
+        let meta =
+            std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(meta.uid(), 0, "{} belongs to root", path.display());
+        let mode = meta.permissions().mode() & 0o777;
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        assert!(
+            mode & !want == 0,
+            "{} is root's alone: {mode:o}, want at most {want:o}",
+            path.display()
         );
     }
 }
