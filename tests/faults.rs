@@ -134,3 +134,170 @@ fn subnets_that_collide_with_host_routes_are_refused() {
     before.links.remove(&dummy);
     before.assert_same(&after);
 }
+
+/// A `netctl serve registry` on loopback with short limits; killed when dropped.
+struct LoopbackRegistry {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl LoopbackRegistry {
+    fn start(port: u16, env: &[(&str, &str)]) -> LoopbackRegistry {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let child = std::process::Command::new(common::NETCTL)
+            .args(["serve", "registry"])
+            .env("LISTEN", addr.to_string())
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the registry");
+        let r = LoopbackRegistry { child, addr };
+        common::wait_for(
+            "the registry to answer",
+            std::time::Duration::from_secs(10),
+            || r.health().is_ok(),
+        );
+        r
+    }
+
+    /// `GET /health` on a new connection, answered within 1 s: the status line.
+    fn health(&self) -> Result<String, String> {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect_timeout(&self.addr, std::time::Duration::from_secs(1))
+                .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+        Ok(answer.lines().next().unwrap_or("").to_string())
+    }
+}
+
+impl Drop for LoopbackRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A slow-loris client: sends `head` (and, with `body`, the start of a body), then one
+/// byte every 100 ms for up to 6 s. When the server cut it, and what it answered.
+fn trickle(
+    addr: std::net::SocketAddr,
+    head: &'static str,
+    trickled: u8,
+) -> (std::time::Duration, String) {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    s.write_all(head.as_bytes()).expect("head");
+    let mut answer = Vec::new();
+    while started.elapsed() < std::time::Duration::from_secs(6) {
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+        if s.write_all(&[trickled]).is_err() {
+            break;
+        }
+    }
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&answer).into_owned(),
+    )
+}
+
+/// Slow clients (the head or the body trickled byte by byte) are cut at their deadline
+/// while normal clients keep getting answers; past the connection cap a client is told
+/// 503 at once instead of waiting.
+#[test]
+fn slow_clients_are_cut_without_hurting_others_and_surplus_connections_get_503() {
+    use std::time::{Duration, Instant};
+    require_root!();
+    let slot = Slot::acquire();
+    let registry = LoopbackRegistry::start(
+        slot.host_port(0),
+        &[
+            ("HTTP_HEADER_TIMEOUT_MS", "1000"),
+            ("HTTP_BODY_TIMEOUT_MS", "1000"),
+            ("HTTP_MAX_CONNECTIONS", "64"),
+        ],
+    );
+    let addr = registry.addr;
+    let started = Instant::now();
+    let slow: Vec<_> = (0..40)
+        .map(|i| {
+            std::thread::spawn(move || {
+                if i % 2 == 0 {
+                    // The head never ends.
+                    trickle(addr, "GET /health HTTP/1.1\r\nHost: r\r\nX-Slow: ", b'a')
+                } else {
+                    // The body never ends.
+                    trickle(
+                        addr,
+                        "POST /v1/instances HTTP/1.1\r\nHost: r\r\nContent-Type: \
+                         application/json\r\nContent-Length: 500\r\n\r\n{\"service\": \"",
+                        b'a',
+                    )
+                }
+            })
+        })
+        .collect();
+    // Normal clients meanwhile: every request answered within its 1 s.
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let status = registry
+            .health()
+            .expect("a normal client is answered in time");
+        assert!(status.contains(" 200 "), "{status}");
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut cut = Vec::new();
+    for (i, t) in slow.into_iter().enumerate() {
+        let (after, answer) = t.join().unwrap();
+        assert!(
+            after < Duration::from_secs(3),
+            "slow client {i} was not cut: {after:?} {answer:?}"
+        );
+        if i % 2 == 1 {
+            assert!(
+                answer.starts_with("HTTP/1.1 408"),
+                "a trickled body gets 408: {answer:?}"
+            );
+        }
+        cut.push(after);
+    }
+    cut.sort();
+    eprintln!(
+        "{answered} normal requests answered while 40 slow clients were cut after {:?}..{:?}",
+        cut[0],
+        cut[cut.len() - 1]
+    );
+
+    // The cap: 64 connections that send nothing fill it; the next is told 503 at once.
+    let idle: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let status = registry.health().expect("a surplus client gets an answer");
+    assert!(status.contains(" 503 "), "{status}");
+    assert!(asked.elapsed() < Duration::from_millis(500));
+    // Once the idle ones are cut (their head never came), clients are served again.
+    common::wait_for(
+        "the idle connections to be cut",
+        Duration::from_secs(3),
+        || registry.health().is_ok_and(|s| s.contains(" 200 ")),
+    );
+    drop(idle);
+}

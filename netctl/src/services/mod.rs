@@ -17,6 +17,7 @@ use crate::topology::Kind;
 
 /// Runs the service of `kind` until SIGTERM/SIGINT.
 pub async fn serve(kind: Kind) -> anyhow::Result<()> {
+    http::Limits::init_from_env()?;
     match kind {
         Kind::Registry => registry::run().await,
         Kind::Gateway => gateway::run().await,

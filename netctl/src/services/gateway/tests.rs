@@ -29,7 +29,7 @@ const PEER: &str = "10.1.0.7:41000";
 /// Serves `handler`-like services on an ephemeral loopback port.
 async fn loopback<F, Fut>(handler: F, stop: &CancellationToken) -> SocketAddr
 where
-    F: Fn(Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<crate::services::http::Body>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Resp> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
