@@ -32,6 +32,8 @@ pub struct Gateway {
     pub order: Arc<Upstream>,
     pub timeout: Duration,
     pub instance_id: String,
+    /// The edge's addresses: only their `X-Real-IP` / `X-Forwarded-For` are believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Ids in paths are short words: nothing that could change the upstream path.
@@ -99,6 +101,7 @@ where
             headers: &parts.headers,
             body,
             peer,
+            from_proxy: gw.trusted_proxies.contains(&peer.ip().to_canonical()),
         },
     )
     .await

@@ -30,6 +30,24 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// `TRUSTED_PROXIES`: the edge's addresses (comma-separated), whose `X-Real-IP` and
+/// `X-Forwarded-For` the gateway passes on; the supervisor sets it to the nginx endpoints.
+pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
+
+fn trusted_proxies() -> anyhow::Result<Vec<std::net::IpAddr>> {
+    let Some(list) = env::var(TRUSTED_PROXIES) else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse()
+                .map_err(|e| anyhow::anyhow!("{TRUSTED_PROXIES}: {a:?} is not an IP address: {e}"))
+        })
+        .collect()
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let identity = Identity::from_env("gateway", 3000)?;
     let shutdown = http::shutdown_on_signals()?;
@@ -65,6 +83,7 @@ pub async fn run() -> anyhow::Result<()> {
         order,
         timeout: env::millis("UPSTREAM_TIMEOUT_MS", UPSTREAM_TIMEOUT)?,
         instance_id: identity.instance_id.clone(),
+        trusted_proxies: trusted_proxies()?,
     });
     let listener = http::bind(identity.listen).await?;
     serve_registered(

@@ -20,11 +20,13 @@ use crate::services::{
 /// Instances tried for one request.
 const MAX_ATTEMPTS: usize = 3;
 /// Answer headers passed back to the client.
-const PASS_BACK: [&str; 4] = [
+const PASS_BACK: [&str; 6] = [
     "x-instance-id",
     "x-cache",
     "retry-after",
     "idempotent-replayed",
+    "x-client-ip",
+    "x-client-chain",
 ];
 
 pub struct Forward<'a> {
@@ -34,6 +36,8 @@ pub struct Forward<'a> {
     pub headers: &'a HeaderMap,
     pub body: Bytes,
     pub peer: SocketAddr,
+    /// The peer is the edge (nginx): its `X-Real-IP` / `X-Forwarded-For` are believed.
+    pub from_proxy: bool,
 }
 
 pub async fn forward(
@@ -116,30 +120,39 @@ fn request(f: &Forward<'_>, authority: &str) -> anyhow::Result<Request<Full<Byte
     if let Some(ct) = f.headers.get(header::CONTENT_TYPE) {
         req = req.header(header::CONTENT_TYPE, ct);
     }
-    // Who the client is, as nginx said or as we see it.
-    let peer = f.peer.ip().to_string();
-    let forwarded_for = match f
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(chain) => format!("{chain}, {peer}"),
-        None => peer.clone(),
-    };
-    req = req.header("x-forwarded-for", forwarded_for);
-    let real_ip = f
-        .headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or(&peer)
-        .to_string();
-    req = req.header("x-real-ip", real_ip);
+    let (real_ip, forwarded_for) = client_address(f);
+    req = req
+        .header("x-forwarded-for", forwarded_for)
+        .header("x-real-ip", real_ip);
     for name in ["x-request-id", "idempotency-key"] {
         if let Some(v) = f.headers.get(name) {
             req = req.header(name, v);
         }
     }
     Ok(req.body(Full::new(f.body.clone()))?)
+}
+
+/// Who the client is (`X-Real-IP`) and the proxies on the way (`X-Forwarded-For`): as
+/// the edge said, appending the edge; from anyone else, only what the gateway sees, since
+/// a client calling the gateway directly could claim any address.
+pub fn client_address(f: &Forward<'_>) -> (String, String) {
+    let peer = f.peer.ip().to_canonical().to_string();
+    if !f.from_proxy {
+        return (peer.clone(), peer);
+    }
+    let said = |name: &str| {
+        f.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let real_ip = said("x-real-ip").unwrap_or(&peer).to_string();
+    let chain = match said("x-forwarded-for") {
+        Some(chain) => format!("{chain}, {peer}"),
+        None => peer,
+    };
+    (real_ip, chain)
 }
 
 fn answer(resp: Response<Bytes>, authority: &str) -> Resp {
@@ -158,4 +171,45 @@ fn answer(resp: Response<Bytes>, authority: &str) -> Resp {
         }
     }
     http::with_header(out, "x-upstream", authority)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward(headers: &HeaderMap, from_proxy: bool) -> (String, String) {
+        client_address(&Forward {
+            method: Method::GET,
+            path: "/products".into(),
+            headers,
+            body: Bytes::new(),
+            peer: "10.0.0.7:5555".parse().unwrap(),
+            from_proxy,
+        })
+    }
+
+    #[test]
+    fn only_the_edge_may_say_who_the_client_is() {
+        let mut h = HeaderMap::new();
+        h.insert("x-real-ip", "6.6.6.6".parse().unwrap());
+        h.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4".parse().unwrap());
+        // From the edge: believed, the edge appended.
+        assert_eq!(
+            forward(&h, true),
+            (
+                "6.6.6.6".to_string(),
+                "6.6.6.6, 1.2.3.4, 10.0.0.7".to_string()
+            )
+        );
+        // From anyone else: a claim is ignored; the peer is the client.
+        assert_eq!(
+            forward(&h, false),
+            ("10.0.0.7".to_string(), "10.0.0.7".to_string())
+        );
+        // The edge without the headers: the peer.
+        assert_eq!(
+            forward(&HeaderMap::new(), true),
+            ("10.0.0.7".to_string(), "10.0.0.7".to_string())
+        );
+    }
 }

@@ -70,6 +70,7 @@ fn gateway(product: Arc<Upstream>, order: Arc<Upstream>, timeout: Duration) -> G
         order,
         timeout,
         instance_id: "gateway-t".into(),
+        trusted_proxies: vec!["127.0.0.2".parse().unwrap()],
     }
 }
 
