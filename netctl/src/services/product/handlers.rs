@@ -120,8 +120,8 @@ fn fill<T: serde::Serialize>(
         Ok(b) => Bytes::from(b),
         Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    if *lookup == Lookup::Miss {
-        svc.cache.put(key, body.clone());
+    if let Lookup::Miss(generation) = lookup {
+        svc.cache.put(key, body.clone(), generation.clone());
     }
     cached(body, lookup)
 }
