@@ -301,3 +301,140 @@ fn slow_clients_are_cut_without_hurting_others_and_surplus_connections_get_503()
     );
     drop(idle);
 }
+
+/// A TCP relay to `target` that can be cut: while cut, every connection through it is
+/// closed and new ones are closed at once (nothing sent reaches the target).
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: std::net::SocketAddr) -> Relay {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: closed
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                o.lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, cut, open }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for s in self.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// The product cache against a real Redis: a fill that read the database before a change
+/// and arrives after its invalidation is not stored; and when Redis was unreachable
+/// during a change (the invalidation lost), every product entry is dropped once it
+/// answers again.
+#[test]
+fn the_cache_keeps_no_stale_value_after_a_racing_fill_or_a_redis_outage() {
+    use bytes::Bytes;
+    use netctl::services::product::cache::{Cache, LIST_KEY, Lookup, product_key};
+    use std::time::Duration;
+    require_root!();
+    let slot = Slot::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let port = slot.host_port(2);
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (cargo xtask setup installs it)");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _redis = Kill(&mut redis);
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    common::wait_for("redis to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(target).is_ok()
+    });
+    let relay = Relay::start(target);
+    let rt = common::http::runtime();
+    rt.block_on(async {
+        let cache = Cache::new(&format!("redis://{}", relay.addr), 60).unwrap();
+        let key = product_key("1");
+        let miss = |l: &Lookup| matches!(l, Lookup::Miss(_));
+
+        // A reader misses (and goes on to read the old row)...
+        let Lookup::Miss(seen) = cache.get(&key).await else {
+            panic!("an empty cache misses");
+        };
+        // ... a writer changes the row and drops the entries ...
+        assert!(cache.invalidate(&[LIST_KEY.to_string(), key.clone()]).await);
+        // ... and then the reader's fill, with the old row, arrives: not stored.
+        let stored = cache.put(key.clone(), Bytes::from_static(b"old"), seen);
+        assert!(!stored.unwrap().await.unwrap(), "a stale fill is refused");
+        assert!(
+            miss(&cache.get(&key).await),
+            "the old value did not come back"
+        );
+        // A fill that began after the change is stored.
+        let Lookup::Miss(seen) = cache.get(&key).await else {
+            panic!("still empty");
+        };
+        let stored = cache.put(key.clone(), Bytes::from_static(b"new"), seen);
+        assert!(stored.unwrap().await.unwrap());
+        assert_eq!(
+            cache.get(&key).await,
+            Lookup::Hit(Bytes::from_static(b"new"))
+        );
+
+        // Redis unreachable while the product changes: the invalidation is lost ...
+        relay.set_cut(true);
+        assert!(
+            !cache.invalidate(&[key.clone()]).await,
+            "nothing reached Redis"
+        );
+        assert_eq!(cache.get(&key).await, Lookup::Down);
+        relay.set_cut(false);
+        // ... so once Redis answers again, the entry (stale now) is dropped.
+        let started = std::time::Instant::now();
+        loop {
+            match cache.get(&key).await {
+                Lookup::Miss(_) => break,
+                other => assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "the stale entry outlived the outage: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
