@@ -438,3 +438,46 @@ fn the_cache_keeps_no_stale_value_after_a_racing_fill_or_a_redis_outage() {
         }
     });
 }
+
+/// A first PostgreSQL start that dies after `initdb`, before the shop's role and database
+/// exist, is finished at the next start (it used to crash-loop: the cluster existed, so
+/// the role was never made).
+#[test]
+fn an_interrupted_first_postgres_start_is_finished_at_the_next() {
+    require_root!();
+    let slot = Slot::acquire();
+    let platform = Platform::from_toml(
+        &slot,
+        r#"
+[networks.database]
+subnet = "10.0.2.0/24"
+[services.postgres]
+network = "database"
+ports = [5432]
+kind = "postgres"
+health = { check = "tcp", interval = "500ms", timeout = "400ms" }
+"#,
+    );
+    let file = platform.file.to_str().unwrap();
+    let out = slot.netctl_env(
+        &["up", "-f", file, "--wait-timeout", "4"],
+        &[(FAILPOINT, "postgres-bootstrap")],
+    );
+    assert!(!out.status.success(), "postgres cannot be healthy");
+    let data = netctl::supervisor::paths::data(&slot.instance(), "postgres");
+    assert!(data.join("PG_VERSION").exists(), "initdb ran");
+    let log = std::fs::read_to_string(netctl::supervisor::paths::log(&slot.instance(), "postgres"))
+        .unwrap();
+    assert!(log.contains("injected failure"), "{log}");
+    assert_success(&slot.netctl(&["down"]), "netctl down (the data stays)");
+    assert!(data.join("PG_VERSION").exists());
+
+    platform.up_ok();
+    assert_eq!(
+        common::http::psql(
+            &platform,
+            "SELECT current_user || '/' || current_database()"
+        ),
+        "shop/shop"
+    );
+}
