@@ -419,7 +419,7 @@ fn the_cache_keeps_no_stale_value_after_a_racing_fill_or_a_redis_outage() {
         // Redis unreachable while the product changes: the invalidation is lost ...
         relay.set_cut(true);
         assert!(
-            !cache.invalidate(&[key.clone()]).await,
+            !cache.invalidate(std::slice::from_ref(&key)).await,
             "nothing reached Redis"
         );
         assert_eq!(cache.get(&key).await, Lookup::Down);

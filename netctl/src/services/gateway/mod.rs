@@ -27,6 +27,9 @@ use upstream::{Source, Upstream};
 /// Whole exchange with an upstream (connect, request, answer); longer than the services'
 /// own bounds on database work (`db::MAX_DATABASE_TIME`), so that they answer first.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// A read waits this long on one instance before trying the next (a hung replica, e.g.
+/// stopped, is not seen as refusing: its kernel still accepts connections).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -82,6 +85,7 @@ pub async fn run() -> anyhow::Result<()> {
         product,
         order,
         timeout: env::millis("UPSTREAM_TIMEOUT_MS", UPSTREAM_TIMEOUT)?,
+        attempt_timeout: env::millis("UPSTREAM_ATTEMPT_TIMEOUT_MS", ATTEMPT_TIMEOUT)?,
         instance_id: identity.instance_id.clone(),
         trusted_proxies: trusted_proxies()?,
     });

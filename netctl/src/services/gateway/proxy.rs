@@ -4,7 +4,10 @@
 //! (nothing sent) is tried on the next instance (or again on a fixed VIP); a broken
 //! exchange or a 503 answer only for idempotent requests.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -29,6 +32,14 @@ const PASS_BACK: [&str; 6] = [
     "x-client-chain",
 ];
 
+/// How long a request may take upstream: `total` in all, `attempt` on one instance
+/// when a read can still go to another.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub total: Duration,
+    pub attempt: Duration,
+}
+
 pub struct Forward<'a> {
     pub method: Method,
     /// Path on the upstream, e.g. `/products/1`.
@@ -43,22 +54,39 @@ pub struct Forward<'a> {
 pub async fn forward(
     http_client: &HttpClient,
     upstream: &Upstream,
-    timeout: Duration,
+    limits: Timeouts,
     f: Forward<'_>,
 ) -> Resp {
     let idempotent = matches!(f.method, Method::GET | Method::HEAD);
+    let deadline = Instant::now() + limits.total;
     let mut tried: Vec<String> = Vec::new();
     let mut last: Option<CallError> = None;
     let mut unavailable: Option<(Response<Bytes>, String)> = None;
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
         let Some(target) = upstream.pick(&tried) else {
             break;
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        // A read that another instance could answer does not wait the whole budget on
+        // one that hangs (stopped, overloaded): it moves on after `attempt`.
+        let another = attempt + 1 < MAX_ATTEMPTS && {
+            let mut next = tried.clone();
+            next.push(target.authority.clone());
+            upstream.pick(&next).is_some()
+        };
+        let wait = if idempotent && another {
+            remaining.min(limits.attempt)
+        } else {
+            remaining
         };
         let req = match request(&f, &target.authority) {
             Ok(r) => r,
             Err(e) => return http::error(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        match client::call(http_client, req, timeout).await {
+        match client::call(http_client, req, wait).await {
             // An instance that cannot serve right now (its database pool still filling
             // after a restart, say): a read goes to the next one; the last answer stands.
             Ok(resp) if idempotent && resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
@@ -69,8 +97,11 @@ pub async fn forward(
             Ok(resp) => return answer(resp, &target.authority),
             Err(e) => {
                 tracing::debug!(upstream = upstream.name, target = target.authority, "{e}");
-                let retry = e.not_sent() || (idempotent && matches!(e, CallError::Broken(_)));
-                if e.not_sent() {
+                let timed_out = matches!(e, CallError::Timeout(_));
+                let retry = e.not_sent()
+                    || (idempotent && (timed_out || matches!(e, CallError::Broken(_))));
+                // Refusing or not answering: passed over by the next requests for a while.
+                if e.not_sent() || timed_out {
                     upstream.eject(&target.authority);
                 }
                 tried.push(target.authority);
@@ -93,10 +124,10 @@ pub async fn forward(
                 "upstream": name,
             }),
         ),
-        Some(CallError::Timeout(t)) => http::json(
+        Some(CallError::Timeout(_)) => http::json(
             StatusCode::GATEWAY_TIMEOUT,
             &json!({
-                "error": format!("{name} did not answer within {} ms", t.as_millis()),
+                "error": format!("{name} did not answer within {} ms", limits.total.as_millis()),
                 "upstream": name,
                 "tried": tried,
             }),
