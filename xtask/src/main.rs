@@ -42,7 +42,7 @@ enum Task {
     /// Long fuzzing runs with libFuzzer (cargo-fuzz), e.g. `fuzz topology --seconds 600`.
     /// The test suite runs short deterministic versions of every target.
     Fuzz {
-        /// Target: `topology`.
+        /// Target: `topology`, `registry` (registration bodies) or `order` (order bodies).
         target: String,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
@@ -171,6 +171,9 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
 
 /// Installs cargo-fuzz if needed and runs one target, seeded with the real topologies.
 fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
+    if !["topology", "registry", "order"].contains(&target) {
+        bail!("no fuzz target {target:?}: topology, registry or order");
+    }
     let root = root();
     let installed = Command::new("rustup")
         .args(["run", "nightly", "cargo", "fuzz", "--version"])
@@ -181,6 +184,31 @@ fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
         run(Command::new("cargo").args(["install", "--quiet", "--locked", "cargo-fuzz"]))?;
     }
     let corpus = root.join("fuzz").join("corpus").join(target);
+    // Seeds: the real files and request bodies each target starts from.
+    let seeds: &[(&str, &str)] = match target {
+        "topology" => &[],
+        "registry" => &[
+            (
+                "product.json",
+                r#"{"service": "product", "id": "product-1", "port": 5000, "metadata": {"zone": "a"}}"#,
+            ),
+            (
+                "address.json",
+                r#"{"service": "order", "id": "o:1", "address": "10.0.0.10", "port": 5000, "ttl_secs": 30}"#,
+            ),
+        ],
+        "order" => &[
+            (
+                "order.json",
+                r#"{"customer_id": "c-1", "product_id": "1", "quantity": 2}"#,
+            ),
+            (
+                "edge.json",
+                r#"{"customer_id": "k", "product_id": "3", "quantity": 1000}"#,
+            ),
+        ],
+        other => bail!("no fuzz target {other:?}: topology, registry or order"),
+    };
     std::fs::create_dir_all(&corpus)?;
     if target == "topology" {
         std::fs::copy(
@@ -188,6 +216,9 @@ fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
             corpus.join("default.toml"),
         )?;
         std::fs::copy(root.join("examples/flat.toml"), corpus.join("flat.toml"))?;
+    }
+    for (name, body) in seeds {
+        std::fs::write(corpus.join(name), body)?;
     }
     run(Command::new("rustup")
         .args(["run", "nightly", "cargo", "fuzz", "run", target])

@@ -7,6 +7,7 @@ pub mod client;
 pub mod db;
 pub mod env;
 pub mod fields;
+pub mod fuzz;
 pub mod gateway;
 pub mod http;
 pub mod order;
