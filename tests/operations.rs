@@ -219,6 +219,14 @@ fn repeated_up_down_cycles_of_the_default_platform_leave_nothing() {
             .flat_map(stop::processes_in)
             .collect();
         assert!(running.len() >= 9, "cycle {i}: {running:?}");
+        // Its socket programs and links are pinned: not taken for leaks while it is up
+        // (though seen).
+        assert!(!common::snapshot::cgroup_programs().is_empty());
+        let during = common::snapshot::Snapshot::take(&slot.prefix());
+        assert!(
+            during.cgroup_programs.is_empty() && during.uplink_programs.is_empty(),
+            "{during:?}"
+        );
         assert_success(&slot.netctl(&["down"]), "netctl down");
         assert_eq!(
             processes_of(&slot.instance()),
@@ -240,6 +248,51 @@ fn repeated_up_down_cycles_of_the_default_platform_leave_nothing() {
     assert_success(
         &slot.netctl(&["down", "--volumes"]),
         "netctl down --volumes",
+    );
+    before.assert_same(&common::snapshot::Snapshot::take(&slot.prefix()));
+}
+
+/// The leak snapshot itself: a namespace held open by this process and by another one is
+/// seen as a namespace, a mount, an open descriptor and a holder left behind.
+#[test]
+fn the_leak_snapshot_sees_descriptors_holders_and_mounts() {
+    require_root!();
+    let slot = Slot::acquire();
+    let before = common::snapshot::Snapshot::take(&slot.prefix());
+    let ns = format!("{}leak", slot.prefix());
+    netctl::net::netns::create(&ns).unwrap();
+    let path = netctl::net::netns::path(&ns);
+    let held = std::fs::File::open(&path).unwrap();
+    let mut holder = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec 3<{}; exec sleep 30", path.display()))
+        .spawn()
+        .unwrap();
+    let shown = path.display().to_string();
+    let mut diff = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        diff = before.diff(&common::snapshot::Snapshot::take(&slot.prefix()));
+        if diff.iter().any(|d| d.starts_with("process holding")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    drop(held);
+    netctl::net::netns::delete(&ns).unwrap();
+    for want in [
+        format!("namespace left behind: {ns}"),
+        format!("mount left behind: {shown}"),
+        format!("open descriptor left behind: {shown} (x1)"),
+    ] {
+        assert!(diff.contains(&want), "{want}: {diff:#?}");
+    }
+    assert!(
+        diff.iter()
+            .any(|d| d.starts_with("process holding left behind: sleep") && d.ends_with(&shown)),
+        "{diff:#?}"
     );
     before.assert_same(&common::snapshot::Snapshot::take(&slot.prefix()));
 }
