@@ -33,6 +33,22 @@ ports = [7000]
 socket_lb = false
 "#;
 
+/// The kernel ids of the instance's pinned maps, by name.
+fn pinned_map_ids(slot: &Slot) -> std::collections::BTreeMap<String, u32> {
+    let pins = netctl::dataplane::Pins::for_instance(&slot.instance());
+    std::fs::read_dir(pins.maps_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| {
+            let map = aya::maps::MapData::from_pin(e.path()).unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                map.info().unwrap().id(),
+            )
+        })
+        .collect()
+}
+
 fn program_ids(ifname: &str) -> Vec<u32> {
     [TcAttachType::Ingress, TcAttachType::Egress]
         .into_iter()
@@ -67,6 +83,49 @@ fn a_new_dataplane_build_replaces_the_programs_in_place_without_cutting_connecti
     // A NATed connection through the TC path, whose conntrack entries must carry over.
     let mut session = Session::open(&client.netns, vip, 7000);
     let before = program_ids(&client.host_ifname);
+    let maps_before = pinned_map_ids(&slot);
+    assert!(maps_before.len() >= 5, "{maps_before:?}");
+    // Load across the swap: new connections through the VIP, back to back, and the
+    // session asking, none of which may fail.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (running, ns) = (running.clone(), client.netns.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while running.load(std::sync::atomic::Ordering::SeqCst) {
+                for r in greetings(&ns, vip, 7000, 20) {
+                    match r {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let asking = {
+        let running = running.clone();
+        let mut stream = session.stream.try_clone().unwrap();
+        let server = session.server.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut answers = Vec::new();
+            let mut i = 0;
+            while running.load(std::sync::atomic::Ordering::SeqCst) {
+                let msg = format!("m{i}");
+                let got = stream.write_all(msg.as_bytes()).and_then(|()| {
+                    let mut buf = [0u8; 256];
+                    let n = stream.read(&mut buf)?;
+                    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+                });
+                answers.push((format!("{server}:{msg}"), got.map_err(|e| e.to_string())));
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            answers
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
 
     // "A new build": the same programs in a different object file.
     let dir = tempfile::tempdir().unwrap();
@@ -86,6 +145,35 @@ fn a_new_dataplane_build_replaces_the_programs_in_place_without_cutting_connecti
         String::from_utf8_lossy(&out.stdout).contains("upgraded in place"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    running.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (connected, failed) = load.join().unwrap();
+    let answers = asking.join().unwrap();
+    eprintln!(
+        "across the upgrade: {connected} new connections, {} failed; {} exchanges on the \
+         kept connection",
+        failed.len(),
+        answers.len()
+    );
+    assert!(connected > 20, "the load ran");
+    assert_eq!(
+        failed,
+        Vec::<String>::new(),
+        "new connections failed during the swap"
+    );
+    for (want, got) in &answers {
+        assert_eq!(
+            got.as_ref(),
+            Ok(want),
+            "the kept connection broke during the swap"
+        );
+    }
+    // The maps are the same kernel objects: reused from their pins, not recreated.
+    assert_eq!(
+        pinned_map_ids(&slot),
+        maps_before,
+        "the pinned maps were replaced"
     );
 
     let after = program_ids(&client.host_ifname);
