@@ -83,6 +83,7 @@ fn the_reference_platform_serves_the_shop_end_to_end() {
         changes_drop_the_cache(&platform, &rt, &client, &edge);
         let order_id = orders_are_committed(&platform, &rt, &client, &edge);
         every_replica_serves(&rt, &client, &edge);
+        the_client_address_arrives_through_the_edge_and_cannot_be_forged(&platform);
         the_registry_belongs_to_the_instances(&platform);
         a_killed_replica_is_restarted_without_failed_requests(&slot, &rt, &client, &edge);
         without_redis_the_catalog_is_slower_and_says_so(&platform, &slot, &rt, &client, &edge);
@@ -259,10 +260,74 @@ fn orders_are_committed(
     id
 }
 
+/// A raw GET with forged client headers, from namespace `ns` (or the host): the
+/// `X-Client-IP` and `X-Client-Chain` the product service said back.
+fn forged_get(ns: Option<&str>, addr: std::net::SocketAddr) -> (String, String) {
+    use std::io::{Read, Write};
+    let exchange = move || -> anyhow::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(
+            format!(
+                "GET /api/products HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                 X-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+            )
+            .as_bytes(),
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    let text = match ns {
+        Some(ns) => netctl::net::netns::run_in(ns, exchange),
+        None => exchange(),
+    }
+    .unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let header = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name}: {text}"))
+    };
+    (header("x-client-ip"), header("x-client-chain"))
+}
+
+/// The client's address reaches the services through nginx and the gateway (X-Real-IP,
+/// X-Forwarded-For); a client cannot claim another, neither through the edge (nginx sets
+/// X-Real-IP itself) nor by calling the gateway directly.
+fn the_client_address_arrives_through_the_edge_and_cannot_be_forged(platform: &Platform) {
+    let edge = platform.endpoint("edge");
+    let pf = platform
+        .plan
+        .port_forwards
+        .iter()
+        .find(|pf| pf.service == "edge")
+        .expect("the edge has a host port");
+    let (client_ip, chain) = forged_get(None, ([127, 0, 0, 1], pf.host_port).into());
+    let seen: std::net::Ipv4Addr = client_ip.parse().expect("an address");
+    assert_ne!(client_ip, "6.6.6.6", "nginx says who the client is");
+    assert_ne!(seen, edge.address);
+    // What the client claimed stays first in the chain, then the client as nginx saw it,
+    // then nginx as the gateway saw it.
+    assert_eq!(chain, format!("6.6.6.6, {client_ip}, {}", edge.address));
+    // Straight to the gateway from another namespace: its claim is not believed.
+    let gateway = platform.endpoint("gateway");
+    let order = platform.endpoint("order");
+    let (client_ip, chain) = forged_get(
+        Some(&order.netns),
+        (gateway.address, gateway.port().unwrap()).into(),
+    );
+    assert_eq!(client_ip, order.address.to_string());
+    assert_eq!(chain, order.address.to_string());
+}
+
 fn every_replica_serves(rt: &tokio::runtime::Runtime, client: &Client, edge: &str) {
-    // The gateway reaches the product service through its VIP: the dataplane sends each
-    // new connection to the next healthy replica (round-robin), and the gateway keeps
-    // them alive. Requests in parallel need parallel connections, so they spread.
+    // The gateway finds the product replicas through the registry and sends each request
+    // to the next live one (round-robin) over connections it keeps alive. Requests in
+    // parallel spread over the replicas.
     let batch = |n: usize| parallel_gets(rt, client, &format!("{edge}/api/products"), n);
     let all = BTreeSet::from([
         "product-1".to_string(),
@@ -426,8 +491,8 @@ fn a_killed_replica_is_restarted_without_failed_requests(
     );
     let after = service(slot, "product-2");
     assert!(after.last_error.unwrap().contains("SIGKILL"));
-    // And it serves again: new connections through the VIP reach it (the gateway's
-    // connections to the others stay alive, so ask for more at once than it keeps).
+    // And it serves again: the gateway finds it in the registry again and sends it its
+    // share (ask for many at once, so that every replica gets some).
     wait_for("product-2 to answer again", Duration::from_secs(10), || {
         parallel_gets(rt, client, &url, 40)
             .iter()

@@ -104,34 +104,72 @@ fn commands_that_change_the_host_refuse_to_run_without_root() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
-    let commands: [&[&str]; 14] = [
-        &["up"],
-        &["down"],
-        &["status"],
-        &["flows"],
-        &["services"],
-        &["conntrack"],
-        &["maps"],
-        &["drain", "product/product-1"],
-        &["policy"],
-        &["drops"],
-        &["monitor"],
-        &["report"],
-        &["topology"],
-        &["health", "--once"],
+    // Every subcommand but `validate` (and `--help`/`--version`), each with the name it
+    // reports: (arguments, "netctl NAME needs root").
+    let commands: &[(&[&str], &str)] = &[
+        (&["up"], "up"),
+        (&["up", "--foreground"], "up"),
+        (&["down"], "down"),
+        (&["down", "--volumes"], "down"),
+        (&["status"], "status"),
+        (&["flows"], "flows"),
+        (&["services"], "services"),
+        (&["conntrack"], "conntrack"),
+        (&["conntrack", "--summary"], "conntrack"),
+        (&["maps"], "maps"),
+        (&["maps", "CT"], "maps"),
+        (&["drain", "product/product-1"], "drain"),
+        (&["drain", "--undo", "product/product-1"], "drain"),
+        (&["policy"], "policy"),
+        (
+            &["policy", "apply", "-f", "/nonexistent.toml"],
+            "policy apply",
+        ),
+        (&["drops"], "drops"),
+        (&["monitor"], "monitor"),
+        (&["report"], "report"),
+        (&["topology"], "topology"),
+        (&["health", "--once"], "health"),
+        (&["logs", "product"], "logs"),
+        (&["logs", "-f", "controller"], "logs"),
+        (&["serve", "registry"], "serve"),
+        (&["serve", "order"], "serve"),
+        (&["controller"], "controller"),
     ];
-    for args in commands {
-        let cmd = args[0];
+    // Nothing about the commands may be missing from that list.
+    let help = Command::new(NETCTL).arg("--help").output().expect("help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let listed: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .expect("help lists commands")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| !["help", "validate"].contains(c))
+        .collect();
+    for c in &listed {
+        assert!(
+            commands.iter().any(|(args, _)| args[0] == *c),
+            "subcommand {c} is not checked without root"
+        );
+    }
+    assert!(listed.len() >= 16, "{listed:?}");
+    for (args, name) in commands {
         let out = Command::new(&bin)
-            .args(args)
+            .args(*args)
             .uid(65534)
             .gid(65534)
             .output()
             .expect("run as nobody");
-        assert_eq!(out.status.code(), Some(1), "{cmd}");
         let err = stderr(&out);
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert!(err.contains(&format!("netctl {cmd} needs root")), "{err}");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.contains(&format!("netctl {name} needs root")),
+            "{args:?}: {err}"
+        );
     }
     // Validation needs no root.
     let out = Command::new(&bin)

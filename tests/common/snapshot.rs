@@ -1,6 +1,12 @@
-//! What a test can leave behind on the host, to compare before and after.
+//! What a test can leave behind on the host, to compare before and after: namespaces,
+//! links, pins, nft tables, state files, volumes, and what outlives them: file descriptors
+//! of the test process and of any process into the instance's pins or namespaces, eBPF
+//! programs on the host's uplink and socket programs on the root cgroup that no platform
+//! pins, `ip rule`s, and mounts.
 
 use std::{collections::BTreeSet, path::Path};
+
+use aya::programs::{SchedClassifier, TcAttachType, links::FdLink, links::PinnedLink};
 
 /// Host objects netctl could create. Names of other tests' slots (`tNN-` prefixes other
 /// than ours) and of any other platform that is up (a benchmark, a person's platform) are
@@ -14,6 +20,22 @@ pub struct Snapshot {
     pub state_files: BTreeSet<String>,
     /// Instances with data under /var/lib/netctl.
     pub volumes: BTreeSet<String>,
+    /// Open descriptors of this test process into netctl's objects: the slot's
+    /// namespaces, pins, state, logs and data (and, when each test has its own process as
+    /// under nextest, any eBPF object), by target.
+    pub fds: BTreeSet<String>,
+    /// Other processes with a descriptor into the slot's namespaces or pins.
+    pub holders: BTreeSet<String>,
+    /// eBPF programs on the host's uplink (the default route's interface) that no
+    /// platform's pinned link holds: tests never attach there.
+    pub uplink_programs: BTreeSet<String>,
+    /// netctl socket programs attached to a cgroup by a link that no platform pins.
+    pub cgroup_programs: BTreeSet<String>,
+    /// `ip rule` lines.
+    pub rules: BTreeSet<String>,
+    /// Mount points under /run/netns, /sys/fs/bpf and netctl's directories (the two
+    /// shared mount points themselves stay, made once per boot).
+    pub mounts: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -65,6 +87,18 @@ impl Snapshot {
                 .filter_map(|e| e.file_name().into_string().ok())
                 .filter(keep)
                 .collect(),
+            fds: own_fds(own_prefix, &own),
+            holders: holders(own_prefix, &own),
+            uplink_programs: unpinned_uplink_programs(),
+            cgroup_programs: unpinned_cgroup_programs(),
+            rules: ip_rules(),
+            mounts: mounts()
+                .into_iter()
+                .filter(|m| {
+                    let name = m.strip_prefix("/run/netns/").unwrap_or(m);
+                    keep(&name.to_string()) && keep(m)
+                })
+                .collect(),
         }
     }
 
@@ -85,6 +119,20 @@ impl Snapshot {
         cmp("nft table", &self.nft_tables, &after.nft_tables);
         cmp("state file", &self.state_files, &after.state_files);
         cmp("volume", &self.volumes, &after.volumes);
+        cmp("open descriptor", &self.fds, &after.fds);
+        cmp("process holding", &self.holders, &after.holders);
+        cmp(
+            "program on the uplink",
+            &self.uplink_programs,
+            &after.uplink_programs,
+        );
+        cmp(
+            "cgroup socket program",
+            &self.cgroup_programs,
+            &after.cgroup_programs,
+        );
+        cmp("ip rule", &self.rules, &after.rules);
+        cmp("mount", &self.mounts, &after.mounts);
         out
     }
 
@@ -146,4 +194,164 @@ fn walk(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether `target` (a descriptor's link) is one of the slot's objects.
+fn is_own(target: &str, own_prefix: &str, own: &str) -> bool {
+    target.starts_with(&format!("/run/netns/{own_prefix}"))
+        || [
+            format!("/sys/fs/bpf/netctl/{own}/"),
+            format!("/run/netctl/{own}/"),
+            format!("/var/log/netctl/{own}/"),
+            format!("/var/lib/netctl/{own}/"),
+        ]
+        .iter()
+        .any(|p| target.starts_with(p.as_str()))
+}
+
+/// The targets of a process's descriptors.
+fn fd_targets(pid: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.display().to_string())
+        .collect()
+}
+
+fn own_fds(own_prefix: &str, own: &str) -> BTreeSet<String> {
+    // Under nextest every test is a process of its own: any eBPF object it still holds
+    // is its own. (`cargo test` runs a binary's tests as threads of one process.)
+    let alone = std::env::var_os("NEXTEST").is_some();
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for t in fd_targets("self") {
+        if is_own(&t, own_prefix, own) || (alone && t.starts_with("anon_inode:bpf")) {
+            *counts.entry(t).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(t, n)| format!("{t} (x{n})"))
+        .collect()
+}
+
+fn holders(own_prefix: &str, own: &str) -> BTreeSet<String> {
+    let me = std::process::id().to_string();
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        for t in fd_targets(&pid) {
+            if is_own(&t, own_prefix, own) && !t.starts_with("/var/log/") {
+                out.insert(format!("{} (pid {pid}) -> {t}", comm.trim()));
+            }
+        }
+    }
+    out
+}
+
+/// Program ids that the pinned links of every platform hold.
+fn pinned_link_programs() -> BTreeSet<u32> {
+    walk(Path::new("/sys/fs/bpf/netctl"))
+        .into_iter()
+        .filter(|p| p.contains("/links/"))
+        .filter_map(|p| PinnedLink::from_pin(&p).ok())
+        .filter_map(|l| FdLink::from(l).info().ok())
+        .map(|i| i.program_id())
+        .collect()
+}
+
+/// The interface of the host's default route.
+fn uplink() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
+    })
+}
+
+fn unpinned_uplink_programs() -> BTreeSet<String> {
+    let Some(uplink) = uplink() else {
+        return BTreeSet::new();
+    };
+    let pinned = pinned_link_programs();
+    [TcAttachType::Ingress, TcAttachType::Egress]
+        .into_iter()
+        .filter_map(|t| SchedClassifier::query_tcx(&uplink, t).ok())
+        .flat_map(|(_, programs)| programs)
+        .filter(|p| !pinned.contains(&p.id()))
+        .map(|p| {
+            format!(
+                "{uplink}: {} (id {})",
+                p.name_as_str().unwrap_or("?"),
+                p.id()
+            )
+        })
+        .collect()
+}
+
+fn unpinned_cgroup_programs() -> BTreeSet<String> {
+    let pinned = pinned_link_programs();
+    cgroup_programs()
+        .into_iter()
+        .filter(|(program, _)| !pinned.contains(program))
+        .map(|(_, shown)| shown)
+        .collect()
+}
+
+/// Every netctl socket program attached to a cgroup by a link: (program id, description).
+pub fn cgroup_programs() -> Vec<(u32, String)> {
+    let names: std::collections::BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_string()))
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|l| l.link_type().ok() == Some(aya::programs::links::LinkType::Cgroup))
+        .filter_map(|l| {
+            let name = names.get(&l.program_id())?;
+            name.starts_with("netctl").then(|| {
+                (
+                    l.program_id(),
+                    format!("{name} (link {}, program {})", l.id(), l.program_id()),
+                )
+            })
+        })
+        .collect()
+}
+
+fn ip_rules() -> BTreeSet<String> {
+    std::process::Command::new("ip")
+        .args(["-o", "rule", "show"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn mounts() -> BTreeSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| {
+            [
+                "/run/netns/",
+                "/sys/fs/bpf/",
+                "/run/netctl",
+                "/var/lib/netctl",
+                "/var/log/netctl",
+            ]
+            .iter()
+            .any(|p| m.starts_with(p))
+        })
+        .collect()
 }

@@ -4,6 +4,8 @@
 //! - `build-ebpf`: the eBPF object, into `target/bpf/`
 //! - `lint`: rustfmt + clippy -D warnings for the workspace and the eBPF crate
 //! - `test`: lint, then every test (unit, BPF_PROG_TEST_RUN, integration as root)
+//! - `bench`, `fuzz`, `soak`: the long runs (benchmarks, libFuzzer, the controller's
+//!   memory under load and repeated up/down cycles), whose short versions the tests run
 
 mod ebpf;
 mod setup;
@@ -42,10 +44,21 @@ enum Task {
     /// Long fuzzing runs with libFuzzer (cargo-fuzz), e.g. `fuzz topology --seconds 600`.
     /// The test suite runs short deterministic versions of every target.
     Fuzz {
-        /// Target: `topology`.
+        /// Target: `topology`, `registry` (registration bodies) or `order` (order bodies).
         target: String,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+    },
+    /// Soaks (as root): the default platform (in a test prefix) under steady HTTP load for
+    /// `--seconds` (600), sampling the controller's memory and descriptors, failing when
+    /// they grow past their bound after warm-up; or `--cycles N` up/down cycles of it,
+    /// checking that nothing is left. CI runs short versions of both.
+    Soak {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Run N up/down cycles (the leak test) instead of the load soak.
+        #[arg(long)]
+        cycles: Option<u64>,
     },
     /// Lint, then run the whole test suite (needs root for the integration tests).
     Test {
@@ -67,6 +80,7 @@ fn main() -> ExitCode {
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Bench { args } => bench(&args),
         Task::Fuzz { target, seconds } => fuzz(&target, seconds),
+        Task::Soak { seconds, cycles } => soak(seconds, cycles),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,8 +183,36 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         .current_dir(&root))
 }
 
+/// Runs the soak test (or the up/down cycle test) with its long settings. `cargo test`,
+/// not nextest: nextest's slow-test timeout would end a 10-minute run.
+fn soak(seconds: u64, cycles: Option<u64>) -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("the soak brings up a platform (namespaces, eBPF programs): run as root");
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "-p", "netctl"]).current_dir(root());
+    match cycles {
+        Some(n) => {
+            cmd.args([
+                "--test",
+                "operations",
+                "repeated_up_down_cycles_of_the_default_platform_leave_nothing",
+            ])
+            .env("NETCTL_CYCLES", n.to_string());
+        }
+        None => {
+            cmd.args(["--test", "soak"])
+                .env("NETCTL_SOAK_SECS", seconds.to_string());
+        }
+    }
+    run(cmd.args(["--", "--nocapture", "--test-threads", "1"]))
+}
+
 /// Installs cargo-fuzz if needed and runs one target, seeded with the real topologies.
 fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
+    if !["topology", "registry", "order"].contains(&target) {
+        bail!("no fuzz target {target:?}: topology, registry or order");
+    }
     let root = root();
     let installed = Command::new("rustup")
         .args(["run", "nightly", "cargo", "fuzz", "--version"])
@@ -181,6 +223,31 @@ fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
         run(Command::new("cargo").args(["install", "--quiet", "--locked", "cargo-fuzz"]))?;
     }
     let corpus = root.join("fuzz").join("corpus").join(target);
+    // Seeds: the real files and request bodies each target starts from.
+    let seeds: &[(&str, &str)] = match target {
+        "topology" => &[],
+        "registry" => &[
+            (
+                "product.json",
+                r#"{"service": "product", "id": "product-1", "port": 5000, "metadata": {"zone": "a"}}"#,
+            ),
+            (
+                "address.json",
+                r#"{"service": "order", "id": "o:1", "address": "10.0.0.10", "port": 5000, "ttl_secs": 30}"#,
+            ),
+        ],
+        "order" => &[
+            (
+                "order.json",
+                r#"{"customer_id": "c-1", "product_id": "1", "quantity": 2}"#,
+            ),
+            (
+                "edge.json",
+                r#"{"customer_id": "k", "product_id": "3", "quantity": 1000}"#,
+            ),
+        ],
+        other => bail!("no fuzz target {other:?}: topology, registry or order"),
+    };
     std::fs::create_dir_all(&corpus)?;
     if target == "topology" {
         std::fs::copy(
@@ -188,6 +255,9 @@ fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
             corpus.join("default.toml"),
         )?;
         std::fs::copy(root.join("examples/flat.toml"), corpus.join("flat.toml"))?;
+    }
+    for (name, body) in seeds {
+        std::fs::write(corpus.join(name), body)?;
     }
     run(Command::new("rustup")
         .args(["run", "nightly", "cargo", "fuzz", "run", target])

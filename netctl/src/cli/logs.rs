@@ -13,7 +13,10 @@ use std::{
 use anyhow::{Context, bail};
 
 use super::{load_state, resolve_instance};
-use crate::{controller::daemon, supervisor::paths};
+use crate::{
+    controller::{daemon, preflight},
+    supervisor::paths,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -28,6 +31,9 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
+    // The logs are root's alone (0600 under a 0700 directory), as is the state that
+    // says which platform is up.
+    preflight::require_root("logs")?;
     let Some(instance) = resolve_instance(prefix)? else {
         bail!("no netctl platform is up (use --prefix to read the logs of one that was)");
     };

@@ -125,6 +125,11 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let prefix = cli.prefix.as_deref();
+    // What netctl writes (state, records, generated configuration, logs, secrets) and
+    // what the services it starts write is root's alone; a report is meant to be read.
+    if !matches!(cli.command, Command::Report(_) | Command::Validate(_)) {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    }
     match cli.command {
         Command::Up(args) => up::run(args, prefix).await,
         Command::Down(args) => down::run(args, prefix).await,

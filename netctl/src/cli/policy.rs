@@ -162,8 +162,8 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
 const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn apply(file: Option<PathBuf>, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
-    let plan = plan_from(file.as_deref(), prefix)?;
     preflight::require_root("policy apply")?;
+    let plan = plan_from(file.as_deref(), prefix)?;
     let lock = StateLock::acquire()?;
     let instance = plan.instance();
     let mut state =

@@ -5,7 +5,7 @@
 use std::{
     fs::{self, OpenOptions},
     io,
-    os::unix::process::CommandExt,
+    os::unix::{fs::OpenOptionsExt, process::CommandExt},
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -21,7 +21,7 @@ use super::{api, state::instance_dir};
 
 /// Where the controller and the services of an instance write their logs.
 pub fn log_dir(instance: &str) -> PathBuf {
-    PathBuf::from("/var/log/netctl").join(instance)
+    PathBuf::from(crate::supervisor::paths::LOG_ROOT).join(instance)
 }
 
 pub fn pid_file(instance: &str) -> PathBuf {
@@ -66,7 +66,14 @@ pub fn write_pid_file(instance: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    fs::write(&path, format!("{} {}\n", me.pid, me.start_time))
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    io::Write::write_all(&mut f, format!("{} {}\n", me.pid, me.start_time).as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -97,14 +104,9 @@ pub fn is_current(id: &ProcessId) -> bool {
 /// log directory, and waits until its API answers.
 pub async fn spawn(instance: &str, prefix: &str) -> anyhow::Result<ProcessId> {
     let exe = std::env::current_exe().context("finding the netctl binary")?;
-    let logs = log_dir(instance);
-    fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let log_path = logs.join("controller.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log_path = log_dir(instance).join("controller.log");
+    let log = crate::supervisor::paths::open_private_log(&log_path)?;
+    crate::supervisor::paths::restrict_logs(instance);
     let mut cmd = Command::new(exe);
     cmd.arg("--prefix")
         .arg(prefix)

@@ -293,6 +293,12 @@ async fn rollback(
     anyhow!(msg)
 }
 
+/// Whether `NETCTL_FAILPOINT` names the failpoint `name` (one that is not a count of
+/// resources, such as `postgres-bootstrap`).
+pub fn failpoint_is(name: &str) -> bool {
+    std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name)
+}
+
 enum Failpoint {
     None,
     FailAfter(usize),

@@ -1,8 +1,22 @@
 //! HTTP plumbing shared by the reference services: JSON answers and errors, request bodies
-//! read with a size limit, and a server loop with keep-alive, a header timeout and a
-//! graceful shutdown. Handlers take any request body type, so tests call them in-process.
+//! read with a size limit and a deadline, and a server loop with keep-alive, a header
+//! timeout, a cap on concurrent connections and a graceful shutdown. Handlers take any
+//! request body type, so tests call them in-process.
+//!
+//! Slow clients cannot hold a service: the request head must arrive within
+//! `HTTP_HEADER_TIMEOUT_MS` (10 s), a body within `HTTP_BODY_TIMEOUT_MS` (10 s, else 408),
+//! and past `HTTP_MAX_CONNECTIONS` open connections (4096, or what the open-file limit
+//! allows) a new connection is answered 503 at once and closed.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context as TaskContext, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,7 +31,7 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
 };
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::{io::AsyncWriteExt, net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Every answer the services build: a complete body.
@@ -29,10 +43,140 @@ pub type Rejected = Box<Resp>;
 /// Largest request body any service reads; above it the answer is 413.
 pub const MAX_BODY: usize = 16 * 1024;
 
-/// How long a client may take to send the request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Connections a service keeps open at most, unless the open-file limit is lower.
+const MAX_CONNECTIONS: usize = 4096;
+/// File descriptors kept for everything but client connections (pools, logs, Redis).
+const RESERVED_FDS: usize = 128;
+
+/// What one slow or greedy client may take from a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The whole request head must arrive within this.
+    pub header_timeout: Duration,
+    /// A request body must arrive within this (from the end of the head); else 408.
+    pub body_timeout: Duration,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections: MAX_CONNECTIONS.min(fd_budget()),
+        }
+    }
+}
+
+/// Connections the open-file limit leaves room for.
+fn fd_budget() -> usize {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(MAX_CONNECTIONS, |(soft, _)| {
+            (soft as usize).saturating_sub(RESERVED_FDS).max(16)
+        })
+}
+
+static LIMITS: OnceLock<Limits> = OnceLock::new();
+
+impl Limits {
+    /// The defaults, changed by `HTTP_HEADER_TIMEOUT_MS`, `HTTP_BODY_TIMEOUT_MS` and
+    /// `HTTP_MAX_CONNECTIONS`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        use super::env;
+        let d = Self::default();
+        let limits = Self {
+            header_timeout: env::millis("HTTP_HEADER_TIMEOUT_MS", d.header_timeout)?,
+            body_timeout: env::millis("HTTP_BODY_TIMEOUT_MS", d.body_timeout)?,
+            max_connections: env::parsed("HTTP_MAX_CONNECTIONS", d.max_connections)?,
+        };
+        if limits.header_timeout.is_zero()
+            || limits.body_timeout.is_zero()
+            || limits.max_connections == 0
+        {
+            anyhow::bail!(
+                "HTTP_HEADER_TIMEOUT_MS, HTTP_BODY_TIMEOUT_MS and HTTP_MAX_CONNECTIONS must be above 0"
+            );
+        }
+        Ok(limits)
+    }
+
+    /// Reads the environment once, at a service's start (a bad value stops the start).
+    pub fn init_from_env() -> anyhow::Result<Self> {
+        let limits = Self::from_env()?;
+        Ok(*LIMITS.get_or_init(|| limits))
+    }
+
+    /// The limits in force: the environment's once read, else the defaults.
+    pub fn current() -> Self {
+        *LIMITS.get_or_init(Self::default)
+    }
+}
+
+/// A request body of the server loop: the client's, cut off when it does not arrive
+/// within its deadline.
+pub type Body = Deadline<Incoming>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body did not arrive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
+/// A body that fails with [`BodyTimeout`] once its deadline passes. Requests without a
+/// body carry no timer.
+pub struct Deadline<B> {
+    inner: B,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    limit: Duration,
+}
+
+impl<B: hyper::body::Body> Deadline<B> {
+    pub fn new(inner: B, limit: Duration) -> Self {
+        let timer = (!inner.is_end_stream()).then(|| Box::pin(tokio::time::sleep(limit)));
+        Self {
+            inner,
+            timer,
+            limit,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for Deadline<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if let Some(t) = this.timer.as_mut()
+            && t.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout(this.limit)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// One problem with one field of a request body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -154,6 +298,12 @@ where
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) if e.is::<BodyTimeout>() => {
+            let mut resp = error(StatusCode::REQUEST_TIMEOUT, e.to_string());
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(Box::new(resp))
+        }
         Err(e) => Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("could not read the request body: {e}"),
@@ -198,12 +348,14 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Serves HTTP/1.1 with keep-alive on `listener` until `shutdown`, then lets in-flight
 /// requests finish (up to a grace period). `handler` gets each request and the peer's
-/// address.
+/// address. [`Limits::current`] bounds slow and surplus clients.
 pub async fn serve<F, Fut>(listener: TcpListener, handler: F, shutdown: CancellationToken)
 where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Body>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Resp> + Send + 'static,
 {
+    let limits = Limits::current();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -218,15 +370,23 @@ where
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: say so at once rather than leave the client waiting in the backlog.
+            tracing::debug!(%peer, "{} connections open: refusing", limits.max_connections);
+            tokio::spawn(refuse(stream));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |req| {
+        let body_timeout = limits.body_timeout;
+        let service = service_fn(move |req: Request<Incoming>| {
             let handler = handler.clone();
+            let req = req.map(|b| Deadline::new(b, body_timeout));
             async move { Ok::<_, Infallible>(handler(req, peer).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(limits.header_timeout)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
@@ -234,6 +394,7 @@ where
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection: {e}");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -243,6 +404,21 @@ where
             tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}");
         }
     }
+}
+
+/// Answers a connection over the cap with 503 and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    const BODY: &str = "{\"error\":\"too many connections; try again\"}";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// A token cancelled by SIGTERM or SIGINT.

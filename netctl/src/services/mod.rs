@@ -7,6 +7,7 @@ pub mod client;
 pub mod db;
 pub mod env;
 pub mod fields;
+pub mod fuzz;
 pub mod gateway;
 pub mod http;
 pub mod order;
@@ -17,6 +18,7 @@ use crate::topology::Kind;
 
 /// Runs the service of `kind` until SIGTERM/SIGINT.
 pub async fn serve(kind: Kind) -> anyhow::Result<()> {
+    http::Limits::init_from_env()?;
     match kind {
         Kind::Registry => registry::run().await,
         Kind::Gateway => gateway::run().await,

@@ -4,7 +4,7 @@
 //! never change namespace.
 
 use std::{
-    fs::{self, OpenOptions},
+    fs,
     os::fd::{AsRawFd, BorrowedFd},
     path::Path,
     process::Stdio,
@@ -80,17 +80,10 @@ fn enter(ns_fd: i32, ids: Option<(Uid, Gid)>) -> nix::Result<()> {
 }
 
 fn open_log(path: &Path) -> anyhow::Result<fs::File> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     if fs::metadata(path).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
         let _ = fs::rename(path, path.with_extension("log.1"));
     }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
+    super::paths::open_private_log(path)
 }
 
 /// Appends a line from the supervisor to a process's log (start, exit, restart).

@@ -16,7 +16,7 @@ mod validate_run;
 pub use health::{HealthCheck, HealthSpec, Probe};
 pub use model::{
     DataplaneSpec, NatConfig, NetworkSpec, PlatformSpec, PortForwardSpec, PortSpec, ServiceSpec,
-    Topology,
+    Topology, default_prefix,
 };
 pub use plan::{
     Algorithm, DataplaneMode, Endpoint, ManualBackend, Network, Plan, Port, PortForward, Proto,

@@ -18,7 +18,7 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
 use super::{
-    proxy::{Forward, forward},
+    proxy::{Forward, Timeouts, forward},
     upstream::Upstream,
 };
 use crate::services::{
@@ -31,7 +31,11 @@ pub struct Gateway {
     pub product: Arc<Upstream>,
     pub order: Arc<Upstream>,
     pub timeout: Duration,
+    /// One instance's share of `timeout` for a read that another instance could answer.
+    pub attempt_timeout: Duration,
     pub instance_id: String,
+    /// The edge's addresses: only their `X-Real-IP` / `X-Forwarded-For` are believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Ids in paths are short words: nothing that could change the upstream path.
@@ -92,13 +96,17 @@ where
     forward(
         &gw.client,
         upstream,
-        gw.timeout,
+        Timeouts {
+            total: gw.timeout,
+            attempt: gw.attempt_timeout,
+        },
         Forward {
             method,
             path: upstream_path,
             headers: &parts.headers,
             body,
             peer,
+            from_proxy: gw.trusted_proxies.contains(&peer.ip().to_canonical()),
         },
     )
     .await

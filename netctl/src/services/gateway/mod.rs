@@ -27,8 +27,29 @@ use upstream::{Source, Upstream};
 /// Whole exchange with an upstream (connect, request, answer); longer than the services'
 /// own bounds on database work (`db::MAX_DATABASE_TIME`), so that they answer first.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// A read waits this long on one instance before trying the next (a hung replica, e.g.
+/// stopped, is not seen as refusing: its kernel still accepts connections).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `TRUSTED_PROXIES`: the edge's addresses (comma-separated), whose `X-Real-IP` and
+/// `X-Forwarded-For` the gateway passes on; the supervisor sets it to the nginx endpoints.
+pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
+
+fn trusted_proxies() -> anyhow::Result<Vec<std::net::IpAddr>> {
+    let Some(list) = env::var(TRUSTED_PROXIES) else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse()
+                .map_err(|e| anyhow::anyhow!("{TRUSTED_PROXIES}: {a:?} is not an IP address: {e}"))
+        })
+        .collect()
+}
 
 pub async fn run() -> anyhow::Result<()> {
     let identity = Identity::from_env("gateway", 3000)?;
@@ -64,7 +85,9 @@ pub async fn run() -> anyhow::Result<()> {
         product,
         order,
         timeout: env::millis("UPSTREAM_TIMEOUT_MS", UPSTREAM_TIMEOUT)?,
+        attempt_timeout: env::millis("UPSTREAM_ATTEMPT_TIMEOUT_MS", ATTEMPT_TIMEOUT)?,
         instance_id: identity.instance_id.clone(),
+        trusted_proxies: trusted_proxies()?,
     });
     let listener = http::bind(identity.listen).await?;
     serve_registered(

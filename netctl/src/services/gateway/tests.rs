@@ -29,7 +29,7 @@ const PEER: &str = "10.1.0.7:41000";
 /// Serves `handler`-like services on an ephemeral loopback port.
 async fn loopback<F, Fut>(handler: F, stop: &CancellationToken) -> SocketAddr
 where
-    F: Fn(Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<crate::services::http::Body>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Resp> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -69,7 +69,9 @@ fn gateway(product: Arc<Upstream>, order: Arc<Upstream>, timeout: Duration) -> G
         product,
         order,
         timeout,
+        attempt_timeout: Duration::from_millis(200),
         instance_id: "gateway-t".into(),
+        trusted_proxies: vec!["127.0.0.2".parse().unwrap()],
     }
 }
 
@@ -364,5 +366,57 @@ async fn a_read_answered_503_goes_to_the_next_instance() {
     )
     .await;
     assert_eq!(s, 503, "{v}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_read_sent_to_a_hung_instance_is_answered_by_the_next() {
+    let stop = CancellationToken::new();
+    // Accepts, never answers (a stopped process: its kernel still accepts).
+    let hang = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let well = answering(StatusCode::OK, "well", &stop).await;
+    let product = Upstream::new(
+        "product",
+        Source::Registry {
+            client: RegistryClient::new("http://127.0.0.1:9"),
+            service: "product".into(),
+        },
+    )
+    .unwrap();
+    let target = |a: SocketAddr| Target {
+        authority: a.to_string(),
+        id: None,
+    };
+    product.set_targets(vec![target(hang_addr), target(well)]);
+    let gw = gateway(product, fixed("order", hang_addr), Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    for _ in 0..6 {
+        let (s, h, v) = call(&gw, "GET", "/api/products", "", None).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(h["x-instance-id"], "well");
+    }
+    // The hung one cost one attempt (200 ms), then was passed over.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // A write is not sent twice: it waits the whole budget on the one it was sent to.
+    let gw = gateway(
+        fixed("product", well),
+        fixed("order", hang_addr),
+        Duration::from_millis(600),
+    );
+    let started = std::time::Instant::now();
+    let (s, _, v) = call(&gw, "POST", "/api/orders", "{}", JSON).await;
+    assert_eq!(s, 504, "{v}");
+    assert!(started.elapsed() >= Duration::from_millis(600));
     stop.cancel();
 }

@@ -2,6 +2,14 @@
 //! from PostgreSQL otherwise. A Redis that fails is skipped for a moment rather than
 //! waited on every request: the service keeps answering (slower, from PostgreSQL) and
 //! says so in `/health`.
+//!
+//! A fill must not bring back what a change just dropped: a reader that missed, read the
+//! old row and stores it after the writer's invalidation would keep the stale value for a
+//! whole TTL. Every invalidation therefore bumps a generation counter (atomically with the
+//! deletes), a miss remembers the generation it saw, and a fill stores only while the
+//! generation is still that one (a server-side script: check and set in one step). After
+//! Redis failed and comes back, invalidations may have been lost meanwhile: every product
+//! entry is dropped then.
 
 use std::{
     sync::{
@@ -20,6 +28,28 @@ const OP_TIMEOUT: Duration = Duration::from_millis(300);
 const BACKOFF: Duration = Duration::from_secs(1);
 
 pub const LIST_KEY: &str = "netctl:products:all";
+/// Bumped by every invalidation; fills that began before it are not stored.
+pub const GENERATION_KEY: &str = "netctl:products:generation";
+/// Every product entry (the list is `LIST_KEY`).
+const PRODUCT_PATTERN: &str = "netctl:product:*";
+
+/// Stores ARGV[1] at KEYS[1] for ARGV[3] seconds, only while KEYS[2] (the generation)
+/// is still ARGV[2].
+const FILL_SCRIPT: &str = r"
+if (redis.call('GET', KEYS[2]) or '0') == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Bumps the generation (KEYS[1]) and drops the list (KEYS[2]) and every product.
+const FLUSH_SCRIPT: &str = r"
+redis.call('INCR', KEYS[1])
+redis.call('DEL', KEYS[2])
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end
+return 1
+";
 
 pub fn product_key(id: &str) -> String {
     format!("netctl:product:{id}")
@@ -29,7 +59,8 @@ pub fn product_key(id: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     Hit(Bytes),
-    Miss,
+    /// Not cached; the generation seen, which a fill must still find.
+    Miss(Generation),
     /// Redis is failing: go to the database.
     Down,
 }
@@ -39,11 +70,15 @@ impl Lookup {
     pub fn header(&self) -> &'static str {
         match self {
             Lookup::Hit(_) => "HIT",
-            Lookup::Miss => "MISS",
+            Lookup::Miss(_) => "MISS",
             Lookup::Down => "BYPASS",
         }
     }
 }
+
+/// The cache's generation when a lookup missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation(String);
 
 #[derive(Clone)]
 pub struct Cache {
@@ -96,11 +131,33 @@ impl Cache {
     }
 
     fn succeeded(&self) {
-        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-        if last.take().is_some() {
-            tracing::info!("redis is back; caching again");
-        }
+        let recovered = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some();
         self.skip_until_ms.store(0, Ordering::Relaxed);
+        if recovered {
+            // Changes made while Redis was unreachable could not drop their entries.
+            tracing::info!("redis is back; dropping every cached product, then caching again");
+            let this = self.clone();
+            tokio::spawn(async move { this.flush().await });
+        }
+    }
+
+    /// Drops every product entry and bumps the generation.
+    pub async fn flush(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let mut call = redis::cmd("EVAL");
+        call.arg(FLUSH_SCRIPT)
+            .arg(2)
+            .arg(GENERATION_KEY)
+            .arg(LIST_KEY)
+            .arg(PRODUCT_PATTERN);
+        self.run("flush", call.query_async::<i64>(&mut conn))
+            .await
+            .is_some()
     }
 
     /// The last Redis error while it is failing.
@@ -139,34 +196,62 @@ impl Cache {
             return Lookup::Down;
         }
         let mut conn = self.conn.clone();
-        match self.run("GET", conn.get::<_, Option<Vec<u8>>>(key)).await {
-            Some(Some(v)) => Lookup::Hit(Bytes::from(v)),
-            Some(None) => Lookup::Miss,
+        let found = self
+            .run(
+                "GET",
+                conn.mget::<_, (Option<Vec<u8>>, Option<String>)>(&[key, GENERATION_KEY]),
+            )
+            .await;
+        match found {
+            Some((Some(v), _)) => Lookup::Hit(Bytes::from(v)),
+            Some((None, generation)) => {
+                Lookup::Miss(Generation(generation.unwrap_or_else(|| "0".into())))
+            }
             None => Lookup::Down,
         }
     }
 
-    /// Stores `value` with the TTL, in the background (the answer does not wait).
-    pub fn put(&self, key: String, value: Bytes) {
+    /// Stores `value` with the TTL unless something was invalidated since the miss that
+    /// saw `generation`; in the background (the answer does not wait). The stored or not.
+    pub fn put(
+        &self,
+        key: String,
+        value: Bytes,
+        generation: Generation,
+    ) -> Option<tokio::task::JoinHandle<bool>> {
         if self.skipping() {
-            return;
+            return None;
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let mut conn = this.conn.clone();
-            this.run(
-                "SET",
-                conn.set_ex::<_, _, ()>(&key, value.as_ref(), this.ttl_secs),
-            )
-            .await;
-        });
+            // EVAL (the script is a few lines): the check and the set in one step.
+            let mut call = redis::cmd("EVAL");
+            call.arg(FILL_SCRIPT)
+                .arg(2)
+                .arg(&key)
+                .arg(GENERATION_KEY)
+                .arg(value.as_ref())
+                .arg(&generation.0)
+                .arg(this.ttl_secs);
+            this.run("SET", call.query_async::<i64>(&mut conn)).await == Some(1)
+        }))
     }
 
-    /// Drops keys (after a change). Tried even while skipping: a stale entry must not
-    /// outlive a Redis hiccup by more than its TTL.
+    /// Drops keys (after a change) and bumps the generation, in one transaction. Tried
+    /// even while skipping: a stale entry must not outlive a Redis hiccup by more than
+    /// its TTL.
     pub async fn invalidate(&self, keys: &[String]) -> bool {
         let mut conn = self.conn.clone();
-        self.run("DEL", conn.del::<_, ()>(keys)).await.is_some()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .incr(GENERATION_KEY, 1)
+            .ignore()
+            .del(keys)
+            .ignore();
+        self.run("DEL", pipe.query_async::<()>(&mut conn))
+            .await
+            .is_some()
     }
 
     /// PING with its latency, for `/health`.

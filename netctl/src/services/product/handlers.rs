@@ -37,6 +37,15 @@ where
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
+    // Who the gateway says the client is, said back (so that it can be seen end to end).
+    let client = [
+        ("x-real-ip", "x-client-ip"),
+        ("x-forwarded-for", "x-client-chain"),
+    ]
+    .map(|(from, to)| {
+        let v = req.headers().get(from).and_then(|v| v.to_str().ok());
+        (to, v.map(str::to_string))
+    });
     let resp = match (segments.as_slice(), &method) {
         (["health"], &Method::GET) => health(svc).await,
         (["health"], _) => http::method_not_allowed("GET"),
@@ -47,7 +56,13 @@ where
         (["products", _], _) => http::method_not_allowed("GET, PUT"),
         _ => http::not_found(format!("no such endpoint: {method} {path}")),
     };
-    http::with_header(resp, "x-instance-id", &svc.instance_id)
+    let mut resp = http::with_header(resp, "x-instance-id", &svc.instance_id);
+    for (name, value) in client {
+        if let Some(v) = value {
+            resp = http::with_header(resp, name, &v);
+        }
+    }
+    resp
 }
 
 /// Product ids are short words; anything else cannot be in the catalog.
@@ -105,8 +120,8 @@ fn fill<T: serde::Serialize>(
         Ok(b) => Bytes::from(b),
         Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    if *lookup == Lookup::Miss {
-        svc.cache.put(key, body.clone());
+    if let Lookup::Miss(generation) = lookup {
+        svc.cache.put(key, body.clone(), generation.clone());
     }
     cached(body, lookup)
 }

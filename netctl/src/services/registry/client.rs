@@ -206,7 +206,7 @@ pub async fn serve_registered<F, Fut>(
     handler: F,
     shutdown: CancellationToken,
 ) where
-    F: Fn(hyper::Request<hyper::body::Incoming>, std::net::SocketAddr) -> Fut
+    F: Fn(hyper::Request<crate::services::http::Body>, std::net::SocketAddr) -> Fut
         + Clone
         + Send
         + Sync

@@ -46,6 +46,18 @@ pub fn configure(
                     &format!("http://{}:{rport}", r.address),
                 );
             }
+            if kind == Kind::Gateway {
+                let edges: Vec<String> = plan
+                    .endpoints_of_kind(Kind::Nginx)
+                    .iter()
+                    .map(|e| e.address.to_string())
+                    .collect();
+                set(
+                    env,
+                    crate::services::gateway::TRUSTED_PROXIES,
+                    &edges.join(","),
+                );
+            }
             if kind == Kind::Product
                 && let Some(r) = plan.endpoints_of_kind(Kind::Redis).first()
             {

@@ -172,16 +172,29 @@ fn digest(text: &str) -> String {
     format!("{h:016x}")
 }
 
-/// First start: `initdb`, authentication, role and database. Later starts: apply a new
-/// password if the file changed.
+/// Marks a cluster whose role and database exist: written only once both were made, so a
+/// first start interrupted between `initdb` and them is finished at the next start
+/// instead of leaving a cluster nobody can log in to.
+fn bootstrapped_file(instance: &str, name: &str) -> PathBuf {
+    paths::volumes(instance).join(format!("{name}.bootstrapped"))
+}
+
+/// `NETCTL_FAILPOINT=postgres-bootstrap`: fail a first start after `initdb`, before the
+/// role and database exist (for the tests of the recovery).
+const BOOTSTRAP_FAILPOINT: &str = "postgres-bootstrap";
+
+/// First start: `initdb`, authentication, role and database. Later starts: finish an
+/// interrupted bootstrap, or apply a new password if the file changed.
 pub fn prepare(spec: &ProcessSpec, instance: &str) -> anyhow::Result<()> {
     let pg = user("postgres", "postgresql")?;
     let bin = bin_dir().context("PostgreSQL is not installed (cargo xtask setup installs it)")?;
     let password = ensure_password(instance, &spec.name)?;
     let data = paths::data(instance, &spec.name);
     let applied = applied_file(instance, &spec.name);
+    let bootstrapped = bootstrapped_file(instance, &spec.name);
     if !data.join("PG_VERSION").exists() {
         // Nothing or a half-made directory from an interrupted first start.
+        let _ = fs::remove_file(&bootstrapped);
         if data.exists() {
             fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
         }
@@ -206,16 +219,35 @@ pub fn prepare(spec: &ProcessSpec, instance: &str) -> anyhow::Result<()> {
         let hba = data.join("pg_hba.conf");
         fs::write(&hba, PG_HBA).with_context(|| format!("writing {}", hba.display()))?;
         nix::unistd::chown(&hba, Some(pg.uid), Some(pg.gid))?;
+    }
+    if !bootstrapped.exists() {
+        if crate::controller::up::failpoint_is(BOOTSTRAP_FAILPOINT) {
+            bail!("injected failure before the role and database were created");
+        }
+        tracing::info!("creating PostgreSQL's role {APP_ROLE} and database {APP_DATABASE}");
+        // Each step may have been done by an interrupted earlier start.
         single_user(
             &pg,
             &bin,
             &data,
             &format!(
-                "CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{password}';\n\
-                 CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE};\n"
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = \
+                 '{APP_ROLE}') THEN CREATE ROLE {APP_ROLE} LOGIN; END IF; END $$;\n\
+                 ALTER ROLE {APP_ROLE} LOGIN PASSWORD '{password}';\n"
             ),
         )?;
+        match single_user(
+            &pg,
+            &bin,
+            &data,
+            &format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE};\n"),
+        ) {
+            Ok(()) => {}
+            Err(e) if format!("{e:#}").contains("already exists") => {}
+            Err(e) => return Err(e),
+        }
         write_private(&applied, &digest(&password))?;
+        write_private(&bootstrapped, "role and database created\n")?;
     } else if fs::read_to_string(&applied).ok().as_deref() != Some(digest(&password).as_str()) {
         tracing::info!("applying a new PostgreSQL password");
         single_user(
