@@ -386,3 +386,182 @@ fn greeting_from_host(addr: Ipv4Addr, port: u16) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     Ok(line.trim().to_string())
 }
+
+/// Port reuse under churn (the `bench lb` stall): thousands of connections through the VIP
+/// from one namespace, each closed with RST (zero linger, no TIME_WAIT), from a local port
+/// range so narrow that every tuple comes back within milliseconds, round-robin moving
+/// each reuse to another backend. The table holds what an earlier round left (expired
+/// entries of the same tuples, and others) and a conntrack GC pass overlaps the reuse, as
+/// the controller's (every 5 s, seconds long on a full table) does: it must not take the
+/// new connections' entries. Every connection must answer within its read timeout.
+#[test]
+fn rst_closed_connections_reusing_their_ports_never_stall() {
+    require_root!();
+    let slot = Slot::acquire();
+    let web = Web::up(&slot, "round-robin", false);
+    let (vip, ns) = (web.vip(), web.client_ns());
+    let client = web.platform.endpoint("client").address;
+    let backends: Vec<Ipv4Addr> = (1..=3)
+        .map(|i| web.platform.endpoint(&format!("web-{i}")).address)
+        .collect();
+    let pins = netctl::dataplane::Pins::for_instance(&slot.instance());
+    let mut ct = netctl::dataplane::conntrack::open(&pins).expect("CT pinned");
+    seed_leftovers(&mut ct, client, vip, &backends, PORTS);
+
+    // A GC pass as slow as on a full table: its snapshot before the clients start, its
+    // deletions while they reuse the tuples.
+    let plan = netctl::dataplane::conntrack::gc_plan(&ct).expect("gc snapshot");
+    let gc = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        netctl::dataplane::conntrack::gc_sweep(&mut ct, plan)
+    });
+    let report = netctl::net::netns::run_in(&ns, move || {
+        std::fs::write(
+            "/proc/sys/net/ipv4/ip_local_port_range",
+            format!("{} {}", PORTS.start, PORTS.end - 1),
+        )?;
+        let started = Instant::now();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut worst = Duration::ZERO;
+                    let mut failures = Vec::new();
+                    let mut done = 0;
+                    while done < 750 && started.elapsed() < Duration::from_secs(8) {
+                        let t = Instant::now();
+                        match rst_closed_round_trip(vip, WEB_TCP) {
+                            Ok(()) => done += 1,
+                            // Every port of the range busy: try again.
+                            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => continue,
+                            Err(e) => failures.push(format!("{e} after {:?}", t.elapsed())),
+                        }
+                        worst = worst.max(t.elapsed());
+                    }
+                    (done, worst, failures)
+                })
+            })
+            .collect();
+        Ok(threads
+            .into_iter()
+            .map(|t| t.join().expect("client thread"))
+            .collect::<Vec<_>>())
+    })
+    .expect("clients");
+    let pass = gc.join().expect("gc thread");
+    let done: usize = report.iter().map(|r| r.0).sum();
+    let worst = report.iter().map(|r| r.1).max().unwrap_or_default();
+    let failures: Vec<&String> = report.iter().flat_map(|r| &r.2).collect();
+    eprintln!(
+        "{done} connections, slowest {worst:?}, {} failed; gc: {pass:?}",
+        failures.len()
+    );
+    assert!(
+        pass.expired >= LEFTOVERS,
+        "the GC pass ran over the leftovers"
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(done >= 2000, "only {done} connections in 8 s");
+}
+
+/// The client's local ports in the churn test.
+const PORTS: std::ops::Range<u16> = 40_000..40_064;
+/// Unrelated expired entries.
+const LEFTOVERS: usize = 1_000;
+
+/// What an earlier round leaves in the table: the same client ports' closed connections
+/// to every backend, expired but not collected yet, and many unrelated expired pairs.
+fn seed_leftovers(
+    ct: &mut netctl::dataplane::conntrack::CtMap,
+    client: Ipv4Addr,
+    vip: Ipv4Addr,
+    backends: &[Ipv4Addr],
+    ports: std::ops::Range<u16>,
+) {
+    use netctl_common::{
+        CtEntry, FlowKey,
+        ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_REPLIED, CT_F_REVERSE, CT_F_SNAT},
+        flow::IPPROTO_TCP,
+    };
+    let long_ago = netctl::dataplane::clock::BootClock::now()
+        .expect("clock")
+        .boot_ns
+        .saturating_sub(60_000_000_000);
+    let closed = |flags: u8, addr: Ipv4Addr, port: u16| CtEntry {
+        created_ns: long_ago,
+        last_seen_ns: long_ago,
+        nat_addr: addr.octets(),
+        nat_port: port,
+        flags: flags | CT_F_CLOSING | CT_F_REPLIED,
+        backend_id: 1,
+        service_id: 1,
+        ..CtEntry::default()
+    };
+    for (i, p) in ports.enumerate() {
+        let b = backends[i % backends.len()];
+        let fwd = FlowKey::new(client.octets(), vip.octets(), p, WEB_TCP, IPPROTO_TCP);
+        ct.insert(fwd, closed(CT_F_DNAT, b, WEB_TCP), 0)
+            .expect("seed");
+        for b in backends {
+            let rev = FlowKey::new(b.octets(), client.octets(), WEB_TCP, p, IPPROTO_TCP);
+            ct.insert(rev, closed(CT_F_REVERSE | CT_F_SNAT, vip, WEB_TCP), 0)
+                .expect("seed");
+        }
+    }
+    for i in 0..LEFTOVERS as u32 {
+        let src = (0x0a63_0000u32 + i / 1000).to_be_bytes();
+        let key = FlowKey::new(
+            src,
+            client.octets(),
+            1000 + (i % 1000) as u16,
+            9,
+            IPPROTO_TCP,
+        );
+        ct.insert(key, closed(0, Ipv4Addr::UNSPECIFIED, 0), 0)
+            .expect("seed");
+    }
+}
+
+/// Connect, greeting, one echo, close with RST; every wait bounded.
+fn rst_closed_round_trip(addr: Ipv4Addr, port: u16) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 256];
+    let mut got = Vec::new();
+    while !got.ends_with(b"\n") {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    s.write_all(b"x")?;
+    let n = s.read(&mut buf)?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    set_zero_linger(&s)
+}
+
+fn set_zero_linger(s: &TcpStream) -> std::io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a live `linger`.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -207,8 +207,11 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         {
             match task.await {
                 Ok(Ok((report, taken))) => {
-                    gc_summary =
-                        json!({ "entries": report.entries, "expired_last_pass": report.expired });
+                    gc_summary = json!({
+                        "entries": report.entries,
+                        "expired_last_pass": report.expired,
+                        "renewed_last_pass": report.renewed,
+                    });
                     refs = Some(Refs {
                         per_backend: report.per_backend,
                         taken,
