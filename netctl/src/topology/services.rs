@@ -157,7 +157,7 @@ pub(super) fn plan(
                 }
             },
         };
-        let (ports, backends) = match &spec.backends {
+        let (ports, backends, health) = match &spec.backends {
             Some(list) => {
                 let ports = parse_ports(&format!("{field}.ports"), &spec.ports, errors);
                 if ports.is_empty() {
@@ -169,9 +169,17 @@ pub(super) fn plan(
                     }
                     continue;
                 }
+                let tcp: Vec<u16> = ports
+                    .iter()
+                    .filter(|p| p.proto == Proto::Tcp)
+                    .map(|p| p.port)
+                    .collect();
+                let health = spec.health.as_ref().and_then(|h| {
+                    super::validate_run::health(&format!("{field}.health"), h, &tcp, errors)
+                });
                 let field = format!("{field}.backends");
                 match parse_backends(&field, list, &ports, service_cidr, errors) {
-                    Some(b) => (ports, b),
+                    Some(b) => (ports, b, health),
                     None => continue,
                 }
             }
@@ -187,7 +195,7 @@ pub(super) fn plan(
                     }
                     continue;
                 }
-                (ep.ports.clone(), Vec::new())
+                (ep.ports.clone(), Vec::new(), ep.health.clone())
             }
         };
         let vip = match explicit.get(name.as_str()) {
@@ -213,6 +221,7 @@ pub(super) fn plan(
             ports,
             algorithm,
             backends,
+            health,
         });
     }
 

@@ -553,12 +553,26 @@ fn default_platform_runs_every_service_with_a_health_check() {
     );
     assert_eq!(
         kind_of("postgres"),
-        (Some(Kind::Postgres), Some("tcp :5432".into()))
+        (Some(Kind::Postgres), Some("postgres :5432".into()))
+    );
+    assert_eq!(
+        kind_of("redis"),
+        (Some(Kind::Redis), Some("redis :6379".into()))
     );
     assert_eq!(p.supervised().count(), 9, "every namespace runs something");
     assert_eq!(p.endpoints_of_kind(Kind::Product).len(), 3);
     let h = p.endpoints[0].health.as_ref().expect("edge health");
-    assert_eq!((h.interval_ms, h.timeout_ms, h.retries), (2000, 1000, 3));
+    assert_eq!((h.interval_ms, h.timeout_ms, h.retries), (500, 400, 2));
+    // Load balancing checks each service's backends with that same check.
+    for svc in &p.services {
+        let replica = p
+            .endpoints
+            .iter()
+            .find(|e| e.service == svc.name)
+            .expect("replica");
+        assert_eq!(svc.health, replica.health, "{}", svc.name);
+        assert_eq!(svc.backend_check(None), replica.health, "{}", svc.name);
+    }
 }
 
 /// A data tier for the built-ins that need one.
@@ -581,8 +595,77 @@ fn a_kind_brings_its_default_port_and_health_check() {
     assert_eq!(web.port(), Some(5000));
     assert_eq!(web.ports.len(), 1);
     assert_eq!(web.health, Some(HealthCheck::http(5000)));
-    assert_eq!(p.endpoints[1].health, Some(HealthCheck::tcp(6379)));
+    assert_eq!(
+        p.endpoints[1].health,
+        Some(HealthCheck::new(Probe::Redis, 6379))
+    );
     assert_eq!(p.endpoints[2].port(), Some(5432));
+    assert_eq!(
+        p.endpoints[2].health,
+        Some(HealthCheck::new(Probe::Postgres, 5432))
+    );
+}
+
+#[test]
+fn the_data_store_checks_parse_and_refuse_a_path() {
+    for (check, probe) in [("redis", Probe::Redis), ("postgres", Probe::Postgres)] {
+        let p = plan(&format!(
+            "{BASE}ports = [7000]\nhealth = {{ check = \"{check}\", interval = \"1s\" }}\n"
+        ))
+        .expect("valid");
+        let h = p.endpoints[0].health.as_ref().expect("a check");
+        assert_eq!((&h.probe, h.port, h.interval_ms), (&probe, 7000, 1000));
+        assert_eq!(
+            p.services[0].health.as_ref(),
+            Some(h),
+            "the service's check"
+        );
+        let e = errors(&format!(
+            "{BASE}ports = [7000]\nhealth = {{ check = \"{check}\", path = \"/\" }}\n"
+        ));
+        assert!(
+            e[0].to_string().starts_with("services.web.health.path:"),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn load_balancing_checks_backends_with_the_service_setting_or_a_fast_tcp_connect() {
+    let p = plan(&format!(
+        "{BASE}ports = [7000, \"53/udp\"]\n\
+         health = {{ check = \"http\", path = \"/ready\", interval = \"300ms\", timeout = \"100ms\", retries = 4 }}\n\
+         [services.plain]\nnetwork = \"app\"\nports = [8000]\n\
+         [services.dns]\nnetwork = \"app\"\nports = [\"53/udp\"]\n\
+         [services.ext]\nports = [9000]\nbackends = [\"10.9.0.200:9100\", \"10.9.0.201\"]\n\
+         health = {{ check = \"tcp\", retries = 5 }}\n"
+    ))
+    .expect("valid");
+    let web = p
+        .service("web")
+        .expect("web")
+        .backend_check(None)
+        .expect("checked");
+    assert_eq!(
+        (web.describe(), web.interval_ms, web.timeout_ms, web.retries),
+        ("http :7000/ready".to_string(), 300, 100, 4)
+    );
+    let plain = p.service("plain").expect("plain").backend_check(None);
+    assert_eq!(plain, Some(HealthCheck::lb_default(8000)));
+    assert_eq!(p.service("dns").expect("dns").backend_check(None), None);
+    // A listed backend's port replaces the service's default port, timing kept.
+    let ext = p.service("ext").expect("ext");
+    let listed = ext.backend_check(Some(9100)).expect("checked");
+    assert_eq!((listed.port, listed.retries), (9100, 5));
+    assert_eq!(ext.backend_check(None).map(|c| c.port), Some(9000));
+    // A listed backend's check is validated like any other.
+    let e = errors(&format!(
+        "{BASE}\n[services.ext]\nports = [9000]\nbackends = [\"10.9.0.200\"]\nhealth = {{ check = \"icmp\" }}\n"
+    ));
+    assert!(
+        e[0].to_string().starts_with("services.ext.health.check:"),
+        "{e:?}"
+    );
 }
 
 #[test]

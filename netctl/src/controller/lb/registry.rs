@@ -140,11 +140,7 @@ pub fn instances(plan: &Plan, registry: Option<&[model::Instance]>) -> Vec<Insta
             out.extend(from_plan.iter().filter(|i| i.service == svc.name).cloned());
             continue;
         }
-        let first_tcp = svc
-            .ports
-            .iter()
-            .find(|p| p.proto == crate::topology::Proto::Tcp)
-            .map(|p| p.port);
+        let health = svc.backend_check(None);
         let mut seen: Vec<Ipv4Addr> = Vec::new();
         for i in known.into_iter().filter(|i| i.alive) {
             // One backend per address: two registrations from one address are one process
@@ -159,7 +155,7 @@ pub fn instances(plan: &Plan, registry: Option<&[model::Instance]>) -> Vec<Insta
                 addr: i.address,
                 weight: weight(i),
                 target_port: None,
-                health_port: first_tcp,
+                health: health.clone(),
             });
         }
     }
