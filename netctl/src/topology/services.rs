@@ -4,6 +4,10 @@
 use std::{collections::HashMap, net::Ipv4Addr, str::FromStr};
 
 use ipnet::Ipv4Net;
+use netctl_common::{
+    lb::{MAGLEV_TABLES, MAX_SLOTS},
+    maps::LB_SERVICES_MAX_ENTRIES,
+};
 
 use super::{
     model::{PortSpec, Topology},
@@ -226,6 +230,7 @@ pub(super) fn plan(
     }
 
     let port_forwards = port_forwards(topology, &services, errors);
+    check_dataplane_limits(topology, &services, &port_forwards, errors);
     let dataplane = Dataplane {
         socket_lb: topology.dataplane.socket_lb,
         conntrack_max: topology.dataplane.conntrack_max,
@@ -244,6 +249,65 @@ pub(super) fn plan(
         dataplane,
     }
 }
+
+/// What the eBPF dataplane's maps can hold: a Maglev table per port of a Maglev service
+/// (a port forward shares its service's), and every frontend's master entry and slots in
+/// `LB_SERVICES`. Found here, not by a load balancer that cannot write the 65th table.
+fn check_dataplane_limits(
+    topology: &Topology,
+    services: &[Service],
+    port_forwards: &[PortForward],
+    errors: &mut Vec<TopologyError>,
+) {
+    let mut tables = 0usize;
+    for svc in services.iter().filter(|s| s.algorithm == Algorithm::Maglev) {
+        tables += svc.ports.len();
+        if tables > MAGLEV_TABLES as usize {
+            errors.push(TopologyError::TooManyMaglevPorts {
+                field: format!("services.{}.lb", svc.name),
+                count: services
+                    .iter()
+                    .filter(|s| s.algorithm == Algorithm::Maglev)
+                    .map(|s| s.ports.len())
+                    .sum(),
+            });
+            break;
+        }
+    }
+    // Backends of a service of namespaces are its replicas (weight 1 until a registry
+    // says otherwise); a port forward has a frontend per host address (loopback and each
+    // uplink's addresses: counted as two).
+    let backends = |svc: &Service| -> usize {
+        if svc.backends.is_empty() {
+            topology
+                .services
+                .get(&svc.name)
+                .map_or(1, |s| s.replicas as usize)
+        } else {
+            svc.backends.len()
+        }
+    };
+    let mut entries: usize = services
+        .iter()
+        .map(|svc| svc.ports.len() * (1 + backends(svc)))
+        .sum();
+    for pf in port_forwards {
+        if let Some(svc) = services.iter().find(|s| s.name == pf.service) {
+            entries += 2 * (1 + backends(svc));
+        }
+    }
+    if entries > LB_SERVICES_MAX_ENTRIES as usize {
+        errors.push(TopologyError::TooManyFrontendEntries {
+            entries,
+            max: LB_SERVICES_MAX_ENTRIES as usize,
+        });
+    }
+}
+
+// A frontend's slot count is a u16 (slot 0 is the master); the topology's own limits stay
+// below it. Weights from a registry are scaled down to fit at run time.
+const _: () =
+    assert!(MAX_BACKENDS <= MAX_SLOTS && (super::validate::MAX_REPLICAS as usize) <= MAX_SLOTS);
 
 fn service_cidr(
     topology: &Topology,

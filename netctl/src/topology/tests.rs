@@ -669,6 +669,55 @@ fn load_balancing_checks_backends_with_the_service_setting_or_a_fast_tcp_connect
 }
 
 #[test]
+fn more_maglev_ports_than_tables_are_refused_naming_the_service() {
+    let mut text = String::from("[networks.app]\nsubnet = \"10.9.0.0/22\"\n");
+    // 30 services of 2 ports and one of 5: 65 Maglev frontends, one more than the tables.
+    for i in 0..30 {
+        text.push_str(&format!(
+            "[services.m{i}]\nnetwork = \"app\"\nports = [80, 81]\nlb = \"maglev\"\n"
+        ));
+    }
+    text.push_str("[services.big]\nnetwork = \"app\"\nports = [1, 2, 3, 4, 5]\nlb = \"maglev\"\n");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    let msg = e[0].to_string();
+    assert!(msg.starts_with("services.big.lb: 65 ports"), "{msg}");
+    assert!(msg.contains("64 Maglev tables"), "{msg}");
+    // 64 are fine, and other algorithms do not count.
+    let fine = text.replace(
+        "ports = [1, 2, 3, 4, 5]\nlb = \"maglev\"",
+        "ports = [1, 2, 3, 4]\nlb = \"maglev\"",
+    );
+    assert!(plan(&fine).is_ok());
+    let rr = text.replace(
+        "ports = [1, 2, 3, 4, 5]\nlb = \"maglev\"",
+        "ports = [1, 2, 3, 4, 5]",
+    );
+    assert!(plan(&rr).is_ok());
+}
+
+#[test]
+fn frontends_that_would_not_fit_the_service_map_are_refused() {
+    // 260 services x 2 ports x 256 listed backends: far more slots than LB_SERVICES holds.
+    let backends: Vec<String> = (0..256)
+        .map(|i| format!("\"10.50.{}.{}\"", i / 200, 1 + i % 200))
+        .collect();
+    let mut text = String::new();
+    for i in 0..260 {
+        text.push_str(&format!(
+            "[services.s{i}]\nports = [80, 81]\nbackends = [{}]\n",
+            backends.join(", ")
+        ));
+    }
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|e| e.to_string().contains("entries of the LB_SERVICES map")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn a_command_with_env_and_an_explicit_check_is_resolved() {
     let p = plan(&format!(
         "{BASE}ports = [8000]\ncommand = [\"/usr/bin/python3\", \"-m\", \"http.server\"]\n\
