@@ -35,6 +35,11 @@ pub fn print_line(line: &str) -> io::Result<()> {
     writeln!(io::stdout().lock(), "{line}")
 }
 
+/// A warning for people, on stderr (so `--json` output on stdout stays clean).
+pub fn print_warning(line: &str) -> io::Result<()> {
+    writeln!(io::stderr().lock(), "warning: {line}")
+}
+
 /// `1.2 KiB`-style sizes for tables.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -358,6 +358,30 @@ impl Plan {
             .and_then(|i| self.services.get(i))
     }
 
+    /// What is valid but probably not meant, for `up` and `validate` to print: each names
+    /// the field it is about.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.dataplane.mode == DataplaneMode::Ebpf
+            && !self.dataplane.socket_lb
+            && !self.services.is_empty()
+        {
+            let host_ports = match self.port_forwards.first() {
+                Some(pf) => format!(
+                    " nor the port forwards on the host's own addresses (curl localhost:{})",
+                    pf.host_port
+                ),
+                None => String::new(),
+            };
+            out.push(format!(
+                "dataplane.socket_lb = false: processes on the host reach neither service \
+                 VIPs{host_ports}; the TC programs only balance what namespaces send and \
+                 what arrives on an uplink. Leave socket_lb on (the default) for the host."
+            ));
+        }
+        out
+    }
+
     /// A readable name for any address: endpoint, service VIP, bridge gateway (`host`),
     /// or the address.
     pub fn name_of(&self, addr: Ipv4Addr) -> String {

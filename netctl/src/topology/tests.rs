@@ -718,6 +718,26 @@ fn frontends_that_would_not_fit_the_service_map_are_refused() {
 }
 
 #[test]
+fn socket_lb_off_warns_that_the_host_has_no_path_to_services() {
+    let on = plan(&format!("{BASE}ports = [80]\n")).expect("valid");
+    assert!(on.warnings().is_empty());
+    let off = plan(&format!(
+        "{BASE}ports = [80]\n[dataplane]\nsocket_lb = false\n[[port_forwards]]\nhost_port = 8080\nservice = \"web\"\n"
+    ))
+    .expect("valid");
+    let w = off.warnings();
+    assert_eq!(w.len(), 1);
+    assert!(w[0].starts_with("dataplane.socket_lb = false:"), "{}", w[0]);
+    assert!(w[0].contains("localhost:8080"), "{}", w[0]);
+    let mut iptables = off.clone();
+    iptables.dataplane.mode = DataplaneMode::Iptables;
+    assert!(
+        iptables.warnings().is_empty(),
+        "iptables serves the host itself"
+    );
+}
+
+#[test]
 fn a_command_with_env_and_an_explicit_check_is_resolved() {
     let p = plan(&format!(
         "{BASE}ports = [8000]\ncommand = [\"/usr/bin/python3\", \"-m\", \"http.server\"]\n\
