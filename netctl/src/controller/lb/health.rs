@@ -13,7 +13,10 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::{sync::RwLock, task::JoinHandle};
+use tokio::{
+    sync::{Notify, RwLock},
+    task::JoinHandle,
+};
 
 use crate::{supervisor::probe, topology::HealthCheck};
 
@@ -44,6 +47,9 @@ pub struct Health {
 pub struct Checker {
     results: Arc<RwLock<HashMap<Probe, Health>>>,
     tasks: HashMap<Probe, JoinHandle<()>>,
+    /// Signalled when a probe's verdict changes (or it has its first), so the maps follow
+    /// at once rather than at the next tick.
+    changed: Arc<Notify>,
 }
 
 impl Checker {
@@ -62,10 +68,15 @@ impl Checker {
         }
         for p in probes {
             if !self.tasks.contains_key(p) {
-                let task = tokio::spawn(run(p.clone(), self.results.clone()));
+                let task = tokio::spawn(run(p.clone(), self.results.clone(), self.changed.clone()));
                 self.tasks.insert(p.clone(), task);
             }
         }
+    }
+
+    /// Resolves when a verdict changed since the last call. Cancel-safe.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// Latest result of every probe; a probe not yet checked is absent.
@@ -85,7 +96,7 @@ impl Drop for Checker {
 /// How often a probe without a check reports "up" (nothing to ask, nothing to wait for).
 const UNCHECKED_EVERY: Duration = Duration::from_secs(5);
 
-async fn run(probe: Probe, results: Arc<RwLock<HashMap<Probe, Health>>>) {
+async fn run(probe: Probe, results: Arc<RwLock<HashMap<Probe, Health>>>, changed: Arc<Notify>) {
     let every = probe
         .check
         .as_ref()
@@ -105,6 +116,7 @@ async fn run(probe: Probe, results: Arc<RwLock<HashMap<Probe, Health>>>) {
         };
         let mut map = results.write().await;
         let now = unix_now();
+        let first = !map.contains_key(&probe);
         let h = map.entry(probe.clone()).or_insert(Health {
             up: false,
             latency_ms: None,
@@ -115,6 +127,7 @@ async fn run(probe: Probe, results: Arc<RwLock<HashMap<Probe, Health>>>) {
             check: probe.check.as_ref().map(HealthCheck::describe),
         });
         h.checks += 1;
+        let was_up = h.up;
         if outcome.ok {
             if !h.up {
                 h.since = now;
@@ -130,6 +143,9 @@ async fn run(probe: Probe, results: Arc<RwLock<HashMap<Probe, Health>>>) {
                 h.up = false;
                 h.since = now;
             }
+        }
+        if first || h.up != was_up {
+            changed.notify_one();
         }
     }
 }

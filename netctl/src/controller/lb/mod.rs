@@ -152,6 +152,8 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             () = ctx.shutdown.cancelled() => return Ok(()),
             _ = state.changed() => {},
             _ = ticker.tick() => {},
+            () = registry.answered() => {},
+            () = checker.changed() => {},
         }
         let mut dirty = false;
         let latest = state.borrow_and_update().clone();
