@@ -279,12 +279,11 @@ fn round_robin_takes_turns_and_keeps_its_place_when_the_frontend_is_rewritten() 
         3
     );
 
-    // Two more turns, then the controller rewrites the frontend (a fourth backend): the
-    // next connection takes the next slot, not slot 1 again.
-    for sport in 50006..50008 {
-        dp.sent_to(&packets::tcp(CLIENT, sport, VIP, 80, TCP_SYN, 0));
-    }
-    assert_eq!(dp.master(VIP, 80, IPPROTO_TCP).rr_next, 8);
+    // One more turn (7 so far), then the controller rewrites the frontend with a fourth
+    // backend: the next connection takes slot 7 % 4 + 1 = 4 (the new backend), where a
+    // counter restarted at 0 would give slot 1 again.
+    dp.sent_to(&packets::tcp(CLIENT, 50006, VIP, 80, TCP_SYN, 0));
+    assert_eq!(dp.master(VIP, 80, IPPROTO_TCP).rr_next, 7);
     let four = [
         THREE[0],
         THREE[1],
@@ -294,11 +293,11 @@ fn round_robin_takes_turns_and_keeps_its_place_when_the_frontend_is_rewritten() 
     dp.service(VIP, 80, IPPROTO_TCP, &four, ALG_ROUND_ROBIN);
     assert_eq!(
         dp.master(VIP, 80, IPPROTO_TCP).rr_next,
-        8,
+        7,
         "kept on rewrite"
     );
-    let next = dp.sent_to(&packets::tcp(CLIENT, 50008, VIP, 80, TCP_SYN, 0));
-    assert_eq!(next, four[8 % 4].1, "slot {} of 4", 8 % 4 + 1);
+    let next = dp.sent_to(&packets::tcp(CLIENT, 50007, VIP, 80, TCP_SYN, 0));
+    assert_eq!(next, four[3].1, "slot 4 of 4");
 }
 
 #[test]

@@ -29,14 +29,14 @@ pub fn lookup(key: &FlowKey, now: u64) -> Option<*mut CtEntry> {
         return Some(e);
     }
     let peer_key = entry.peer_key(key);
-    if let Some(p) = CT.get_ptr_mut(&peer_key) {
+    if let Some(p) = CT.get_ptr_mut(peer_key) {
         // SAFETY: as above.
         let peer = unsafe { *p };
         if entry.is_partner(key, &peer_key, &peer) {
             if !entry.pair_expired(Some(&peer), key.proto, now) {
                 return Some(e);
             }
-            let _ = CT.remove(&peer_key);
+            let _ = CT.remove(peer_key);
         }
     }
     let _ = CT.remove(key);

@@ -237,8 +237,14 @@ fn established(
             .map_err(|_| Drop::new(DropReason::NatFailed))?;
         if hairpin {
             // Back to the backend itself, which is the client.
-            nat::rewrite(ctx, pkt, Side::Destination, before.src_addr, before.dst_port)
-                .map_err(|_| Drop::new(DropReason::NatFailed))?;
+            nat::rewrite(
+                ctx,
+                pkt,
+                Side::Destination,
+                before.src_addr,
+                before.dst_port,
+            )
+            .map_err(|_| Drop::new(DropReason::NatFailed))?;
             let mut real = before;
             real.dst_addr = before.src_addr;
             return Ok(real);
