@@ -21,10 +21,7 @@ use netctl::dataplane::{
 use netctl_common::{
     Backend, DropReason,
     lb::{ALG_ROUND_ROBIN, BACKEND_ACTIVE},
-    maps::{
-        CONFIG, DROPS, LB_BACKENDS, LB_MAGLEV, LB_SERVICES, PROG_TC_EGRESS, PROG_TC_INGRESS,
-        PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
-    },
+    maps::{DROPS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS},
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -106,13 +103,7 @@ fn random_and_malformed_frames_get_a_verdict_and_every_drop_is_counted() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(3000);
     let mut ebpf = loader::load(None, LoadOptions::default()).expect("the object verifies");
-    let mut lb = LbMaps::from_maps(
-        ebpf.take_map(LB_SERVICES).unwrap(),
-        ebpf.take_map(LB_BACKENDS).unwrap(),
-        ebpf.take_map(LB_MAGLEV).unwrap(),
-        ebpf.take_map(CONFIG).unwrap(),
-    )
-    .unwrap();
+    let mut lb = LbMaps::take_from(&mut ebpf).unwrap();
     // A service to hit (and one without backends) so NAT and no-backend paths run too.
     lb.set_backend(
         1,

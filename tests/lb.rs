@@ -16,7 +16,9 @@ use std::{
 use common::{
     Platform, Slot, assert_success,
     internet::Internet,
-    traffic::{NamedServer, Session, UdpNamedServer, greetings, udp_ask},
+    traffic::{
+        HealthServer, NamedServer, Session, UdpNamedServer, greetings, http_status, udp_ask,
+    },
 };
 use serde_json::Value;
 
@@ -49,12 +51,18 @@ socket_lb = {socket_lb}
 struct Web<'a> {
     platform: Platform<'a>,
     servers: Vec<Option<NamedServer>>,
-    _udp: Vec<UdpNamedServer>,
+    udp: Vec<Option<UdpNamedServer>>,
 }
 
 impl<'a> Web<'a> {
     fn up(slot: &'a Slot, algorithm: &str, socket_lb: bool) -> Web<'a> {
-        let platform = Platform::from_toml(slot, &topology(algorithm, socket_lb));
+        Self::up_toml(slot, &topology(algorithm, socket_lb))
+    }
+
+    /// Any topology with a client and three `web` replicas: a named TCP and UDP server in
+    /// each replica, and all three active in the maps.
+    fn up_toml(slot: &'a Slot, text: &str) -> Web<'a> {
+        let platform = Platform::from_toml(slot, text);
         platform.up_ok();
         let mut servers = Vec::new();
         let mut udp = Vec::new();
@@ -63,14 +71,14 @@ impl<'a> Web<'a> {
             servers.push(Some(NamedServer::start(
                 &ep.netns, ep.address, WEB_TCP, &ep.name,
             )));
-            udp.push(UdpNamedServer::start(
+            udp.push(Some(UdpNamedServer::start(
                 &ep.netns, ep.address, WEB_UDP, &ep.name,
-            ));
+            )));
         }
         let web = Web {
             platform,
             servers,
-            _udp: udp,
+            udp,
         };
         web.wait_active(3);
         web
@@ -86,26 +94,7 @@ impl<'a> Web<'a> {
 
     /// `netctl services --json`, frontend web:7000/tcp: active backend addresses.
     fn active(&self) -> Vec<Ipv4Addr> {
-        let out = self
-            .platform
-            .slot
-            .netctl(&["services", "--json", "--service", "web"]);
-        assert_success(&out, "netctl services");
-        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-        let fe = v["frontends"]
-            .as_array()
-            .expect("frontends")
-            .iter()
-            .find(|f| f["port"] == WEB_TCP)
-            .expect("web tcp frontend")
-            .clone();
-        fe["backends"]
-            .as_array()
-            .expect("backends")
-            .iter()
-            .filter(|b| b["state"] == "active")
-            .map(|b| b["addr"].as_str().expect("addr").parse().expect("ip"))
-            .collect()
+        active_backends(self.platform.slot, "web", WEB_TCP)
     }
 
     fn wait_active(&self, n: usize) -> Duration {
@@ -127,6 +116,51 @@ impl<'a> Web<'a> {
             args.push("--undo");
         }
         assert_success(&self.platform.slot.netctl(&args), "netctl drain");
+    }
+}
+
+/// `netctl services --json`: the active backends of `service`'s frontend on `port`.
+fn active_backends(slot: &Slot, service: &str, port: u16) -> Vec<Ipv4Addr> {
+    let out = slot.netctl(&["services", "--json", "--service", service]);
+    assert_success(&out, "netctl services");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let Some(fe) = v["frontends"]
+        .as_array()
+        .expect("frontends")
+        .iter()
+        .find(|f| f["port"] == port && f["host_port"] != true)
+    else {
+        return Vec::new();
+    };
+    fe["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .filter(|b| b["state"] == "active")
+        .map(|b| b["addr"].as_str().expect("addr").parse().expect("ip"))
+        .collect()
+}
+
+/// Polls `netctl services` until `cond` holds on the active backends; how long it took.
+fn wait_backends(
+    slot: &Slot,
+    service: &str,
+    port: u16,
+    within: Duration,
+    what: &str,
+    cond: impl Fn(&[Ipv4Addr]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let active = active_backends(slot, service, port);
+        if cond(&active) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{what}: not within {within:?} (active: {active:?})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -385,4 +419,588 @@ fn greeting_from_host(addr: Ipv4Addr, port: u16) -> Result<String, String> {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line)
         .map_err(|e| e.to_string())?;
     Ok(line.trim().to_string())
+}
+
+/// Port reuse under churn (the `bench lb` stall): thousands of connections through the VIP
+/// from one namespace, each closed with RST (zero linger, no TIME_WAIT), from a local port
+/// range so narrow that every tuple comes back within milliseconds, round-robin moving
+/// each reuse to another backend. The table holds what an earlier round left (expired
+/// entries of the same tuples, and others) and a conntrack GC pass overlaps the reuse, as
+/// the controller's (every 5 s, seconds long on a full table) does: it must not take the
+/// new connections' entries. Every connection must answer within its read timeout.
+#[test]
+fn rst_closed_connections_reusing_their_ports_never_stall() {
+    require_root!();
+    let slot = Slot::acquire();
+    let web = Web::up(&slot, "round-robin", false);
+    let (vip, ns) = (web.vip(), web.client_ns());
+    let client = web.platform.endpoint("client").address;
+    let backends: Vec<Ipv4Addr> = (1..=3)
+        .map(|i| web.platform.endpoint(&format!("web-{i}")).address)
+        .collect();
+    let pins = netctl::dataplane::Pins::for_instance(&slot.instance());
+    let mut ct = netctl::dataplane::conntrack::open(&pins).expect("CT pinned");
+    seed_leftovers(&mut ct, client, vip, &backends, PORTS);
+
+    // A GC pass as slow as on a full table: its snapshot before the clients start, its
+    // deletions while they reuse the tuples.
+    let plan = netctl::dataplane::conntrack::gc_plan(&ct).expect("gc snapshot");
+    let gc = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        netctl::dataplane::conntrack::gc_sweep(&mut ct, plan)
+    });
+    let report = netctl::net::netns::run_in(&ns, move || {
+        std::fs::write(
+            "/proc/sys/net/ipv4/ip_local_port_range",
+            format!("{} {}", PORTS.start, PORTS.end - 1),
+        )?;
+        let started = Instant::now();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut worst = Duration::ZERO;
+                    let mut failures = Vec::new();
+                    let mut done = 0;
+                    while done < 750 && started.elapsed() < Duration::from_secs(8) {
+                        let t = Instant::now();
+                        match rst_closed_round_trip(vip, WEB_TCP) {
+                            Ok(()) => done += 1,
+                            // Every port of the range busy: try again.
+                            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => continue,
+                            Err(e) => failures.push(format!("{e} after {:?}", t.elapsed())),
+                        }
+                        worst = worst.max(t.elapsed());
+                    }
+                    (done, worst, failures)
+                })
+            })
+            .collect();
+        Ok(threads
+            .into_iter()
+            .map(|t| t.join().expect("client thread"))
+            .collect::<Vec<_>>())
+    })
+    .expect("clients");
+    let pass = gc.join().expect("gc thread");
+    let done: usize = report.iter().map(|r| r.0).sum();
+    let worst = report.iter().map(|r| r.1).max().unwrap_or_default();
+    let failures: Vec<&String> = report.iter().flat_map(|r| &r.2).collect();
+    eprintln!(
+        "{done} connections, slowest {worst:?}, {} failed; gc: {pass:?}",
+        failures.len()
+    );
+    assert!(
+        pass.expired >= LEFTOVERS,
+        "the GC pass ran over the leftovers"
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(done >= 2000, "only {done} connections in 8 s");
+}
+
+/// The client's local ports in the churn test.
+const PORTS: std::ops::Range<u16> = 40_000..40_064;
+/// Unrelated expired entries.
+const LEFTOVERS: usize = 1_000;
+
+/// What an earlier round leaves in the table: the same client ports' closed connections
+/// to every backend, expired but not collected yet, and many unrelated expired pairs.
+fn seed_leftovers(
+    ct: &mut netctl::dataplane::conntrack::CtMap,
+    client: Ipv4Addr,
+    vip: Ipv4Addr,
+    backends: &[Ipv4Addr],
+    ports: std::ops::Range<u16>,
+) {
+    use netctl_common::{
+        CtEntry, FlowKey,
+        ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_REPLIED, CT_F_REVERSE, CT_F_SNAT},
+        flow::IPPROTO_TCP,
+    };
+    let long_ago = netctl::dataplane::clock::BootClock::now()
+        .expect("clock")
+        .boot_ns
+        .saturating_sub(60_000_000_000);
+    let closed = |flags: u8, addr: Ipv4Addr, port: u16| CtEntry {
+        created_ns: long_ago,
+        last_seen_ns: long_ago,
+        nat_addr: addr.octets(),
+        nat_port: port,
+        flags: flags | CT_F_CLOSING | CT_F_REPLIED,
+        backend_id: 1,
+        service_id: 1,
+        ..CtEntry::default()
+    };
+    for (i, p) in ports.enumerate() {
+        let b = backends[i % backends.len()];
+        let fwd = FlowKey::new(client.octets(), vip.octets(), p, WEB_TCP, IPPROTO_TCP);
+        ct.insert(fwd, closed(CT_F_DNAT, b, WEB_TCP), 0)
+            .expect("seed");
+        for b in backends {
+            let rev = FlowKey::new(b.octets(), client.octets(), WEB_TCP, p, IPPROTO_TCP);
+            ct.insert(rev, closed(CT_F_REVERSE | CT_F_SNAT, vip, WEB_TCP), 0)
+                .expect("seed");
+        }
+    }
+    for i in 0..LEFTOVERS as u32 {
+        let src = (0x0a63_0000u32 + i / 1000).to_be_bytes();
+        let key = FlowKey::new(
+            src,
+            client.octets(),
+            1000 + (i % 1000) as u16,
+            9,
+            IPPROTO_TCP,
+        );
+        ct.insert(key, closed(0, Ipv4Addr::UNSPECIFIED, 0), 0)
+            .expect("seed");
+    }
+}
+
+/// Connect, greeting, one echo, close with RST; every wait bounded.
+fn rst_closed_round_trip(addr: Ipv4Addr, port: u16) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 256];
+    let mut got = Vec::new();
+    while !got.ends_with(b"\n") {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    s.write_all(b"x")?;
+    let n = s.read(&mut buf)?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    set_zero_linger(&s)
+}
+
+fn set_zero_linger(s: &TcpStream) -> std::io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a live `linger`.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A client tier and three web replicas with an HTTP health check of their own, fast.
+const HTTP_CHECKED: &str = r#"
+[networks.front]
+subnet = "10.0.1.0/24"
+[networks.back]
+subnet = "10.0.2.0/24"
+[services.client]
+network = "front"
+address = "10.0.1.10"
+[services.web]
+network = "back"
+address = "10.0.2.10"
+replicas = 3
+ports = [7000]
+health = { check = "http", path = "/health", interval = "200ms", timeout = "150ms", retries = 2 }
+[dataplane]
+socket_lb = false
+"#;
+
+#[test]
+fn a_backend_whose_http_check_fails_leaves_the_maps_although_its_port_is_open() {
+    require_root!();
+    let slot = Slot::acquire();
+    let platform = Platform::from_toml(&slot, HTTP_CHECKED);
+    platform.up_ok();
+    let servers: Vec<HealthServer> = (1..=3)
+        .map(|i| {
+            let ep = platform.endpoint(&format!("web-{i}"));
+            HealthServer::start(&ep.netns, ep.address, WEB_TCP)
+        })
+        .collect();
+    wait_backends(
+        &slot,
+        "web",
+        WEB_TCP,
+        Duration::from_secs(10),
+        "3 active",
+        |a| a.len() == 3,
+    );
+    let sick = platform.endpoint("web-2").address;
+    servers[1]
+        .healthy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let took = wait_backends(
+        &slot,
+        "web",
+        WEB_TCP,
+        Duration::from_secs(2),
+        "web-2 out",
+        |a| a.len() == 2 && !a.contains(&sick),
+    );
+    eprintln!("out of the maps {took:?} after /health answered 503");
+    // Its port still accepts connections: a TCP check would have kept it.
+    let client = platform.endpoint("client").netns.clone();
+    assert_eq!(
+        common::traffic::probe(Some(&client), sick, WEB_TCP, Duration::from_secs(1)),
+        common::traffic::Probe::Connected
+    );
+    servers[1]
+        .healthy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    wait_backends(
+        &slot,
+        "web",
+        WEB_TCP,
+        Duration::from_secs(2),
+        "web-2 back",
+        |a| a.len() == 3,
+    );
+}
+
+#[test]
+fn a_stopped_redis_is_reported_down_although_it_accepts_connections() {
+    require_root!();
+    let slot = Slot::acquire();
+    let platform = Platform::from_toml(
+        &slot,
+        r#"
+[networks.db]
+subnet = "10.0.3.0/24"
+[services.redis]
+network = "db"
+kind = "redis"
+health = { check = "redis", interval = "300ms", timeout = "200ms", retries = 2 }
+"#,
+    );
+    platform.up_ok();
+    let redis = platform.endpoint("redis").address;
+    wait_backends(
+        &slot,
+        "redis",
+        6379,
+        Duration::from_secs(10),
+        "redis active",
+        |a| a == [redis],
+    );
+    let pid = common::service(&slot, "redis").pid.expect("redis runs");
+    let _stopped = Stopped::new(pid);
+    let took = wait_backends(
+        &slot,
+        "redis",
+        6379,
+        Duration::from_secs(3),
+        "redis out",
+        |a| a.is_empty(),
+    );
+    eprintln!("a SIGSTOPped redis left the maps after {took:?}");
+    // Its kernel still completes the handshake: only the PING check can tell.
+    assert_eq!(
+        common::traffic::probe(None, redis, 6379, Duration::from_secs(1)),
+        common::traffic::Probe::Connected
+    );
+    let lb = common::block_on(netctl::controller::api::get(&slot.instance(), "/v1/status"))
+        .expect("controller answers");
+    let backend = lb["components"]["lb"]["backends"]
+        .as_array()
+        .expect("lb backends")
+        .iter()
+        .find(|b| b["service"] == "redis")
+        .expect("redis backend")
+        .clone();
+    assert_eq!(backend["state"], "down", "{backend}");
+    assert_eq!(backend["health"]["check"], "redis :6379", "{backend}");
+    common::wait_for("the supervisor to see it", Duration::from_secs(3), || {
+        common::service(&slot, "redis").state == netctl::supervisor::ServiceState::Unhealthy
+    });
+    drop(_stopped);
+    wait_backends(
+        &slot,
+        "redis",
+        6379,
+        Duration::from_secs(3),
+        "redis back",
+        |a| a == [redis],
+    );
+}
+
+/// SIGSTOPs a process; SIGCONT when dropped, even when the test fails.
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_replica_reaches_its_own_vip_on_the_tc_path() {
+    require_root!();
+    let slot = Slot::acquire();
+    let web = Web::up(&slot, "round-robin", false);
+    let me = web.platform.endpoint("web-1");
+    // Round-robin sends one in three to itself: DNATed to its own address, and SNATed to
+    // the VIP, or it would come back from itself and be dropped as martian.
+    let answers = greetings(&me.netns, web.vip(), WEB_TCP, 9);
+    let counts = spread(&answers);
+    assert_eq!(counts.get("web-1"), Some(&3), "{counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    let mut session = Session::open(&me.netns, web.vip(), WEB_TCP);
+    assert_eq!(
+        session.stream.peer_addr().expect("peer"),
+        SocketAddr::from((web.vip(), WEB_TCP))
+    );
+    let server = session.server.clone();
+    assert_eq!(session.ask("hi").expect("echo"), format!("{server}:hi"));
+    // UDP too, answered from the VIP.
+    let udp = udp_ask_each(&me.netns, web.vip(), WEB_UDP, 6);
+    let names: std::collections::HashSet<&str> = udp.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains("web-1"), "{udp:?}");
+    assert!(
+        udp.iter()
+            .all(|(_, from)| *from == SocketAddr::from((web.vip(), WEB_UDP)))
+    );
+}
+
+#[test]
+fn the_tc_path_works_between_namespaces_on_one_bridge() {
+    require_root!();
+    let slot = Slot::acquire();
+    let web = Web::up_toml(
+        &slot,
+        &format!(
+            r#"
+[networks.flat]
+subnet = "10.0.1.0/24"
+[services.client]
+network = "flat"
+address = "10.0.1.5"
+[services.web]
+network = "flat"
+address = "10.0.1.10"
+replicas = 3
+ports = [{WEB_TCP}, "{WEB_UDP}/udp"]
+[dataplane]
+socket_lb = false
+"#
+        ),
+    );
+    let counts = spread(&greetings(&web.client_ns(), web.vip(), WEB_TCP, 30));
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 10), "round-robin: {counts:?}");
+    // The replies come straight over the bridge and are un-NATed at the backend's veth.
+    let mut session = Session::open(&web.client_ns(), web.vip(), WEB_TCP);
+    let server = session.server.clone();
+    assert_eq!(session.ask("x").expect("echo"), format!("{server}:x"));
+    let udp = udp_ask_each(&web.client_ns(), web.vip(), WEB_UDP, 3);
+    assert!(
+        udp.iter()
+            .all(|(_, from)| *from == SocketAddr::from((web.vip(), WEB_UDP)))
+    );
+}
+
+#[test]
+fn udp_flows_of_many_sockets_spread_and_a_stale_one_moves_when_its_backend_dies() {
+    require_root!();
+    let slot = Slot::acquire();
+    let mut web = Web::up(&slot, "round-robin", false);
+    // One datagram from each of 30 sockets: 30 flows, ten per backend.
+    let answers = udp_ask_each(&web.client_ns(), web.vip(), WEB_UDP, 30);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (name, _) in &answers {
+        *counts.entry(name.clone()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 10), "{counts:?}");
+
+    // One socket keeps its flow (and backend) while the backend lives...
+    let (vip, ns) = (web.vip(), web.client_ns());
+    let flow = UdpFlow::open(&ns, vip, WEB_UDP);
+    let first = flow.ask().expect("first answer");
+    for _ in 0..3 {
+        assert_eq!(flow.ask().as_deref(), Ok(first.as_str()), "pinned");
+    }
+    // ... and is answered by another one soon after that backend dies: kube-proxy left
+    // such flows pointing at the dead backend until their conntrack entry aged out.
+    let i: usize = first.trim_start_matches("web-").parse().expect("web-N");
+    web.servers[i - 1] = None;
+    web.udp[i - 1] = None;
+    let start = Instant::now();
+    let moved = loop {
+        match flow.ask() {
+            Ok(name) if name != first => break name,
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "still no other backend {:?} after {first} died",
+            start.elapsed()
+        );
+    };
+    eprintln!(
+        "the flow moved from {first} to {moved} after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(flow.ask().as_deref(), Ok(moved.as_str()), "and stays there");
+}
+
+/// One connected UDP socket in a namespace (one flow), asked from the test thread.
+struct UdpFlow(std::net::UdpSocket);
+
+impl UdpFlow {
+    fn open(ns: &str, addr: Ipv4Addr, port: u16) -> UdpFlow {
+        let sock = netctl::net::netns::run_in(ns, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(SocketAddr::from((addr, port)))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            Ok(s)
+        })
+        .expect("udp socket");
+        UdpFlow(sock)
+    }
+
+    fn ask(&self) -> Result<String, String> {
+        self.0.send(b"hello").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 256];
+        let n = self.0.recv(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+/// From `ns`, one datagram from each of `count` new sockets to `addr:port`: each answer
+/// and where it came from.
+fn udp_ask_each(ns: &str, addr: Ipv4Addr, port: u16, count: usize) -> Vec<(String, SocketAddr)> {
+    netctl::net::netns::run_in(ns, move || {
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+            sock.send_to(b"hello", SocketAddr::from((addr, port)))?;
+            let mut buf = [0u8; 256];
+            let (n, from) = sock.recv_from(&mut buf)?;
+            out.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+        }
+        Ok(out)
+    })
+    .expect("udp")
+}
+
+#[test]
+fn a_host_process_connects_to_a_vip_through_socket_lb() {
+    require_root!();
+    let slot = Slot::acquire();
+    let web = Web::up(&slot, "round-robin", true);
+    let vip = SocketAddr::from((web.vip(), WEB_TCP));
+    // This test process runs on the host, in the host's network namespace.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connects");
+        assert_eq!(
+            s.peer_addr().expect("peer"),
+            vip,
+            "getpeername shows the VIP"
+        );
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).expect("greeting");
+        seen.insert(line.trim().to_string());
+    }
+    assert_eq!(seen.len(), 3, "round-robin over all three: {seen:?}");
+    // Connected at connect(): no per-packet NAT, so no NATed conntrack entry for it.
+    let out = slot.netctl(&["conntrack", "--json", "--service", "web"]);
+    let conns: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(conns.iter().all(|c| c["nat"] == false), "{conns:?}");
+}
+
+#[test]
+fn registering_and_deregistering_in_the_registry_reaches_the_maps_within_a_second() {
+    require_root!();
+    let slot = Slot::acquire();
+    let web = Web::up_toml(
+        &slot,
+        &format!(
+            r#"
+[networks.front]
+subnet = "10.0.1.0/24"
+[networks.back]
+subnet = "10.0.2.0/24"
+[services.client]
+network = "front"
+address = "10.0.1.10"
+[services.registry]
+network = "back"
+address = "10.0.2.5"
+kind = "registry"
+[services.web]
+network = "back"
+address = "10.0.2.10"
+replicas = 3
+ports = [{WEB_TCP}, "{WEB_UDP}/udp"]
+"#
+        ),
+    );
+    let registry = web.platform.endpoint("registry").address;
+    let addr = |i: usize| web.platform.endpoint(&format!("web-{i}")).address;
+    // An instance registers from its own namespace (the registry takes the caller's
+    // address): a service the registry knows is balanced over what it lists.
+    let register = |i: usize| {
+        let ns = web.platform.endpoint(&format!("web-{i}")).netns.clone();
+        let body =
+            format!(r#"{{"service": "web", "id": "web-{i}", "port": {WEB_TCP}, "ttl_secs": 60}}"#);
+        let status = http_status(&ns, registry, 8500, "POST", "/v1/instances", &body);
+        assert!(status == 200 || status == 201, "register web-{i}: {status}");
+    };
+    register(1);
+    register(2);
+    wait_backends(
+        &slot,
+        "web",
+        WEB_TCP,
+        Duration::from_secs(5),
+        "web-1, web-2",
+        |a| a.len() == 2 && a.contains(&addr(1)) && a.contains(&addr(2)),
+    );
+    register(3);
+    let joined = wait_backends(
+        &slot,
+        "web",
+        WEB_TCP,
+        Duration::from_secs(1),
+        "web-3 in",
+        |a| a.contains(&addr(3)),
+    );
+    let ns = web.platform.endpoint("web-3").netns.clone();
+    let status = http_status(&ns, registry, 8500, "DELETE", "/v1/instances/web/web-3", "");
+    assert!(status < 300, "deregister: {status}");
+    let left = wait_backends(
+        &slot,
+        "web",
+        WEB_TCP,
+        Duration::from_secs(1),
+        "web-3 out",
+        |a| !a.contains(&addr(3)),
+    );
+    eprintln!("registered -> in the maps {joined:?}; deregistered -> out {left:?}");
 }

@@ -63,6 +63,16 @@ impl FlowKey {
             _pad: [0; 3],
         }
     }
+
+    /// Field-wise equality, usable in `const fn` and cheap for the verifier.
+    #[inline(always)]
+    pub const fn same(&self, other: &FlowKey) -> bool {
+        u32::from_ne_bytes(self.src_addr) == u32::from_ne_bytes(other.src_addr)
+            && u32::from_ne_bytes(self.dst_addr) == u32::from_ne_bytes(other.dst_addr)
+            && self.src_port == other.src_port
+            && self.dst_port == other.dst_port
+            && self.proto == other.proto
+    }
 }
 
 #[cfg(feature = "user")]

@@ -87,6 +87,39 @@ pub struct Backend {
 }
 crate::assert_size!(Backend, 8);
 
+/// Key of `LB_BACKEND_ADDRS` (value: the backend's id): a backend by its address, so the
+/// dataplane can tell a reply from a backend whose connection it lost (a conntrack miss
+/// on a packet from a service backend's address and port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct BackendAddr {
+    pub addr: [u8; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+crate::assert_size!(BackendAddr, 8);
+
+impl BackendAddr {
+    pub const fn new(addr: [u8; 4], port: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+
+    pub const fn of(b: &Backend) -> Self {
+        Self::new(b.addr, b.port, b.proto)
+    }
+}
+
+/// Most slots (backends counted by weight) one frontend can have: slot numbers are `u16`
+/// and slot 0 is the master entry.
+pub const MAX_SLOTS: usize = u16::MAX as usize;
+
 /// A 32-bit hash of a 5-tuple for Maglev (the dataplane and tests compute it the same way).
 /// Murmur3's finalizer over the mixed fields: cheap for the verifier, well spread.
 #[inline(always)]
@@ -113,6 +146,7 @@ mod user {
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::BackendAddr {}
 }
 
 #[cfg(test)]
@@ -135,6 +169,8 @@ mod tests {
         assert_eq!(offset_of!(Backend, port), 4);
         assert_eq!(offset_of!(Backend, proto), 6);
         assert_eq!(offset_of!(Backend, state), 7);
+        assert_eq!(offset_of!(BackendAddr, port), 4);
+        assert_eq!(offset_of!(BackendAddr, proto), 6);
     }
 
     #[test]

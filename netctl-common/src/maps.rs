@@ -21,6 +21,9 @@ pub const LB_SERVICES_MAX_ENTRIES: u32 = 131_072;
 /// `LB_BACKENDS`: hash, backend id (`u32`) -> [`crate::Backend`].
 pub const LB_BACKENDS: &str = "LB_BACKENDS";
 pub const LB_BACKENDS_MAX_ENTRIES: u32 = 65_536;
+/// `LB_BACKEND_ADDRS`: hash, [`crate::lb::BackendAddr`] -> backend id (`u32`); one entry
+/// per `LB_BACKENDS` entry.
+pub const LB_BACKEND_ADDRS: &str = "LB_BACKEND_ADDRS";
 /// `LB_MAGLEV`: array of backend ids, `MAGLEV_TABLES` tables of `MAGLEV_M` cells.
 pub const LB_MAGLEV: &str = "LB_MAGLEV";
 /// `SOCK_REVNAT`: LRU hash, [`crate::sock::SockRevNatKey`] -> [`crate::sock::SockRevNatValue`].
@@ -74,6 +77,7 @@ pub const ALL: &[&str] = &[
     CT,
     LB_SERVICES,
     LB_BACKENDS,
+    LB_BACKEND_ADDRS,
     LB_MAGLEV,
     SOCK_REVNAT,
     DROPS,

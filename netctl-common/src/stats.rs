@@ -59,8 +59,10 @@ pub const DROP_REASONS_MAX: u32 = 64;
 
 /// Indexes of `COUNTERS`.
 pub const CNT_CT_CREATED: u32 = 0;
-/// A TCP packet without SYN found no conntrack entry: its connection's entry was evicted
-/// (table pressure) or expired, and a NATed connection breaks.
+/// A packet of an established connection found no conntrack entry: a TCP packet without
+/// SYN, or a UDP packet from a service backend's address and port (a reply). Its
+/// connection's entry was evicted (table pressure) or expired, and a NATed connection
+/// breaks (the reply leaves un-NATed).
 pub const CNT_CT_MISS_ESTABLISHED: u32 = 1;
 /// Entries found expired on lookup and replaced.
 pub const CNT_CT_EXPIRED: u32 = 2;

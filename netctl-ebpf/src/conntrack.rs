@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::map, maps::LruHashMap};
 use netctl_common::{
     CtEntry, FlowKey,
-    ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_REPLIED, CT_F_REVERSE, CT_F_SNAT},
+    ct::{CT_F_CLOSING, CT_F_REPLIED, CT_F_REVERSE},
     maps,
     stats::{CNT_CT_CREATED, CNT_CT_EXPIRED},
 };
@@ -17,39 +17,37 @@ const TCP_RST: u8 = 0x04;
 #[map(name = "CT")]
 static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(maps::CT_MAX_ENTRIES, 0);
 
-/// The live entry for `key`; an expired one is removed and reported as a miss.
+/// The live entry for `key`. An entry idle past its timeout still lives while the other
+/// direction of its connection is active (a UDP flow where only the backend speaks);
+/// otherwise both entries of the connection are removed and this is a miss.
 #[inline(always)]
 pub fn lookup(key: &FlowKey, now: u64) -> Option<*mut CtEntry> {
     let e = CT.get_ptr_mut(key)?;
     // SAFETY: `e` points into a map value valid for this program run.
-    if unsafe { (*e).is_expired(key.proto, now) } {
-        let _ = CT.remove(key);
-        stats::count(CNT_CT_EXPIRED);
-        return None;
+    let entry = unsafe { *e };
+    if !entry.is_expired(key.proto, now) {
+        return Some(e);
     }
-    Some(e)
+    let peer_key = entry.peer_key(key);
+    if let Some(p) = CT.get_ptr_mut(peer_key) {
+        // SAFETY: as above.
+        let peer = unsafe { *p };
+        if entry.is_partner(key, &peer_key, &peer) {
+            if !entry.pair_expired(Some(&peer), key.proto, now) {
+                return Some(e);
+            }
+            let _ = CT.remove(peer_key);
+        }
+    }
+    let _ = CT.remove(key);
+    stats::count(CNT_CT_EXPIRED);
+    None
 }
 
 /// The key of the other direction of the connection `key`/`e` belongs to.
 #[inline(always)]
 pub fn peer_key(key: &FlowKey, e: &CtEntry) -> FlowKey {
-    if e.flags & CT_F_REVERSE != 0 {
-        // Reverse key: server -> client. Forward: client -> frontend (or server).
-        let (addr, port) = if e.flags & CT_F_SNAT != 0 {
-            (e.nat_addr, e.nat_port)
-        } else {
-            (key.src_addr, key.src_port)
-        };
-        FlowKey::new(key.dst_addr, addr, key.dst_port, port, key.proto)
-    } else {
-        // Forward key: client -> frontend. Reverse: backend (or server) -> client.
-        let (addr, port) = if e.flags & CT_F_DNAT != 0 {
-            (e.nat_addr, e.nat_port)
-        } else {
-            (key.dst_addr, key.dst_port)
-        };
-        FlowKey::new(addr, key.src_addr, port, key.src_port, key.proto)
-    }
+    e.peer_key(key)
 }
 
 /// Records a packet of this direction: last seen, TCP flags; a FIN or RST puts both

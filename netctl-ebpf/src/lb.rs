@@ -1,5 +1,6 @@
 //! Service lookup and backend selection (random, round-robin, Maglev) over
-//! `LB_SERVICES`, `LB_BACKENDS` and `LB_MAGLEV`.
+//! `LB_SERVICES`, `LB_BACKENDS` and `LB_MAGLEV`; `LB_BACKEND_ADDRS` tells backends by
+//! address.
 
 use core::intrinsics::{AtomicOrdering::SeqCst, atomic_xadd};
 
@@ -10,7 +11,7 @@ use aya_ebpf::{
 };
 use netctl_common::{
     Backend, ServiceKey, ServiceValue,
-    lb::{ALG_MAGLEV, ALG_ROUND_ROBIN, MAGLEV_M, MAGLEV_TABLES},
+    lb::{ALG_MAGLEV, ALG_ROUND_ROBIN, BackendAddr, MAGLEV_M, MAGLEV_TABLES},
     maps,
 };
 
@@ -20,6 +21,10 @@ static LB_SERVICES: HashMap<ServiceKey, ServiceValue> =
 
 #[map(name = "LB_BACKENDS")]
 static LB_BACKENDS: HashMap<u32, Backend> =
+    HashMap::with_max_entries(maps::LB_BACKENDS_MAX_ENTRIES, 0);
+
+#[map(name = "LB_BACKEND_ADDRS")]
+static LB_BACKEND_ADDRS: HashMap<BackendAddr, u32> =
     HashMap::with_max_entries(maps::LB_BACKENDS_MAX_ENTRIES, 0);
 
 #[map(name = "LB_MAGLEV")]
@@ -94,4 +99,11 @@ pub fn select(fe: &Frontend, hash: u32) -> Option<(u32, Backend)> {
 pub fn backend(id: u32) -> Option<Backend> {
     // SAFETY: plain read of a map value.
     unsafe { LB_BACKENDS.get(id).copied() }
+}
+
+/// Whether `addr:port/proto` is a backend of some service (so a packet from it is a reply).
+#[inline(always)]
+pub fn is_backend_addr(addr: [u8; 4], port: u16, proto: u8) -> bool {
+    // SAFETY: plain read of a map value.
+    unsafe { LB_BACKEND_ADDRS.get(BackendAddr::new(addr, port, proto)) }.is_some()
 }

@@ -9,7 +9,7 @@
 use aya_ebpf::programs::TcContext;
 use netctl_common::{
     CtEntry, DropReason, FlowKey,
-    ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_REVERSE, CT_F_SNAT, CT_F_UPLINK},
+    ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_HAIRPIN, CT_F_REVERSE, CT_F_SNAT, CT_F_UPLINK},
     flow::IPPROTO_UDP,
     lb::{SVC_F_HOST_PORT, tuple_hash},
     policy::ID_SERVICE_BASE,
@@ -54,8 +54,7 @@ pub fn from_endpoint(ctx: &TcContext, pkt: &mut Packet, at: At) -> Result<FlowKe
             conntrack::touch(&key, e, pkt, at.now);
             return established(ctx, pkt, &entry, false);
         }
-    } else if pkt.is_tcp() && pkt.tcp_flags & TCP_SYN == 0 {
-        // Mid-connection TCP without an entry: it was evicted (or predates netctl).
+    } else if lost_connection(pkt) {
         stats::count(CNT_CT_MISS_ESTABLISHED);
     }
 
@@ -222,14 +221,35 @@ fn established(
     at_uplink: bool,
 ) -> Result<FlowKey, Drop> {
     let before = pkt.key;
+    let hairpin = entry.flags & CT_F_HAIRPIN != 0;
     if entry.flags & CT_F_DNAT != 0 {
         nat::rewrite(ctx, pkt, Side::Destination, entry.nat_addr, entry.nat_port)
             .map_err(|_| Drop::new(DropReason::NatFailed))?;
-        return Ok(pkt.key);
+        let real = pkt.key;
+        if hairpin {
+            // From the frontend's address, so it does not come back from its own.
+            nat::rewrite(ctx, pkt, Side::Source, before.dst_addr, before.src_port)
+                .map_err(|_| Drop::new(DropReason::NatFailed))?;
+        }
+        return Ok(real);
     }
     if entry.flags & CT_F_SNAT != 0 && (entry.flags & CT_F_UPLINK == 0 || at_uplink) {
         nat::rewrite(ctx, pkt, Side::Source, entry.nat_addr, entry.nat_port)
             .map_err(|_| Drop::new(DropReason::NatFailed))?;
+        if hairpin {
+            // Back to the backend itself, which is the client.
+            nat::rewrite(
+                ctx,
+                pkt,
+                Side::Destination,
+                before.src_addr,
+                before.dst_port,
+            )
+            .map_err(|_| Drop::new(DropReason::NatFailed))?;
+            let mut real = before;
+            real.dst_addr = before.src_addr;
+            return Ok(real);
+        }
     }
     Ok(before)
 }
@@ -271,11 +291,17 @@ fn new_service_connection(
         policy_port = backend.port;
         admit(&key, src, dst, policy_port, generation, at.now)?;
     }
+    // A backend connecting to its own service and chosen for itself (hairpin).
+    let hairpin = if backend.addr == key.src_addr {
+        CT_F_HAIRPIN
+    } else {
+        0
+    };
     let mut fwd = entry(
         at.now,
         backend.addr,
         backend.port,
-        CT_F_DNAT | extra_flags,
+        CT_F_DNAT | hairpin | extra_flags,
         backend_id,
         service_id,
     );
@@ -288,17 +314,11 @@ fn new_service_connection(
         at.now,
         key.dst_addr,
         key.dst_port,
-        CT_F_REVERSE | CT_F_SNAT | extra_flags,
+        CT_F_REVERSE | CT_F_SNAT | hairpin | extra_flags,
         backend_id,
         service_id,
     );
-    let rev_key = FlowKey::new(
-        backend.addr,
-        key.src_addr,
-        backend.port,
-        key.src_port,
-        key.proto,
-    );
+    let rev_key = fwd.peer_key(&key);
     conntrack::create(&key, &fwd, &rev_key, &rev).map_err(|_| Drop {
         reason: DropReason::CtFull,
         src_identity: src,
@@ -308,7 +328,24 @@ fn new_service_connection(
     events::new_flow(&key, src, dst, at.ifindex, at.hook, at.now);
     nat::rewrite(ctx, pkt, Side::Destination, backend.addr, backend.port)
         .map_err(|_| Drop::new(DropReason::NatFailed))?;
-    Ok(pkt.key)
+    let real = pkt.key;
+    if hairpin != 0 {
+        nat::rewrite(ctx, pkt, Side::Source, key.dst_addr, key.src_port)
+            .map_err(|_| Drop::new(DropReason::NatFailed))?;
+    }
+    Ok(real)
+}
+
+/// A packet without an entry that belongs to a connection already under way: TCP without
+/// SYN, or UDP from a service backend's address and port (a reply whose NATed flow lost
+/// its entry: it leaves un-NATed). Counted, so a full table shows.
+#[inline(always)]
+fn lost_connection(pkt: &Packet) -> bool {
+    if pkt.is_tcp() {
+        return pkt.tcp_flags & TCP_SYN == 0;
+    }
+    let key = &pkt.key;
+    key.proto == IPPROTO_UDP && lb::is_backend_addr(key.src_addr, key.src_port, key.proto)
 }
 
 /// A SYN (without ACK) on the tuple of a connection that already closed: the client reuses

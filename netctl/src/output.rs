@@ -72,6 +72,11 @@ pub fn print_note(line: &str) -> io::Result<()> {
     writeln!(io::stderr().lock(), "{line}")
 }
 
+/// A warning for people, on stderr (so `--json` output on stdout stays clean).
+pub fn print_warning(line: &str) -> io::Result<()> {
+    print_note(&format!("warning: {line}"))
+}
+
 /// `1.2 KiB`-style sizes for tables.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

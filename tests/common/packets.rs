@@ -8,7 +8,9 @@ pub const IPV4_LEN: usize = 20;
 pub const TCP_LEN: usize = 20;
 pub const UDP_LEN: usize = 8;
 
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
@@ -152,15 +154,28 @@ pub fn l4_checksum(frame: &[u8]) -> u16 {
     if proto == 17 && sum == 0 { 0xffff } else { sum }
 }
 
-/// True when the frame's IPv4 header checksum and L4 checksum are both right.
+/// True when the frame's IPv4 header checksum and L4 checksum are both right. A UDP
+/// checksum of 0 ("none") does not count as right: use [`udp_checksum_absent`] for a
+/// frame that was sent without one.
 pub fn checksums_valid(frame: &[u8]) -> bool {
-    let ip = &frame[ETH_LEN..ETH_LEN + IPV4_LEN];
-    let ip_ok = checksum(ip) == 0;
-    let proto = ip[9];
+    let carried = l4_checksum_carried(frame);
+    ip_checksum_valid(frame) && carried != 0 && carried == l4_checksum(frame)
+}
+
+/// True when the IPv4 header checksum is right and the UDP datagram carries no checksum
+/// (0), as it was sent.
+pub fn udp_checksum_absent(frame: &[u8]) -> bool {
+    ip_checksum_valid(frame) && frame[ETH_LEN + 9] == 17 && l4_checksum_carried(frame) == 0
+}
+
+pub fn ip_checksum_valid(frame: &[u8]) -> bool {
+    checksum(&frame[ETH_LEN..ETH_LEN + IPV4_LEN]) == 0
+}
+
+fn l4_checksum_carried(frame: &[u8]) -> u16 {
+    let proto = frame[ETH_LEN + 9];
     let at = ETH_LEN + IPV4_LEN + if proto == 6 { 16 } else { 6 };
-    let carried = u16::from_be_bytes([frame[at], frame[at + 1]]);
-    let l4_ok = (proto == 17 && carried == 0) || carried == l4_checksum(frame);
-    ip_ok && l4_ok
+    u16::from_be_bytes([frame[at], frame[at + 1]])
 }
 
 /// Source and destination of a frame: `(src, sport, dst, dport)`.

@@ -614,3 +614,108 @@ pub fn unsolicited_echo_reply_arrives(
     .expect("sending the reply");
     listener.join().expect("listener thread")
 }
+
+/// An HTTP server in a namespace whose `GET /health` answers 200 or 503 as the test says
+/// (the port stays open either way), until dropped.
+pub struct HealthServer {
+    pub healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HealthServer {
+    pub fn start(ns: &str, addr: Ipv4Addr, port: u16) -> HealthServer {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        };
+        let healthy = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (ns, h, stop2) = (ns.to_string(), healthy.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let _ = netns::run_in(&ns, move || {
+                let listener = TcpListener::bind(SocketAddrV4::new(addr, port))?;
+                listener.set_nonblocking(true)?;
+                let _ = ready_tx.send(());
+                while !stop2.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => answer_health(conn, h.load(Ordering::Relaxed)),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Ok(())
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("health server listening");
+        HealthServer {
+            healthy,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn answer_health(mut conn: TcpStream, healthy: bool) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let status = if !req.starts_with(b"GET /health ") || healthy {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    let _ = conn.write_all(
+        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+}
+
+impl Drop for HealthServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One HTTP/1.1 request from `ns` to `addr:port`; the status code.
+pub fn http_status(
+    ns: &str,
+    addr: Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> u16 {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    netns::run_in(ns, move || {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddrV4::new(addr, port).into(),
+            Duration::from_secs(2),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(request.as_bytes())?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        let code = String::from_utf8_lossy(&head[9..12]).parse::<u16>()?;
+        Ok(code)
+    })
+    .expect("http request")
+}

@@ -30,7 +30,6 @@ use netctl::{
     iptables::{Chains, IptablesWriter, base, rules::BaseSpec},
     topology::{Algorithm, Proto},
 };
-use netctl_common::maps::{CONFIG, LB_BACKENDS, LB_MAGLEV, LB_SERVICES};
 use serde::Serialize;
 
 use crate::{
@@ -124,16 +123,7 @@ fn changed(d: &Desired, last: u8) -> Desired {
 
 fn ebpf_writer() -> anyhow::Result<(aya::Ebpf, Reconciler)> {
     let mut ebpf = loader::load(None, LoadOptions::default()).context("loading the eBPF object")?;
-    let take = |ebpf: &mut aya::Ebpf, name: &str| {
-        ebpf.take_map(name)
-            .with_context(|| format!("the object has no map {name}"))
-    };
-    let maps = LbMaps::from_maps(
-        take(&mut ebpf, LB_SERVICES)?,
-        take(&mut ebpf, LB_BACKENDS)?,
-        take(&mut ebpf, LB_MAGLEV)?,
-        take(&mut ebpf, CONFIG)?,
-    )?;
+    let maps = LbMaps::take_from(&mut ebpf)?;
     Ok((ebpf, Reconciler::adopt(maps)))
 }
 

@@ -20,7 +20,7 @@ use netctl::{
     controller::lb::apply::Reconciler,
     dataplane::{LoadOptions, lb::LbMaps, loader},
 };
-use netctl_common::maps::{CONFIG, LB_BACKENDS, LB_MAGLEV, LB_SERVICES, PROG_TC_INGRESS};
+use netctl_common::maps::PROG_TC_INGRESS;
 use serde::Serialize;
 
 use super::control::desired;
@@ -78,16 +78,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<PacketResult> {
 
 fn measure(n: usize, runs: u32) -> anyhow::Result<Vec<PathCost>> {
     let mut ebpf = loader::load(None, LoadOptions::default()).context("loading the eBPF object")?;
-    let take = |ebpf: &mut aya::Ebpf, name: &str| {
-        ebpf.take_map(name)
-            .with_context(|| format!("the object has no map {name}"))
-    };
-    let maps = LbMaps::from_maps(
-        take(&mut ebpf, LB_SERVICES)?,
-        take(&mut ebpf, LB_BACKENDS)?,
-        take(&mut ebpf, LB_MAGLEV)?,
-        take(&mut ebpf, CONFIG)?,
-    )?;
+    let maps = LbMaps::take_from(&mut ebpf)?;
     let d = desired(n);
     let mut rec = Reconciler::adopt(maps);
     rec.apply(&d, None)?;

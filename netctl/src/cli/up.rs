@@ -45,6 +45,9 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     if let Some(mode) = args.dataplane {
         plan.dataplane.mode = mode;
     }
+    for w in plan.warnings() {
+        output::print_warning(&w)?;
+    }
     preflight::require_root("up")?;
     if plan.dataplane.mode == DataplaneMode::Iptables && !crate::net::iptables::available() {
         anyhow::bail!(

@@ -19,6 +19,9 @@ pub struct Args {
 
 pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let plan = plan_from(args.file.as_deref(), prefix)?;
+    for w in plan.warnings() {
+        output::print_warning(&w)?;
+    }
     if args.json {
         output::print_json(&plan)?;
     } else {

@@ -8,7 +8,13 @@
 //! `ctx.state`, publishes what it knows on `ctx.board`, and returns when
 //! `ctx.shutdown` is cancelled.
 
-use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::Context;
 use serde_json::Value;
@@ -141,6 +147,36 @@ pub fn components() -> Vec<Component> {
     ]
 }
 
+/// A component that ran this long before failing restarts after the shortest delay.
+const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
+
+/// Delay before the `n`-th restart in a row of a failing component: 1 s, 2 s, 4 s ... 30 s.
+fn restart_delay(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.min(5)).min(Duration::from_secs(30))
+}
+
+/// Starts a component after `delay` (unless the controller stops meanwhile); the task
+/// reports its name, result and how long it ran.
+fn spawn_component(
+    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>, Duration)>,
+    (name, start): Component,
+    ctx: &AgentCtx,
+    delay: Duration,
+) -> tokio::task::Id {
+    let ctx = ctx.clone();
+    tasks
+        .spawn(async move {
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return (name, Ok(()), Duration::ZERO),
+                () = tokio::time::sleep(delay) => {}
+            }
+            let started = Instant::now();
+            let result = start(ctx).await;
+            (name, result, started.elapsed())
+        })
+        .id()
+}
+
 /// Runs the controller of `instance` until SIGTERM/SIGINT.
 pub async fn run(instance: &str) -> anyhow::Result<()> {
     let state = State::load(instance)?
@@ -166,14 +202,20 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     };
 
-    let mut tasks = JoinSet::new();
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>, Duration)> = JoinSet::new();
+    // Which component each task runs, so one that fails (or panics) starts again.
+    let mut running: HashMap<tokio::task::Id, Component> = HashMap::new();
+    let mut restarts: HashMap<&'static str, u32> = HashMap::new();
     {
         let (instance, board, shutdown) = (instance.to_string(), board.clone(), shutdown.clone());
-        tasks.spawn(async move { ("api", api::serve(&instance, board, routes, shutdown).await) });
+        tasks.spawn(async move {
+            let r = api::serve(&instance, board, routes, shutdown).await;
+            ("api", r, Duration::ZERO)
+        });
     }
-    for (name, start) in components() {
-        let fut = start(ctx.clone());
-        tasks.spawn(async move { (name, fut.await) });
+    for component in components() {
+        let id = spawn_component(&mut tasks, component, &ctx, Duration::ZERO);
+        running.insert(id, component);
     }
     tracing::info!(instance, pid = std::process::id(), "controller running");
 
@@ -192,14 +234,36 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
                 Ok(None) => break,
                 Err(e) => tracing::error!("reloading state: {e:#}"),
             },
-            Some(done) = tasks.join_next() => match done {
-                Ok((name, Ok(()))) => tracing::info!(component = name, "finished"),
-                Ok((name, Err(e))) => {
-                    tracing::error!(component = name, "failed: {e:#}");
-                    board.publish(name, serde_json::json!({ "error": format!("{e:#}") })).await;
+            Some(done) = tasks.join_next_with_id() => {
+                let (id, failure, ran) = match done {
+                    Ok((id, (name, Ok(()), _))) => {
+                        tracing::info!(component = name, "finished");
+                        running.remove(&id);
+                        continue;
+                    }
+                    Ok((id, (_, Err(e), ran))) => (id, format!("{e:#}"), ran),
+                    Err(e) => (e.id(), format!("panicked: {e}"), Duration::ZERO),
+                };
+                let Some(component) = running.remove(&id) else {
+                    tracing::error!("the API server failed: {failure}");
+                    continue;
+                };
+                let name = component.0;
+                // A component that ran a while before failing starts over from a short
+                // delay; one that keeps failing waits longer each time (at most 30 s).
+                let n = restarts.entry(name).or_insert(0);
+                if ran >= RESTART_RESET_AFTER {
+                    *n = 0;
                 }
-                Err(e) => tracing::error!("component task panicked: {e}"),
-            },
+                let delay = restart_delay(*n);
+                *n += 1;
+                tracing::error!(component = name, "failed: {failure}; restarting in {delay:?}");
+                board
+                    .publish(name, serde_json::json!({ "error": failure, "restarts": *n }))
+                    .await;
+                let id = spawn_component(&mut tasks, component, &ctx, delay);
+                running.insert(id, component);
+            }
         }
     }
     tracing::info!("controller stopping");
@@ -207,4 +271,15 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
     while tasks.join_next().await.is_some() {}
     let _ = std::fs::remove_file(daemon::pid_file(instance));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_to_thirty_seconds() {
+        let delays: Vec<u64> = (0..8).map(|n| restart_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
 }

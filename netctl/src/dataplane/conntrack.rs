@@ -7,7 +7,7 @@ use anyhow::Context;
 use aya::maps::{HashMap, Map, MapData};
 use netctl_common::{
     CtEntry, FlowKey,
-    ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_REPLIED, CT_F_REVERSE, CT_F_UPLINK},
+    ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_HAIRPIN, CT_F_REPLIED, CT_F_REVERSE, CT_F_UPLINK},
     flow::IPPROTO_TCP,
     maps::CT,
 };
@@ -60,35 +60,43 @@ pub fn connections(map: &CtMap) -> anyhow::Result<Vec<Connection>> {
     let entries: StdHashMap<FlowKey, CtEntry> = map.iter().filter_map(Result::ok).collect();
     let mut out = Vec::new();
     for (key, e) in &entries {
-        if e.flags & CT_F_REVERSE != 0 {
-            let fwd = peer_key(key, e);
-            if entries.contains_key(&fwd) {
-                continue;
-            }
+        let peer = partner(&entries, key, e);
+        if e.flags & CT_F_REVERSE != 0 && peer.is_some() {
+            continue;
         }
-        out.push(connection(key, e, entries.get(&peer_key(key, e)), &clock));
+        out.push(connection(key, e, peer, &clock));
     }
     out.sort_by(|a, b| a.age_s.total_cmp(&b.age_s));
     Ok(out)
 }
 
+/// The other half of `key`'s connection in `entries`, if it is there.
+fn partner<'a>(
+    entries: &'a StdHashMap<FlowKey, CtEntry>,
+    key: &FlowKey,
+    e: &CtEntry,
+) -> Option<&'a CtEntry> {
+    let peer_key = e.peer_key(key);
+    entries
+        .get(&peer_key)
+        .filter(|p| e.is_partner(key, &peer_key, p))
+}
+
 fn connection(key: &FlowKey, e: &CtEntry, peer: Option<&CtEntry>, clock: &BootClock) -> Connection {
     let reverse = e.flags & CT_F_REVERSE != 0;
     let (client, client_port, frontend, frontend_port, backend, backend_port) = if reverse {
-        // backend -> client, nat = frontend (or nothing)
+        // backend -> client (hairpin: backend -> frontend:client port), nat = frontend
         let fe = if e.nat_addr != [0; 4] {
             (e.nat_addr, e.nat_port)
         } else {
             (key.src_addr, key.src_port)
         };
-        (
-            key.dst_addr,
-            key.dst_port,
-            fe.0,
-            fe.1,
-            key.src_addr,
-            key.src_port,
-        )
+        let client = if e.flags & CT_F_HAIRPIN != 0 {
+            key.src_addr
+        } else {
+            key.dst_addr
+        };
+        (client, key.dst_port, fe.0, fe.1, key.src_addr, key.src_port)
     } else {
         let be = if e.flags & CT_F_DNAT != 0 {
             (e.nat_addr, e.nat_port)
@@ -149,58 +157,79 @@ pub fn stateless(proto: u8) -> &'static str {
     }
 }
 
-/// The key of the other direction (mirrors the dataplane's `peer_key`).
-pub fn peer_key(key: &FlowKey, e: &CtEntry) -> FlowKey {
-    if e.flags & CT_F_REVERSE != 0 {
-        let (addr, port) = if e.flags & netctl_common::ct::CT_F_SNAT != 0 {
-            (e.nat_addr, e.nat_port)
-        } else {
-            (key.src_addr, key.src_port)
-        };
-        FlowKey::new(key.dst_addr, addr, key.dst_port, port, key.proto)
-    } else {
-        let (addr, port) = if e.flags & CT_F_DNAT != 0 {
-            (e.nat_addr, e.nat_port)
-        } else {
-            (key.dst_addr, key.dst_port)
-        };
-        FlowKey::new(addr, key.src_addr, port, key.src_port, key.proto)
-    }
-}
-
 /// What one garbage-collection pass found.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct GcReport {
     pub entries: usize,
     pub expired: usize,
+    /// Expired in the snapshot but renewed before their turn to go (a new connection on
+    /// the same tuple, or a late packet): kept.
+    pub renewed: usize,
     /// Live entries per backend id (for draining backends).
     pub per_backend: StdHashMap<u32, usize>,
+}
+
+/// The first half of a pass: what a snapshot of the map says is expired.
+#[derive(Debug, Default)]
+pub struct GcPlan {
+    /// Expired entries, as the snapshot saw them.
+    expired: Vec<(FlowKey, CtEntry)>,
+    report: GcReport,
+}
+
+impl GcPlan {
+    /// The keys the sweep will look at.
+    pub fn expired_keys(&self) -> impl Iterator<Item = &FlowKey> {
+        self.expired.iter().map(|(k, _)| k)
+    }
 }
 
 /// Deletes expired entries (both of a pair expire together: a pair is as old as its most
 /// recent direction) and counts the live ones per backend.
 pub fn gc(map: &mut CtMap) -> anyhow::Result<GcReport> {
+    let plan = gc_plan(map)?;
+    Ok(gc_sweep(map, plan))
+}
+
+/// Reads the whole map and judges every entry with its partner.
+pub fn gc_plan(map: &CtMap) -> anyhow::Result<GcPlan> {
     let clock = BootClock::now()?;
     let entries: StdHashMap<FlowKey, CtEntry> = map.iter().filter_map(Result::ok).collect();
-    let mut report = GcReport {
-        entries: entries.len(),
-        ..GcReport::default()
+    let mut plan = GcPlan {
+        report: GcReport {
+            entries: entries.len(),
+            ..GcReport::default()
+        },
+        ..GcPlan::default()
     };
     for (key, e) in &entries {
-        let peer = entries.get(&peer_key(key, e));
-        let flags = e.flags | peer.map_or(0, |p| p.flags);
-        let last = peer.map_or(e.last_seen_ns, |p| p.last_seen_ns.max(e.last_seen_ns));
-        let merged = CtEntry {
-            flags,
-            last_seen_ns: last,
-            ..*e
-        };
-        if merged.is_expired(key.proto, clock.boot_ns) {
-            let _ = map.remove(key);
-            report.expired += 1;
+        if e.pair_expired(partner(&entries, key, e), key.proto, clock.boot_ns) {
+            plan.expired.push((*key, *e));
         } else if e.backend_id != 0 && e.flags & CT_F_REVERSE == 0 {
-            *report.per_backend.entry(e.backend_id).or_default() += 1;
+            *plan.report.per_backend.entry(e.backend_id).or_default() += 1;
         }
     }
-    Ok(report)
+    Ok(plan)
+}
+
+/// Deletes what the plan found expired, each entry only if it is still the one the
+/// snapshot judged. Reading a large table takes long enough for the dataplane to reuse a
+/// tuple meanwhile (a client port freed by an RST comes back within seconds): deleting
+/// by the snapshot alone would remove the new connection's fresh entry, and its replies
+/// would leave un-NATed (the `bench lb` stall).
+pub fn gc_sweep(map: &mut CtMap, plan: GcPlan) -> GcReport {
+    let mut report = plan.report;
+    for (key, seen) in &plan.expired {
+        match map.get(key, 0) {
+            Ok(now)
+                if now.created_ns == seen.created_ns && now.last_seen_ns == seen.last_seen_ns =>
+            {
+                let _ = map.remove(key);
+                report.expired += 1;
+            }
+            Ok(_) => report.renewed += 1,
+            Err(_) => {} // gone already (the dataplane removed it, or LRU eviction)
+        }
+    }
+    report
 }

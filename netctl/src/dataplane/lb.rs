@@ -1,18 +1,22 @@
-//! Writing and reading the load-balancing maps (`LB_SERVICES`, `LB_BACKENDS`, `LB_MAGLEV`,
-//! `CONFIG`). The write order keeps every state the dataplane can observe valid: slots
-//! before the master entry that counts them, the Maglev table before the master that
-//! points at it, and deletions after the master no longer covers them.
+//! Writing and reading the load-balancing maps (`LB_SERVICES`, `LB_BACKENDS`,
+//! `LB_BACKEND_ADDRS`, `LB_MAGLEV`, `CONFIG`). The write order keeps every state the
+//! dataplane can observe valid: slots before the master entry that counts them, the Maglev
+//! table before the master that points at it, and deletions after the master no longer
+//! covers them.
 
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, anyhow};
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError},
+};
 use netctl_common::{
     Backend, ServiceKey, ServiceValue,
-    lb::{ALG_MAGLEV, MAGLEV_M, MAGLEV_TABLES},
+    lb::{ALG_MAGLEV, BackendAddr, MAGLEV_M, MAGLEV_TABLES, MAX_SLOTS},
     maps::{
-        CFG_FLAGS, CFG_HOST_NETNS_HI, CFG_HOST_NETNS_LO, CONFIG, LB_BACKENDS, LB_MAGLEV,
-        LB_SERVICES,
+        CFG_FLAGS, CFG_HOST_NETNS_HI, CFG_HOST_NETNS_LO, CONFIG, LB_BACKEND_ADDRS, LB_BACKENDS,
+        LB_MAGLEV, LB_SERVICES,
     },
 };
 use serde::Serialize;
@@ -56,6 +60,7 @@ pub struct FrontendView {
 pub struct LbMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
+    backend_addrs: HashMap<MapData, BackendAddr, u32>,
     maglev: Array<MapData, u32>,
     config: Array<MapData, u32>,
 }
@@ -67,26 +72,29 @@ impl LbMaps {
             MapData::from_pin(pins.map(name))
                 .with_context(|| format!("opening pinned map {name} (is the platform up?)"))
         };
-        Self::from_maps(
-            Map::HashMap(open(LB_SERVICES)?),
-            Map::HashMap(open(LB_BACKENDS)?),
-            Map::Array(open(LB_MAGLEV)?),
-            Map::Array(open(CONFIG)?),
-        )
+        Ok(Self {
+            services: HashMap::try_from(Map::HashMap(open(LB_SERVICES)?)).context(LB_SERVICES)?,
+            backends: HashMap::try_from(Map::HashMap(open(LB_BACKENDS)?)).context(LB_BACKENDS)?,
+            backend_addrs: HashMap::try_from(Map::HashMap(open(LB_BACKEND_ADDRS)?))
+                .context(LB_BACKEND_ADDRS)?,
+            maglev: Array::try_from(Map::Array(open(LB_MAGLEV)?)).context(LB_MAGLEV)?,
+            config: Array::try_from(Map::Array(open(CONFIG)?)).context(CONFIG)?,
+        })
     }
 
-    /// Maps taken from a loaded object (tests load one without pinning).
-    pub fn from_maps(
-        services: Map,
-        backends: Map,
-        maglev: Map,
-        config: Map,
-    ) -> anyhow::Result<Self> {
+    /// The maps of a loaded object, taken out of it (tests and benchmarks load one
+    /// without pinning).
+    pub fn take_from(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+        };
         Ok(Self {
-            services: HashMap::try_from(services).context("LB_SERVICES")?,
-            backends: HashMap::try_from(backends).context("LB_BACKENDS")?,
-            maglev: Array::try_from(maglev).context("LB_MAGLEV")?,
-            config: Array::try_from(config).context("CONFIG")?,
+            services: HashMap::try_from(take(LB_SERVICES)?).context(LB_SERVICES)?,
+            backends: HashMap::try_from(take(LB_BACKENDS)?).context(LB_BACKENDS)?,
+            backend_addrs: HashMap::try_from(take(LB_BACKEND_ADDRS)?).context(LB_BACKEND_ADDRS)?,
+            maglev: Array::try_from(take(LB_MAGLEV)?).context(LB_MAGLEV)?,
+            config: Array::try_from(take(CONFIG)?).context(CONFIG)?,
         })
     }
 
@@ -108,14 +116,34 @@ impl LbMaps {
         self.config.get(&CFG_FLAGS, 0).context("reading CONFIG")
     }
 
+    /// Writes a backend and its address entry (`LB_BACKEND_ADDRS`).
     pub fn set_backend(&mut self, id: u32, backend: Backend) -> anyhow::Result<()> {
         self.backends
             .insert(id, backend, 0)
-            .with_context(|| format!("writing backend {id}"))
+            .with_context(|| format!("writing backend {id}"))?;
+        self.backend_addrs
+            .insert(BackendAddr::of(&backend), id, 0)
+            .with_context(|| format!("writing the address of backend {id}"))
     }
 
+    /// Removes a backend and its address entry.
     pub fn remove_backend(&mut self, id: u32) -> anyhow::Result<()> {
-        ignore_missing(self.backends.remove(&id)).with_context(|| format!("removing backend {id}"))
+        let old = self.backends.get(&id, 0).ok();
+        ignore_missing(self.backends.remove(&id))
+            .with_context(|| format!("removing backend {id}"))?;
+        if let Some(b) = old {
+            let addr = BackendAddr::of(&b);
+            if self.backend_addrs.get(&addr, 0).ok() == Some(id) {
+                ignore_missing(self.backend_addrs.remove(&addr))
+                    .with_context(|| format!("removing the address of backend {id}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `backend` has its address entry (maps of an older dataplane may lack it).
+    pub fn has_backend_addr(&self, id: u32, backend: &Backend) -> bool {
+        self.backend_addrs.get(&BackendAddr::of(backend), 0).ok() == Some(id)
     }
 
     pub fn backends(&self) -> Vec<(u32, Backend)> {
@@ -128,8 +156,15 @@ impl LbMaps {
         fe: &Frontend,
         old: Option<&FrontendView>,
     ) -> anyhow::Result<()> {
-        let count = u16::try_from(fe.slots.len())
-            .map_err(|_| anyhow!("{}:{} has too many backend slots", fe.addr, fe.port))?;
+        if fe.slots.len() > MAX_SLOTS {
+            return Err(anyhow!(
+                "{}:{} has {} backend slots, more than the {MAX_SLOTS} a frontend can hold",
+                fe.addr,
+                fe.port,
+                fe.slots.len()
+            ));
+        }
+        let count = fe.slots.len() as u16;
         for (i, id) in fe.slots.iter().enumerate() {
             let value = ServiceValue {
                 backend_id: *id,
@@ -148,11 +183,17 @@ impl LbMaps {
             self.write_maglev(*table, cells, previous.as_deref())?;
             maglev_table = *table;
         }
+        // Round-robin carries on where it was: restarting at slot 1 on every change would
+        // favour the first backends of a frontend whose set changes often.
+        let rr_next = self
+            .services
+            .get(&fe.key(0), 0)
+            .map_or(0, |m: ServiceValue| m.rr_next);
         let master = ServiceValue {
             backend_id: 0,
             service_id: fe.service_id,
             maglev_table,
-            rr_next: 0,
+            rr_next,
             count,
             algorithm: fe.algorithm,
             flags: fe.flags,
@@ -177,6 +218,11 @@ impl LbMaps {
             ignore_missing(self.services.remove(&key(slot as u16))).context("removing a slot")?;
         }
         Ok(())
+    }
+
+    /// The master entry (slot 0) of a frontend, as the dataplane sees it.
+    pub fn master(&self, key: &ServiceKey) -> Option<ServiceValue> {
+        self.services.get(&ServiceKey { slot: 0, ..*key }, 0).ok()
     }
 
     /// Every frontend with its slots.

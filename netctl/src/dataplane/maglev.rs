@@ -83,51 +83,61 @@ mod tests {
         c
     }
 
+    /// The table is even within 1% for every backend count of the range (98
+    /// tables of 16,381 cells: a quarter of a second in a debug build).
     #[test]
     fn every_backend_gets_an_even_share() {
-        for n in [3, 4, 7, 10, 25, 50, 64, 100] {
-            let t = table(&backends(n), MAGLEV_M);
-            assert_eq!(t.len(), MAGLEV_M as usize);
-            let ideal = f64::from(MAGLEV_M) / n as f64;
-            for (i, c) in counts(&t, n).into_iter().enumerate() {
-                let off = (c as f64 - ideal).abs() / ideal;
-                assert!(
-                    off <= 0.01,
-                    "n={n}: backend {i} has {c} cells, ideal {ideal:.1}"
-                );
-            }
+        for n in 3..=100 {
+            assert_even(&table(&backends(n), MAGLEV_M), n, &format!("n={n}"));
         }
     }
 
+    fn assert_even(t: &[u32], n: usize, what: &str) {
+        assert_eq!(t.len(), MAGLEV_M as usize);
+        let ideal = f64::from(MAGLEV_M) / n as f64;
+        for (i, c) in counts(t, n).into_iter().enumerate() {
+            let off = (c as f64 - ideal).abs() / ideal;
+            assert!(
+                off <= 0.01,
+                "{what}: backend {i} has {c} cells, ideal {ideal:.1}"
+            );
+        }
+    }
+
+    /// Removing one backend moves its own cells and few others: at most 1.5% of the table
+    /// belongs to a staying backend before and to another one after (Maglev's disruption;
+    /// 1.46% is the worst case here, at n=100), and the table is still even.
     #[test]
-    fn removing_one_of_n_backends_moves_about_one_nth_of_the_cells() {
+    fn removing_one_of_n_backends_moves_its_cells_and_few_others() {
         for n in [3, 5, 10, 20, 50, 100] {
             let all = backends(n);
             let before = table(&all, MAGLEV_M);
-            for gone in [0, n / 2, n - 1] {
+            for gone in 0..n {
                 let mut rest = all.clone();
                 rest.remove(gone);
                 let after = table(&rest, MAGLEV_M);
                 // Compare by backend name: indices shift when one is removed.
-                let moved = before
-                    .iter()
-                    .zip(&after)
-                    .filter(|(b, a)| all[**b as usize].name != rest[**a as usize].name)
-                    .count();
-                let fraction = moved as f64 / f64::from(MAGLEV_M);
-                let bound = 1.0 / n as f64 + 0.02;
+                let mut own = 0;
+                let mut others = 0;
+                for (b, a) in before.iter().zip(&after) {
+                    if *b as usize == gone {
+                        own += 1;
+                    } else if all[*b as usize].name != rest[*a as usize].name {
+                        others += 1;
+                    }
+                }
+                let share = own as f64 / f64::from(MAGLEV_M);
                 assert!(
-                    fraction <= bound,
-                    "n={n}, removed {gone}: {:.2}% of cells moved (bound {:.2}%)",
-                    fraction * 100.0,
-                    bound * 100.0
+                    (share - 1.0 / n as f64).abs() <= 0.01 / n as f64,
+                    "n={n}: the removed backend had {own} cells"
                 );
-                // The removed backend's own cells must all move, and only to others.
+                let disruption = others as f64 / f64::from(MAGLEV_M);
                 assert!(
-                    after
-                        .iter()
-                        .all(|a| rest[*a as usize].name != all[gone].name)
+                    disruption <= 0.015,
+                    "n={n}, removed {gone}: {:.2}% of the cells moved between staying backends",
+                    disruption * 100.0
                 );
+                assert_even(&after, n - 1, &format!("n={n} without {gone}"));
             }
         }
     }

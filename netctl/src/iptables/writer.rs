@@ -319,6 +319,7 @@ mod tests {
                 frontends_removed: 0,
                 backends_written: 1,
                 backends_removed: 1,
+                errors: Vec::new(),
             }
         );
         assert!(!s.contains(&c.services()), "SERVICES untouched:\n{s}");

@@ -4,6 +4,10 @@
 //!
 //! Written in a topology as
 //! `health = { check = "http", port = 5000, path = "/health", interval = "2s", timeout = "1s", retries = 3 }`.
+//! Checks: `http` (a GET that must answer 2xx), `tcp` (the port accepts a connection),
+//! `redis` (`PING` answered `+PONG`: a stopped or loading server fails it) and `postgres`
+//! (a startup message answered by the server's authentication request: a server still
+//! starting up, or shutting down, fails it).
 
 use std::time::Duration;
 
@@ -13,7 +17,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
-    /// `"http"` (a GET that must answer 2xx) or `"tcp"` (a connection that must open).
+    /// `"http"` (a GET that must answer 2xx), `"tcp"` (a connection that must open),
+    /// `"redis"` (PING -> +PONG) or `"postgres"` (the server answers a startup message).
     pub check: String,
     /// Default: the service's first port.
     pub port: Option<u32>,
@@ -28,17 +33,33 @@ pub struct HealthSpec {
 }
 
 /// What a check does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "check", rename_all = "snake_case")]
 pub enum Probe {
     /// The port accepts a TCP connection.
     Tcp,
     /// `GET path` on the port answers 2xx.
     Http { path: String },
+    /// Redis answers `PING` with `+PONG` (or says it wants a password: it serves).
+    Redis,
+    /// PostgreSQL answers a startup message with an authentication request (or refuses
+    /// the role: it serves), not with "the database system is starting up".
+    Postgres,
+}
+
+impl Probe {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Probe::Tcp => "tcp",
+            Probe::Http { .. } => "http",
+            Probe::Redis => "redis",
+            Probe::Postgres => "postgres",
+        }
+    }
 }
 
 /// A validated health check of one endpoint: probe `address:port` every `interval_ms`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct HealthCheck {
     #[serde(flatten)]
     pub probe: Probe,
@@ -57,6 +78,12 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 pub const MAX_RETRIES: u32 = 100;
+/// Load balancing's own check of a backend whose service gives none: a TCP connect to
+/// its first TCP port, every 500 ms, down after 2 failures (a killed backend leaves the
+/// maps within about a second).
+pub const LB_DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+pub const LB_DEFAULT_TIMEOUT: Duration = Duration::from_millis(400);
+pub const LB_DEFAULT_RETRIES: u32 = 2;
 
 impl HealthCheck {
     pub fn interval(&self) -> Duration {
@@ -91,11 +118,30 @@ impl HealthCheck {
         Self::new(Probe::Tcp, port)
     }
 
-    /// `http :5000/health` or `tcp :6379`, for tables.
+    /// What load balancing checks on a backend of a service without a `health` setting.
+    pub fn lb_default(port: u16) -> Self {
+        Self {
+            probe: Probe::Tcp,
+            port,
+            interval_ms: LB_DEFAULT_INTERVAL.as_millis() as u64,
+            timeout_ms: LB_DEFAULT_TIMEOUT.as_millis() as u64,
+            retries: LB_DEFAULT_RETRIES,
+        }
+    }
+
+    /// The same check on another port.
+    pub fn on_port(&self, port: u16) -> Self {
+        Self {
+            port,
+            ..self.clone()
+        }
+    }
+
+    /// `http :5000/health`, `tcp :6379`, `redis :6379`, for tables.
     pub fn describe(&self) -> String {
         match &self.probe {
-            Probe::Tcp => format!("tcp :{}", self.port),
             Probe::Http { path } => format!("http :{}{path}", self.port),
+            other => format!("{} :{}", other.name(), self.port),
         }
     }
 }
@@ -149,6 +195,12 @@ mod tests {
         let back: HealthCheck = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
         assert_eq!(HealthCheck::tcp(6379).describe(), "tcp :6379");
+        let redis = HealthCheck::new(Probe::Redis, 6379);
+        assert_eq!(redis.describe(), "redis :6379");
+        assert_eq!(serde_json::to_value(&redis).unwrap()["check"], "redis");
+        let pg = HealthCheck::new(Probe::Postgres, 5432);
+        let back: HealthCheck = serde_json::from_value(serde_json::to_value(&pg).unwrap()).unwrap();
+        assert_eq!(back, pg);
         assert_eq!(c.describe(), "http :5000/health");
     }
 }

@@ -132,6 +132,35 @@ pub struct Service {
     /// Backends listed by hand (`backends = [...]`); empty for a service of namespaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<ManualBackend>,
+    /// The service's `health` setting (or its kind's default): how load balancing checks
+    /// each backend, as the supervisor checks each replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+}
+
+impl Service {
+    /// The service's first TCP port.
+    pub fn first_tcp_port(&self) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.proto == Proto::Tcp)
+            .map(|p| p.port)
+    }
+
+    /// How load balancing checks a backend of this service: the service's `health`, else
+    /// a fast TCP connect to its first TCP port; `None`: nothing to check (UDP only).
+    /// `target_port` is the port a listed backend (`"ADDR:PORT"`) serves on: it replaces
+    /// the service's port in the check, unless the check names a port of its own.
+    pub fn backend_check(&self, target_port: Option<u16>) -> Option<HealthCheck> {
+        let first = self.first_tcp_port();
+        match &self.health {
+            Some(h) => Some(match target_port {
+                Some(p) if Some(h.port) == first => h.on_port(p),
+                _ => h.clone(),
+            }),
+            None => first.map(|p| HealthCheck::lb_default(target_port.unwrap_or(p))),
+        }
+    }
 }
 
 /// A backend listed by hand: an address, and the port every frontend port goes to
@@ -327,6 +356,30 @@ impl Plan {
             .binary_search_by_key(&id, |s| s.id)
             .ok()
             .and_then(|i| self.services.get(i))
+    }
+
+    /// What is valid but probably not meant, for `up` and `validate` to print: each names
+    /// the field it is about.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.dataplane.mode == DataplaneMode::Ebpf
+            && !self.dataplane.socket_lb
+            && !self.services.is_empty()
+        {
+            let host_ports = match self.port_forwards.first() {
+                Some(pf) => format!(
+                    " nor the port forwards on the host's own addresses (curl localhost:{})",
+                    pf.host_port
+                ),
+                None => String::new(),
+            };
+            out.push(format!(
+                "dataplane.socket_lb = false: processes on the host reach neither service \
+                 VIPs{host_ports}; the TC programs only balance what namespaces send and \
+                 what arrives on an uplink. Leave socket_lb on (the default) for the host."
+            ));
+        }
+        out
     }
 
     /// A readable name for any address: endpoint, service VIP, bridge gateway (`host`),

@@ -7,7 +7,7 @@ use std::{fmt, str::FromStr};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::health::HealthCheck;
+use super::health::{HealthCheck, Probe};
 
 /// The built-in programs. The reference services are `netctl serve <kind>`; the data
 /// stores and the edge are the Debian programs, configured by netctl.
@@ -66,10 +66,11 @@ impl Kind {
     }
 
     /// The check used when the service gives none: HTTP `/health` for everything that
-    /// speaks HTTP, a TCP connect for the data stores.
+    /// speaks HTTP, the data stores' own protocols for them.
     pub fn default_health(self, port: u16) -> HealthCheck {
         match self {
-            Kind::Redis | Kind::Postgres => HealthCheck::tcp(port),
+            Kind::Redis => HealthCheck::new(Probe::Redis, port),
+            Kind::Postgres => HealthCheck::new(Probe::Postgres, port),
             _ => HealthCheck::http(port),
         }
     }

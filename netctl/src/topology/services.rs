@@ -4,6 +4,10 @@
 use std::{collections::HashMap, net::Ipv4Addr, str::FromStr};
 
 use ipnet::Ipv4Net;
+use netctl_common::{
+    lb::{MAGLEV_TABLES, MAX_SLOTS},
+    maps::LB_SERVICES_MAX_ENTRIES,
+};
 
 use super::{
     model::{PortSpec, Topology},
@@ -157,7 +161,7 @@ pub(super) fn plan(
                 }
             },
         };
-        let (ports, backends) = match &spec.backends {
+        let (ports, backends, health) = match &spec.backends {
             Some(list) => {
                 let ports = parse_ports(&format!("{field}.ports"), &spec.ports, errors);
                 if ports.is_empty() {
@@ -169,9 +173,17 @@ pub(super) fn plan(
                     }
                     continue;
                 }
+                let tcp: Vec<u16> = ports
+                    .iter()
+                    .filter(|p| p.proto == Proto::Tcp)
+                    .map(|p| p.port)
+                    .collect();
+                let health = spec.health.as_ref().and_then(|h| {
+                    super::validate_run::health(&format!("{field}.health"), h, &tcp, errors)
+                });
                 let field = format!("{field}.backends");
                 match parse_backends(&field, list, &ports, service_cidr, errors) {
-                    Some(b) => (ports, b),
+                    Some(b) => (ports, b, health),
                     None => continue,
                 }
             }
@@ -187,7 +199,7 @@ pub(super) fn plan(
                     }
                     continue;
                 }
-                (ep.ports.clone(), Vec::new())
+                (ep.ports.clone(), Vec::new(), ep.health.clone())
             }
         };
         let vip = match explicit.get(name.as_str()) {
@@ -213,10 +225,12 @@ pub(super) fn plan(
             ports,
             algorithm,
             backends,
+            health,
         });
     }
 
     let port_forwards = port_forwards(topology, &services, errors);
+    check_dataplane_limits(topology, &services, &port_forwards, errors);
     let dataplane = Dataplane {
         socket_lb: topology.dataplane.socket_lb,
         conntrack_max: topology.dataplane.conntrack_max,
@@ -235,6 +249,65 @@ pub(super) fn plan(
         dataplane,
     }
 }
+
+/// What the eBPF dataplane's maps can hold: a Maglev table per port of a Maglev service
+/// (a port forward shares its service's), and every frontend's master entry and slots in
+/// `LB_SERVICES`. Found here, not by a load balancer that cannot write the 65th table.
+fn check_dataplane_limits(
+    topology: &Topology,
+    services: &[Service],
+    port_forwards: &[PortForward],
+    errors: &mut Vec<TopologyError>,
+) {
+    let mut tables = 0usize;
+    for svc in services.iter().filter(|s| s.algorithm == Algorithm::Maglev) {
+        tables += svc.ports.len();
+        if tables > MAGLEV_TABLES as usize {
+            errors.push(TopologyError::TooManyMaglevPorts {
+                field: format!("services.{}.lb", svc.name),
+                count: services
+                    .iter()
+                    .filter(|s| s.algorithm == Algorithm::Maglev)
+                    .map(|s| s.ports.len())
+                    .sum(),
+            });
+            break;
+        }
+    }
+    // Backends of a service of namespaces are its replicas (weight 1 until a registry
+    // says otherwise); a port forward has a frontend per host address (loopback and each
+    // uplink's addresses: counted as two).
+    let backends = |svc: &Service| -> usize {
+        if svc.backends.is_empty() {
+            topology
+                .services
+                .get(&svc.name)
+                .map_or(1, |s| s.replicas as usize)
+        } else {
+            svc.backends.len()
+        }
+    };
+    let mut entries: usize = services
+        .iter()
+        .map(|svc| svc.ports.len() * (1 + backends(svc)))
+        .sum();
+    for pf in port_forwards {
+        if let Some(svc) = services.iter().find(|s| s.name == pf.service) {
+            entries += 2 * (1 + backends(svc));
+        }
+    }
+    if entries > LB_SERVICES_MAX_ENTRIES as usize {
+        errors.push(TopologyError::TooManyFrontendEntries {
+            entries,
+            max: LB_SERVICES_MAX_ENTRIES as usize,
+        });
+    }
+}
+
+// A frontend's slot count is a u16 (slot 0 is the master); the topology's own limits stay
+// below it. Weights from a registry are scaled down to fit at run time.
+const _: () =
+    assert!(MAX_BACKENDS <= MAX_SLOTS && (super::validate::MAX_REPLICAS as usize) <= MAX_SLOTS);
 
 fn service_cidr(
     topology: &Topology,

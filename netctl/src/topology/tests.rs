@@ -553,12 +553,26 @@ fn default_platform_runs_every_service_with_a_health_check() {
     );
     assert_eq!(
         kind_of("postgres"),
-        (Some(Kind::Postgres), Some("tcp :5432".into()))
+        (Some(Kind::Postgres), Some("postgres :5432".into()))
+    );
+    assert_eq!(
+        kind_of("redis"),
+        (Some(Kind::Redis), Some("redis :6379".into()))
     );
     assert_eq!(p.supervised().count(), 9, "every namespace runs something");
     assert_eq!(p.endpoints_of_kind(Kind::Product).len(), 3);
     let h = p.endpoints[0].health.as_ref().expect("edge health");
-    assert_eq!((h.interval_ms, h.timeout_ms, h.retries), (2000, 1000, 3));
+    assert_eq!((h.interval_ms, h.timeout_ms, h.retries), (500, 400, 2));
+    // Load balancing checks each service's backends with that same check.
+    for svc in &p.services {
+        let replica = p
+            .endpoints
+            .iter()
+            .find(|e| e.service == svc.name)
+            .expect("replica");
+        assert_eq!(svc.health, replica.health, "{}", svc.name);
+        assert_eq!(svc.backend_check(None), replica.health, "{}", svc.name);
+    }
 }
 
 /// A data tier for the built-ins that need one.
@@ -581,8 +595,146 @@ fn a_kind_brings_its_default_port_and_health_check() {
     assert_eq!(web.port(), Some(5000));
     assert_eq!(web.ports.len(), 1);
     assert_eq!(web.health, Some(HealthCheck::http(5000)));
-    assert_eq!(p.endpoints[1].health, Some(HealthCheck::tcp(6379)));
+    assert_eq!(
+        p.endpoints[1].health,
+        Some(HealthCheck::new(Probe::Redis, 6379))
+    );
     assert_eq!(p.endpoints[2].port(), Some(5432));
+    assert_eq!(
+        p.endpoints[2].health,
+        Some(HealthCheck::new(Probe::Postgres, 5432))
+    );
+}
+
+#[test]
+fn the_data_store_checks_parse_and_refuse_a_path() {
+    for (check, probe) in [("redis", Probe::Redis), ("postgres", Probe::Postgres)] {
+        let p = plan(&format!(
+            "{BASE}ports = [7000]\nhealth = {{ check = \"{check}\", interval = \"1s\" }}\n"
+        ))
+        .expect("valid");
+        let h = p.endpoints[0].health.as_ref().expect("a check");
+        assert_eq!((&h.probe, h.port, h.interval_ms), (&probe, 7000, 1000));
+        assert_eq!(
+            p.services[0].health.as_ref(),
+            Some(h),
+            "the service's check"
+        );
+        let e = errors(&format!(
+            "{BASE}ports = [7000]\nhealth = {{ check = \"{check}\", path = \"/\" }}\n"
+        ));
+        assert!(
+            e[0].to_string().starts_with("services.web.health.path:"),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn load_balancing_checks_backends_with_the_service_setting_or_a_fast_tcp_connect() {
+    let p = plan(&format!(
+        "{BASE}ports = [7000, \"53/udp\"]\n\
+         health = {{ check = \"http\", path = \"/ready\", interval = \"300ms\", timeout = \"100ms\", retries = 4 }}\n\
+         [services.plain]\nnetwork = \"app\"\nports = [8000]\n\
+         [services.dns]\nnetwork = \"app\"\nports = [\"53/udp\"]\n\
+         [services.ext]\nports = [9000]\nbackends = [\"10.9.0.200:9100\", \"10.9.0.201\"]\n\
+         health = {{ check = \"tcp\", retries = 5 }}\n"
+    ))
+    .expect("valid");
+    let web = p
+        .service("web")
+        .expect("web")
+        .backend_check(None)
+        .expect("checked");
+    assert_eq!(
+        (web.describe(), web.interval_ms, web.timeout_ms, web.retries),
+        ("http :7000/ready".to_string(), 300, 100, 4)
+    );
+    let plain = p.service("plain").expect("plain").backend_check(None);
+    assert_eq!(plain, Some(HealthCheck::lb_default(8000)));
+    assert_eq!(p.service("dns").expect("dns").backend_check(None), None);
+    // A listed backend's port replaces the service's default port, timing kept.
+    let ext = p.service("ext").expect("ext");
+    let listed = ext.backend_check(Some(9100)).expect("checked");
+    assert_eq!((listed.port, listed.retries), (9100, 5));
+    assert_eq!(ext.backend_check(None).map(|c| c.port), Some(9000));
+    // A listed backend's check is validated like any other.
+    let e = errors(&format!(
+        "{BASE}\n[services.ext]\nports = [9000]\nbackends = [\"10.9.0.200\"]\nhealth = {{ check = \"icmp\" }}\n"
+    ));
+    assert!(
+        e[0].to_string().starts_with("services.ext.health.check:"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn more_maglev_ports_than_tables_are_refused_naming_the_service() {
+    let mut text = String::from("[networks.app]\nsubnet = \"10.9.0.0/22\"\n");
+    // 30 services of 2 ports and one of 5: 65 Maglev frontends, one more than the tables.
+    for i in 0..30 {
+        text.push_str(&format!(
+            "[services.m{i}]\nnetwork = \"app\"\nports = [80, 81]\nlb = \"maglev\"\n"
+        ));
+    }
+    text.push_str("[services.big]\nnetwork = \"app\"\nports = [1, 2, 3, 4, 5]\nlb = \"maglev\"\n");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    let msg = e[0].to_string();
+    assert!(msg.starts_with("services.big.lb: 65 ports"), "{msg}");
+    assert!(msg.contains("64 Maglev tables"), "{msg}");
+    // 64 are fine, and other algorithms do not count.
+    let fine = text.replace(
+        "ports = [1, 2, 3, 4, 5]\nlb = \"maglev\"",
+        "ports = [1, 2, 3, 4]\nlb = \"maglev\"",
+    );
+    assert!(plan(&fine).is_ok());
+    let rr = text.replace(
+        "ports = [1, 2, 3, 4, 5]\nlb = \"maglev\"",
+        "ports = [1, 2, 3, 4, 5]",
+    );
+    assert!(plan(&rr).is_ok());
+}
+
+#[test]
+fn frontends_that_would_not_fit_the_service_map_are_refused() {
+    // 260 services x 2 ports x 256 listed backends: far more slots than LB_SERVICES holds.
+    let backends: Vec<String> = (0..256)
+        .map(|i| format!("\"10.50.{}.{}\"", i / 200, 1 + i % 200))
+        .collect();
+    let mut text = String::new();
+    for i in 0..260 {
+        text.push_str(&format!(
+            "[services.s{i}]\nports = [80, 81]\nbackends = [{}]\n",
+            backends.join(", ")
+        ));
+    }
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|e| e.to_string().contains("entries of the LB_SERVICES map")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn socket_lb_off_warns_that_the_host_has_no_path_to_services() {
+    let on = plan(&format!("{BASE}ports = [80]\n")).expect("valid");
+    assert!(on.warnings().is_empty());
+    let off = plan(&format!(
+        "{BASE}ports = [80]\n[dataplane]\nsocket_lb = false\n[[port_forwards]]\nhost_port = 8080\nservice = \"web\"\n"
+    ))
+    .expect("valid");
+    let w = off.warnings();
+    assert_eq!(w.len(), 1);
+    assert!(w[0].starts_with("dataplane.socket_lb = false:"), "{}", w[0]);
+    assert!(w[0].contains("localhost:8080"), "{}", w[0]);
+    let mut iptables = off.clone();
+    iptables.dataplane.mode = DataplaneMode::Iptables;
+    assert!(
+        iptables.warnings().is_empty(),
+        "iptables serves the host itself"
+    );
 }
 
 #[test]

@@ -192,6 +192,17 @@ pub enum TopologyError {
         service: String,
         port: String,
     },
+    #[error(
+        "{field}: {count} ports of services with lb = \"maglev\", but the dataplane has \
+         {max} Maglev tables (one per port of a Maglev service): use round-robin or random \
+         for some", max = netctl_common::lb::MAGLEV_TABLES
+    )]
+    TooManyMaglevPorts { field: String, count: usize },
+    #[error(
+        "the services need {entries} entries of the LB_SERVICES map (a master and a slot per \
+         backend for every port and port forward), more than its {max}"
+    )]
+    TooManyFrontendEntries { entries: usize, max: usize },
     #[error("{field}: {message}")]
     BadPolicy { field: String, message: String },
     #[error("{field}: unknown peer {name:?} (services, \"host\", \"world\" or \"any\")")]

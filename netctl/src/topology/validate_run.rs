@@ -144,7 +144,9 @@ fn check_env(field: &str, env: &IndexMap<String, String>, errors: &mut Vec<Topol
     }
 }
 
-fn health(
+/// Validates a `health` setting; `ports` are the service's TCP ports (the first is the
+/// default port to check).
+pub(super) fn health(
     field: &str,
     spec: &HealthSpec,
     ports: &[u16],
@@ -158,11 +160,15 @@ fn health(
         });
     };
     let probe = match spec.check.as_str() {
-        "tcp" => {
+        check @ ("tcp" | "redis" | "postgres") => {
             if spec.path.is_some() {
                 bad("path", "a path needs check = \"http\"".into());
             }
-            Some(Probe::Tcp)
+            Some(match check {
+                "redis" => Probe::Redis,
+                "postgres" => Probe::Postgres,
+                _ => Probe::Tcp,
+            })
         }
         "http" => {
             let path = spec.path.as_deref().unwrap_or(DEFAULT_HTTP_PATH);
@@ -179,7 +185,9 @@ fn health(
         other => {
             bad(
                 "check",
-                format!("{other:?} is not a check: use \"http\" or \"tcp\""),
+                format!(
+                    "{other:?} is not a check: use \"http\", \"tcp\", \"redis\" or \"postgres\""
+                ),
             );
             None
         }

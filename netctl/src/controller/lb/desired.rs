@@ -9,7 +9,7 @@ use std::{
 use netctl_common::lb::SVC_F_HOST_PORT;
 
 use super::health::Probe;
-use crate::topology::{Algorithm, Plan, Proto};
+use crate::topology::{Algorithm, HealthCheck, Plan, Proto};
 
 /// One instance of a service (a replica), as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,19 +22,16 @@ pub struct Instance {
     /// The port every frontend port of the service goes to on this instance (a backend
     /// listed as `ADDR:PORT`); `None`: the frontend's own port.
     pub target_port: Option<u16>,
-    /// What the health check connects to (TCP); `None`: nothing to check (always up).
-    pub health_port: Option<u16>,
+    /// How it is checked (the service's `health`); `None`: nothing to check (always up).
+    pub health: Option<HealthCheck>,
 }
 
 impl Instance {
     /// The health check of this instance.
     pub fn probe(&self) -> Probe {
-        match self.health_port {
-            Some(port) => Probe::Tcp {
-                addr: self.addr,
-                port,
-            },
-            None => Probe::None { addr: self.addr },
+        Probe {
+            addr: self.addr,
+            check: self.health.clone(),
         }
     }
 }
@@ -183,11 +180,7 @@ pub fn compute(inputs: &Inputs) -> Desired {
 /// Instances straight from the topology: every replica of every service, and every
 /// backend a service lists by hand. Used until a registry says otherwise.
 pub fn instances_from_plan(plan: &Plan) -> Vec<Instance> {
-    let first_tcp = |svc: &str| -> Option<u16> {
-        plan.service(svc)
-            .and_then(|s| s.ports.iter().find(|p| p.proto == Proto::Tcp))
-            .map(|p| p.port)
-    };
+    let check = |svc: &str| plan.service(svc).and_then(|s| s.backend_check(None));
     let mut out: Vec<Instance> = plan
         .endpoints
         .iter()
@@ -197,15 +190,10 @@ pub fn instances_from_plan(plan: &Plan) -> Vec<Instance> {
             addr: e.address,
             weight: 1,
             target_port: None,
-            health_port: first_tcp(&e.service),
+            health: check(&e.service),
         })
         .collect();
     for svc in plan.services.iter().filter(|s| !s.backends.is_empty()) {
-        let tcp = svc
-            .ports
-            .iter()
-            .find(|p| p.proto == Proto::Tcp)
-            .map(|p| p.port);
         for b in &svc.backends {
             out.push(Instance {
                 service: svc.name.clone(),
@@ -214,7 +202,7 @@ pub fn instances_from_plan(plan: &Plan) -> Vec<Instance> {
                 weight: 1,
                 target_port: b.port,
                 // A listed port replaces the service's one port (TCP or UDP).
-                health_port: tcp.map(|p| b.port.unwrap_or(p)),
+                health: svc.backend_check(b.port),
             });
         }
     }
@@ -356,16 +344,16 @@ backends = ["10.9.0.10:80", "10.9.0.11"]
         assert_eq!(ext.len(), 2);
         assert_eq!(
             ext[0].probe(),
-            Probe::Tcp {
+            Probe {
                 addr: Ipv4Addr::new(10, 9, 0, 10),
-                port: 80
+                check: Some(HealthCheck::lb_default(80)),
             }
         );
         assert_eq!(
             ext[1].probe(),
-            Probe::Tcp {
+            Probe {
                 addr: Ipv4Addr::new(10, 9, 0, 11),
-                port: 7000
+                check: Some(HealthCheck::lb_default(7000)),
             }
         );
         // web's replica and ext's first backend share one health check.

@@ -145,12 +145,15 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     let mut last_apply = Instant::now();
     let mut last_status = Instant::now() - STATUS_EVERY;
     let mut desired = Desired::default();
+    let mut apply_errors = ApplyErrors::default();
     let mut ticker = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             () = ctx.shutdown.cancelled() => return Ok(()),
             _ = state.changed() => {},
             _ = ticker.tick() => {},
+            () = registry.answered() => {},
+            () = checker.changed() => {},
         }
         let mut dirty = false;
         let latest = state.borrow_and_update().clone();
@@ -164,9 +167,12 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             let inv = Inventory::of(&current.plan, &registry);
             checker.set_probes(&inv.probes()).await;
             inventory = Some(inv);
-            if let Writer::Ebpf(r) = &mut writer {
-                r.maps()
-                    .set_config_flags(current.plan.dataplane.config_flags())?;
+            if let Writer::Ebpf(r) = &mut writer
+                && let Err(e) = r
+                    .maps()
+                    .set_config_flags(current.plan.dataplane.config_flags())
+            {
+                tracing::warn!("{e:#}");
             }
             dirty = true;
         }
@@ -207,8 +213,11 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         {
             match task.await {
                 Ok(Ok((report, taken))) => {
-                    gc_summary =
-                        json!({ "entries": report.entries, "expired_last_pass": report.expired });
+                    gc_summary = json!({
+                        "entries": report.entries,
+                        "expired_last_pass": report.expired,
+                        "renewed_last_pass": report.renewed,
+                    });
                     refs = Some(Refs {
                         per_backend: report.per_backend,
                         taken,
@@ -230,7 +239,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             }));
         }
 
-        if dirty || last_apply.elapsed() >= RESYNC_EVERY {
+        if dirty || last_apply.elapsed() >= RESYNC_EVERY || apply_errors.retry_due() {
             last_apply = Instant::now();
             desired = desired::compute(&Inputs {
                 plan,
@@ -244,10 +253,24 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 drains: &last_drains,
                 host_addrs: &host_addrs,
             });
-            let changes = writer.lb().apply(&desired, refs.as_ref())?;
-            if changes.any() {
-                tracing::info!(?changes, "load-balancing dataplane updated");
-            }
+            // A pass that could not write everything is logged and tried again soon; it
+            // never ends the component (the maps would freeze with dead backends in them).
+            let errors = match writer.lb().apply(&desired, refs.as_ref()) {
+                Ok(changes) => {
+                    if changes.any() {
+                        tracing::info!(
+                            frontends_written = changes.frontends_written,
+                            frontends_removed = changes.frontends_removed,
+                            backends_written = changes.backends_written,
+                            backends_removed = changes.backends_removed,
+                            "load-balancing dataplane updated"
+                        );
+                    }
+                    changes.errors
+                }
+                Err(e) => vec![format!("{e:#}")],
+            };
+            apply_errors.report(errors);
         }
 
         if dirty || last_status.elapsed() >= STATUS_EVERY {
@@ -262,8 +285,49 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 &gc_summary,
             );
             status["registry"] = registry.status();
+            status["errors"] = json!(apply_errors.current);
             ctx.board.publish("lb", status).await;
         }
+    }
+}
+
+/// How often a pass that could not write everything is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often the same errors are logged again.
+const RELOG_EVERY: Duration = Duration::from_secs(30);
+
+/// What the last pass could not write: logged when it changes (and every 30 s while it
+/// lasts), shown in the status, and tried again every second.
+#[derive(Default)]
+struct ApplyErrors {
+    current: Vec<String>,
+    since: Option<Instant>,
+    logged: Option<Instant>,
+}
+
+impl ApplyErrors {
+    fn report(&mut self, errors: Vec<String>) {
+        let now = Instant::now();
+        if errors.is_empty() {
+            if !self.current.is_empty() {
+                tracing::info!("load balancing: every frontend written again");
+            }
+            *self = ApplyErrors::default();
+            return;
+        }
+        let changed = errors != self.current;
+        if changed || self.logged.is_none_or(|t| t.elapsed() >= RELOG_EVERY) {
+            for e in &errors {
+                tracing::warn!("load balancing: {e} (retrying)");
+            }
+            self.logged = Some(now);
+        }
+        self.current = errors;
+        self.since = Some(now);
+    }
+
+    fn retry_due(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= RETRY_EVERY)
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Watch {
     url: Option<String>,
     client: Option<RegistryClient>,
     task: Option<JoinHandle<anyhow::Result<Vec<model::Instance>>>>,
+    /// A poll that finished while the caller waited for it, not collected yet.
+    done: Option<Result<anyhow::Result<Vec<model::Instance>>, tokio::task::JoinError>>,
     last_poll: Option<Instant>,
     /// The last answer; `None` until the registry has answered once.
     known: Option<Vec<model::Instance>>,
@@ -51,6 +53,7 @@ impl Watch {
             self.client = want.as_deref().map(RegistryClient::new);
             self.url = want;
             self.known = None;
+            self.done = None;
             self.generation += 1;
             self.error = None;
             self.last_poll = None;
@@ -59,7 +62,10 @@ impl Watch {
             && task.is_finished()
             && let Some(task) = self.task.take()
         {
-            match task.await {
+            self.done = Some(task.await);
+        }
+        if let Some(done) = self.done.take() {
+            match done {
                 Ok(Ok(list)) => {
                     // Only what decides the backends counts as a change, not the
                     // heartbeat times.
@@ -103,6 +109,19 @@ impl Watch {
         }
     }
 
+    /// Resolves when the running poll finishes (never while none runs), so the caller
+    /// acts on the registry's answer at once rather than at its next tick. Cancel-safe.
+    pub async fn answered(&mut self) {
+        match self.task.as_mut() {
+            Some(task) => {
+                let result = task.await;
+                self.task = None;
+                self.done = Some(result);
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -140,11 +159,7 @@ pub fn instances(plan: &Plan, registry: Option<&[model::Instance]>) -> Vec<Insta
             out.extend(from_plan.iter().filter(|i| i.service == svc.name).cloned());
             continue;
         }
-        let first_tcp = svc
-            .ports
-            .iter()
-            .find(|p| p.proto == crate::topology::Proto::Tcp)
-            .map(|p| p.port);
+        let health = svc.backend_check(None);
         let mut seen: Vec<Ipv4Addr> = Vec::new();
         for i in known.into_iter().filter(|i| i.alive) {
             // One backend per address: two registrations from one address are one process
@@ -159,7 +174,7 @@ pub fn instances(plan: &Plan, registry: Option<&[model::Instance]>) -> Vec<Insta
                 addr: i.address,
                 weight: weight(i),
                 target_port: None,
-                health_port: first_tcp,
+                health: health.clone(),
             });
         }
     }
