@@ -32,8 +32,7 @@ use netctl_common::{
     event::{EVENT_DROP, Event},
     lb::{ALG_ROUND_ROBIN, BACKEND_ACTIVE},
     maps::{
-        CONFIG, DROPS, EVENTS, IDENTITIES, LB_BACKENDS, LB_MAGLEV, LB_SERVICES, POLICY,
-        PROG_TC_EGRESS, PROG_TC_INGRESS, RATE_LIMITS,
+        CONFIG, DROPS, EVENTS, IDENTITIES, POLICY, PROG_TC_EGRESS, PROG_TC_INGRESS, RATE_LIMITS,
     },
 };
 
@@ -112,18 +111,12 @@ fn load(topology: &str) -> Dp {
         }
         _ => panic!("CONFIG is an array"),
     };
-    let lb = LbMaps::from_maps(
-        ebpf.take_map(LB_SERVICES).unwrap(),
-        ebpf.take_map(LB_BACKENDS).unwrap(),
-        ebpf.take_map(LB_MAGLEV).unwrap(),
-        Map::Array(config),
-    )
-    .unwrap();
+    let lb = LbMaps::take_from(&mut ebpf).unwrap();
     let mut policy = PolicyMaps::from_maps(
         ebpf.take_map(IDENTITIES).unwrap(),
         ebpf.take_map(POLICY).unwrap(),
         ebpf.take_map(RATE_LIMITS).unwrap(),
-        ebpf.take_map(CONFIG).unwrap(),
+        Map::Array(config),
     )
     .unwrap();
     let events = RingBuf::try_from(ebpf.take_map(EVENTS).unwrap()).unwrap();
