@@ -381,6 +381,12 @@ fn dump_every_map(slot: &Slot) {
             set(&["addr", "port", "proto", "state"]),
             false,
         ),
+        (
+            "LB_BACKEND_ADDRS",
+            set(&["addr", "port", "proto"]),
+            set(&["backend_id"]),
+            true,
+        ),
         ("LB_MAGLEV", set(&[]), set(&[]), false),
         (
             "SOCK_REVNAT",

@@ -8,6 +8,7 @@ use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
 use netctl_common::{
     Backend, CtEntry, DropReason, FlowKey, FlowStats, ServiceKey, ServiceValue,
     event::DropPairKey,
+    lb::BackendAddr,
     maps as names,
     policy::{
         Bucket, BucketKey, IdentityKey, PolicyKey, PolicyValue, RL_BY_IDENTITY, RateLimit,
@@ -140,6 +141,13 @@ fn dump(pins: &Pins, plan: &Plan, name: &str) -> anyhow::Result<Value> {
             .filter_map(Result::ok)
             .map(|(k, v)| json!({ "key": k, "value": {
                 "addr": Ipv4Addr::from(v.addr), "port": v.port, "proto": v.proto, "state": v.state } }))
+            .collect(),
+        names::LB_BACKEND_ADDRS => HashMap::<_, BackendAddr, u32>::try_from(Map::HashMap(data))?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| json!({ "key": {
+                "addr": Ipv4Addr::from(k.addr), "port": k.port, "proto": k.proto },
+                "value": { "backend_id": v } }))
             .collect(),
         names::SOCK_REVNAT => HashMap::<_, SockRevNatKey, SockRevNatValue>::try_from(Map::LruHashMap(data))?
             .iter()
