@@ -165,6 +165,40 @@ pub struct Policy {
     pub rate_limits: Vec<RateLimit>,
 }
 
+/// A `from` list: `Some(None)` for any source (omitted, or naming "any"), `Some(Some(set))`
+/// for the named ones, `None` when it is wrong (the errors say why).
+fn sources(
+    field: &str,
+    from: Option<&[String]>,
+    peer: &impl Fn(&str, &str, &mut Vec<TopologyError>) -> Option<Peer>,
+    errors: &mut Vec<TopologyError>,
+) -> Option<Option<BTreeSet<Peer>>> {
+    match from {
+        None => Some(None),
+        Some(list) if list.iter().any(|s| s == "any") => Some(None),
+        Some([]) => {
+            errors.push(TopologyError::BadPolicy {
+                field: format!("{field}.from"),
+                message: "empty: omit it to mean any source".into(),
+            });
+            None
+        }
+        Some(list) => {
+            let mut set = BTreeSet::new();
+            let mut ok = true;
+            for (j, name) in list.iter().enumerate() {
+                match peer(&format!("{field}.from[{j}]"), name, errors) {
+                    Some(p) => {
+                        set.insert(p);
+                    }
+                    None => ok = false,
+                }
+            }
+            ok.then_some(Some(set))
+        }
+    }
+}
+
 /// Validates `[policy]` against the topology's services; every problem is reported.
 pub fn plan(spec: &PolicySpec, topology: &Topology, errors: &mut Vec<TopologyError>) -> Policy {
     let peer = |field: &str, name: &str, errors: &mut Vec<TopologyError>| -> Option<Peer> {
@@ -193,30 +227,7 @@ pub fn plan(spec: &PolicySpec, topology: &Topology, errors: &mut Vec<TopologyErr
     for (i, r) in spec.rules.iter().enumerate() {
         let field = format!("policy.rules[{i}]");
         let to = peer(&format!("{field}.to"), &r.to, errors);
-        let from = match &r.from {
-            None => Some(None),
-            Some(list) if list.iter().any(|s| s == "any") => Some(None),
-            Some(list) if list.is_empty() => {
-                errors.push(TopologyError::BadPolicy {
-                    field: format!("{field}.from"),
-                    message: "empty: omit it to mean any source".into(),
-                });
-                None
-            }
-            Some(list) => {
-                let mut set = BTreeSet::new();
-                let mut ok = true;
-                for (j, name) in list.iter().enumerate() {
-                    match peer(&format!("{field}.from[{j}]"), name, errors) {
-                        Some(p) => {
-                            set.insert(p);
-                        }
-                        None => ok = false,
-                    }
-                }
-                ok.then_some(Some(set))
-            }
-        };
+        let from = sources(&field, r.from.as_deref(), &peer, errors);
         let action = match r.action.as_deref() {
             None | Some("allow") => Some(Action::Allow),
             Some("deny") => Some(Action::Deny),
@@ -248,29 +259,7 @@ pub fn plan(spec: &PolicySpec, topology: &Topology, errors: &mut Vec<TopologyErr
     for (i, r) in spec.rate_limits.iter().enumerate() {
         let field = format!("policy.rate_limits[{i}]");
         let to = peer(&format!("{field}.to"), &r.to, errors);
-        let from = match &r.from {
-            None => Some(None),
-            Some(list) if list.is_empty() => {
-                errors.push(TopologyError::BadPolicy {
-                    field: format!("{field}.from"),
-                    message: "empty: omit it to mean any source".into(),
-                });
-                None
-            }
-            Some(list) => {
-                let mut set = BTreeSet::new();
-                let mut ok = true;
-                for (j, name) in list.iter().enumerate() {
-                    match peer(&format!("{field}.from[{j}]"), name, errors) {
-                        Some(p) => {
-                            set.insert(p);
-                        }
-                        None => ok = false,
-                    }
-                }
-                ok.then_some(Some(set))
-            }
-        };
+        let from = sources(&field, r.from.as_deref(), &peer, errors);
         let rate = parse_rate(&r.rate);
         if rate.is_none() {
             errors.push(TopologyError::BadPolicy {
