@@ -51,13 +51,14 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         // The kernel's own conntrack holds the NAT of iptables connections.
         DataplaneMode::Iptables => crate::iptables::conntrack::connections(plan)?,
     };
+    let names = plan.names();
     let rows: Vec<Row> = conns
         .iter()
         .map(|c| Row {
             protocol: protocol_name(c.proto),
-            client_name: plan.name_of(c.client),
-            frontend_name: plan.name_of(c.frontend),
-            backend_name: plan.name_of(c.backend),
+            client_name: names.addr(c.client),
+            frontend_name: names.addr(c.frontend),
+            backend_name: names.addr(c.backend),
             service: plan.service_by_id(c.service_id).map(|s| s.name.clone()),
             conn: c,
         })

@@ -16,7 +16,6 @@ use crate::{
     iptables::{Chains, policy as ipt_policy},
     net::iptables,
     output,
-    policy::identity,
     topology::DataplaneMode,
 };
 
@@ -44,13 +43,14 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         .map_or(0, |(_, v)| *v);
     let data = MapData::from_pin(pins.map(DROP_PAIRS)).context("opening DROP_PAIRS")?;
     let pairs: HashMap<_, DropPairKey, u64> = HashMap::try_from(Map::LruHashMap(data))?;
+    let names = state.plan.names();
     let mut by_pair: Vec<(String, String, &'static str, u64)> = pairs
         .iter()
         .filter_map(Result::ok)
         .map(|(k, n)| {
             (
-                identity::name(&state.plan, k.src_identity),
-                identity::name(&state.plan, k.dst_identity),
+                names.identity(k.src_identity),
+                names.identity(k.dst_identity),
                 DropReason::from_u32(k.reason).map_or("?", DropReason::name),
                 n,
             )
@@ -119,17 +119,11 @@ fn iptables_drops(state: &State, as_json: bool) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|r| (r.name(), d.by_reason.get(r.name()).copied().unwrap_or(0)))
         .collect();
+    let names = state.plan.names();
     let mut by_pair: Vec<(String, String, &str, u64)> = d
         .by_pair
         .iter()
-        .map(|((src, dst, reason), n)| {
-            (
-                identity::name(&state.plan, *src),
-                identity::name(&state.plan, *dst),
-                *reason,
-                *n,
-            )
-        })
+        .map(|((src, dst, reason), n)| (names.identity(*src), names.identity(*dst), *reason, *n))
         .collect();
     by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
     if as_json {

@@ -51,11 +51,12 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let pins = Pins::for_instance(&state.instance);
     let all = flows::read(&pins).context("reading the flow map")?;
     let plan = &state.plan;
+    let names = plan.names();
     let mut rows: Vec<Row> = all
         .iter()
         .map(|f| Row {
-            src_name: plan.name_of(f.src),
-            dst_name: plan.name_of(f.dst),
+            src_name: names.addr(f.src),
+            dst_name: names.addr(f.dst),
             protocol: protocol_name(f.proto),
             flow: f,
         })

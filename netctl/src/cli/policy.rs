@@ -18,7 +18,6 @@ use crate::{
     dataplane::{Pins, policy::PolicyMaps},
     net::iptables,
     output,
-    policy::identity,
     topology::DataplaneMode,
 };
 
@@ -78,13 +77,14 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             )
         }
     };
+    let names = plan.names();
     let rules: Vec<_> = compiled
         .entries
         .iter()
         .map(|(k, v)| {
             json!({
-                "source": identity::name(plan, k.src),
-                "destination": identity::name(plan, k.dst),
+                "source": names.identity(k.src),
+                "destination": names.identity(k.dst),
                 "port": if k.port == ANY_PORT { None } else { Some(k.port) },
                 "protocol": if k.proto == ANY_PROTO { "*" } else { crate::cli_protocol_name(k.proto) },
                 "verdict": if v.verdict == VERDICT_DENY { "deny" } else { "allow" },
@@ -97,8 +97,8 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|(key, l)| {
             json!({
-                "source": identity::name(plan, key.src),
-                "destination": identity::name(plan, key.dst),
+                "source": names.identity(key.src),
+                "destination": names.identity(key.dst),
                 "per_second": f64::from(l.rate_milli) / 1000.0,
                 "burst": l.burst,
                 "per": if l.by == netctl_common::policy::RL_BY_IDENTITY { "service" } else { "source" },

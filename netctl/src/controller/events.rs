@@ -82,10 +82,12 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let plan = ctx.state.borrow().plan.clone();
+        // The state, not a copy of its plan: the plan's name index is built once per
+        // state and every event of every batch is named from it.
+        let state = ctx.state.borrow().clone();
         let clock = BootClock::now()?;
         for e in &batch {
-            let view = events::decode(e, &plan, &clock);
+            let view = events::decode(e, &state.plan, &clock);
             seen += 1;
             if e.kind == EVENT_DROP {
                 dropped += 1;

@@ -75,8 +75,8 @@ fn serve(stream: tokio::net::TcpStream, ctx: &AgentCtx) {
                     *r.status_mut() = StatusCode::NOT_FOUND;
                     return Ok::<_, Infallible>(r);
                 }
-                let plan = state.borrow().plan.clone();
-                let body = match render(&plan, &instance, &board).await {
+                let state = state.borrow().clone();
+                let body = match render(&state.plan, &instance, &board).await {
                     Ok(text) => text,
                     Err(e) => format!("# error: {e:#}\n"),
                 };
@@ -165,10 +165,11 @@ fn ebpf_metrics(m: &mut Metrics, plan: &Plan, pins: &Pins) -> anyhow::Result<()>
     }
     let pairs_data = MapData::from_pin(pins.map(names::DROP_PAIRS)).context("DROP_PAIRS")?;
     let pairs: HashMap<_, DropPairKey, u64> = HashMap::try_from(Map::LruHashMap(pairs_data))?;
+    let identities = plan.names();
     for (k, n) in pairs.iter().filter_map(Result::ok) {
         let (src, dst) = (
-            identity::name(plan, k.src_identity),
-            identity::name(plan, k.dst_identity),
+            identities.identity(k.src_identity),
+            identities.identity(k.dst_identity),
         );
         let reason = DropReason::from_u32(k.reason).map_or("?", DropReason::name);
         m.counter(

@@ -46,10 +46,7 @@ pub fn peer(plan: &Plan, id: u32) -> Option<Peer> {
 
 /// A readable name for an identity number (`*` for the wildcard).
 pub fn name(plan: &Plan, id: u32) -> String {
-    match id {
-        ID_ANY => "*".into(),
-        _ => peer(plan, id).map_or_else(|| format!("#{id}"), |p| p.name().to_string()),
-    }
+    plan.names().identity(id)
 }
 
 /// Address -> identity for everything the plan knows: replicas and VIPs of each service,

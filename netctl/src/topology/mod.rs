@@ -6,6 +6,7 @@
 pub mod fuzz;
 pub mod health;
 mod model;
+pub mod names;
 pub mod plan;
 pub mod policy;
 pub mod run;
@@ -18,6 +19,7 @@ pub use model::{
     DataplaneSpec, NatConfig, NetworkSpec, PlatformSpec, PortForwardSpec, PortSpec, ServiceSpec,
     Topology, default_prefix,
 };
+pub use names::Names;
 pub use plan::{
     Algorithm, DataplaneMode, Endpoint, ManualBackend, Network, Plan, Port, PortForward, Proto,
     Service,

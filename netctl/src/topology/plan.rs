@@ -37,6 +37,9 @@ pub struct Plan {
     /// Where the controller serves Prometheus metrics (`None`: nowhere).
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Names for addresses and identities, built on first use (`Plan::names`).
+    #[serde(skip)]
+    pub names: super::names::NamesCache,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -385,16 +388,7 @@ impl Plan {
     /// A readable name for any address: endpoint, service VIP, bridge gateway (`host`),
     /// or the address.
     pub fn name_of(&self, addr: Ipv4Addr) -> String {
-        if let Some(ep) = self.endpoint_by_addr(addr) {
-            return ep.display_name();
-        }
-        if let Some(svc) = self.services.iter().find(|s| s.vip == addr) {
-            return format!("{}(vip)", svc.name);
-        }
-        if self.networks.iter().any(|n| n.gateway == addr) {
-            return "host".to_string();
-        }
-        addr.to_string()
+        self.names().addr(addr)
     }
 }
 

@@ -308,6 +308,7 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
             },
             policy,
             metrics_listen,
+            names: Default::default(),
         })
     } else {
         Err(v.errors)
