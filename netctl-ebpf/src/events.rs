@@ -4,12 +4,13 @@
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{LruHashMap, RingBuf},
 };
 use netctl_common::{
     DropReason, FlowKey,
-    event::{DropPairKey, EVENT_DROP, EVENT_NEW_FLOW, EVENTS_BYTES, Event},
+    event::{DropPairKey, EVENT_DROP, EVENT_NEW_FLOW, EVENTS_BYTES, EVENTS_WAKEUP_BYTES, Event},
     maps::{self, CFG_F_FLOW_EVENTS},
     stats::CNT_EVENTS_LOST,
 };
@@ -118,7 +119,13 @@ fn send(
         hook,
         _pad: [0; 6],
     };
-    if EVENTS.output::<Event>(&event, 0).is_err() {
+    // No wakeup per event: the reader drains on a timer, and is woken when events pile up.
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= EVENTS_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<Event>(&event, u64::from(flags)).is_err() {
         stats::count(CNT_EVENTS_LOST);
     }
 }

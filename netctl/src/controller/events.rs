@@ -9,6 +9,7 @@
 //! counters (on the status board).
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -26,14 +27,18 @@ use crate::{
         events::{self, LOST_BY_CLIENT, LOST_BY_DATAPLANE, LostView},
         stats::LostEvents,
     },
-    topology::DataplaneMode,
+    topology::{DataplaneMode, Plan},
 };
 
 const LOG_PER_SECOND: u32 = 20;
 const FANOUT: usize = 8192;
 const PER_CLIENT: usize = 1024;
-/// How often the lost-events counter is read and the log's summary written.
+/// How often the lost-events counter is read, the log's summary written and the status
+/// published.
 const TICK: Duration = Duration::from_secs(1);
+/// The status (event and per-service connection counts) is published at most this often
+/// while events flow.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
 pub fn component(ctx: AgentCtx) -> ComponentFuture {
     Box::pin(run(ctx))
@@ -60,8 +65,10 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     let mut seen: u64 = 0;
     let mut dropped: u64 = 0;
     let mut lost_total: u64 = 0;
-    // (destination service identity, protocol) -> new connections since the start.
-    let mut new_flows: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    // (destination identity, protocol) -> new connections since the start; named when
+    // published.
+    let mut new_flows: BTreeMap<(u32, u8), u64> = BTreeMap::new();
+    let mut published = Instant::now();
     loop {
         let batch = tokio::select! {
             () = ctx.shutdown.cancelled() => return Ok(()),
@@ -75,10 +82,12 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                     lost_total += more;
                     tracing::warn!(target: "netctl::drops", "the dataplane lost {more} events (ring buffer full)");
                     let _ = tx.send(Bytes::from(LostView::new(more, LOST_BY_DATAPLANE).line()));
-                    ctx.board
-                        .publish("events", status(seen, dropped, lost_total, tx.receiver_count(), &new_flows))
-                        .await;
                 }
+                let state = ctx.state.borrow().clone();
+                ctx.board
+                    .publish("events", status(seen, dropped, lost_total, tx.receiver_count(), &new_flows, &state.plan))
+                    .await;
+                published = Instant::now();
                 continue;
             }
         };
@@ -86,30 +95,48 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         // state and every event of every batch is named from it.
         let state = ctx.state.borrow().clone();
         let clock = BootClock::now()?;
+        let now = Instant::now();
         for e in &batch {
-            let view = events::decode(e, &state.plan, &clock);
             seen += 1;
+            // Named only when someone reads it: at thousands of new connections a second,
+            // counting is all most events need.
+            let streamed = tx.receiver_count() > 0;
+            let logged = e.kind == EVENT_DROP && log.admit(now);
             if e.kind == EVENT_DROP {
                 dropped += 1;
-                log.drop(&view);
             } else if e.kind == EVENT_NEW_FLOW {
                 *new_flows
-                    .entry((view.dst_identity.clone(), view.protocol.clone()))
+                    .entry((e.dst_identity, e.tuple.proto))
                     .or_default() += 1;
             }
-            if tx.receiver_count() > 0
-                && let Ok(mut line) = serde_json::to_vec(&view)
-            {
+            if !(streamed || logged) {
+                continue;
+            }
+            let view = events::decode(e, &state.plan, &clock);
+            if logged {
+                log_drop(&view);
+            }
+            if streamed && let Ok(mut line) = serde_json::to_vec(&view) {
                 line.push(b'\n');
                 let _ = tx.send(Bytes::from(line));
             }
         }
-        ctx.board
-            .publish(
-                "events",
-                status(seen, dropped, lost_total, tx.receiver_count(), &new_flows),
-            )
-            .await;
+        if now.duration_since(published) >= PUBLISH_EVERY {
+            ctx.board
+                .publish(
+                    "events",
+                    status(
+                        seen,
+                        dropped,
+                        lost_total,
+                        tx.receiver_count(),
+                        &new_flows,
+                        &state.plan,
+                    ),
+                )
+                .await;
+            published = now;
+        }
     }
 }
 
@@ -119,8 +146,10 @@ fn status(
     dropped: u64,
     lost: u64,
     clients: usize,
-    new_flows: &std::collections::BTreeMap<(String, String), u64>,
+    new_flows: &BTreeMap<(u32, u8), u64>,
+    plan: &Plan,
 ) -> serde_json::Value {
+    let names = plan.names();
     json!({
         "events": seen,
         "drops": dropped,
@@ -128,8 +157,12 @@ fn status(
         "clients": clients,
         "new_connections": new_flows
             .iter()
-            .map(|((service, protocol), n)| {
-                json!({ "service": service, "protocol": protocol, "count": n })
+            .map(|((identity, proto), n)| {
+                json!({
+                    "service": names.identity(*identity),
+                    "protocol": crate::cli_protocol_name(*proto),
+                    "count": n,
+                })
             })
             .collect::<Vec<_>>(),
     })
@@ -165,18 +198,16 @@ struct DropLog {
     suppressed: u64,
 }
 
-impl DropLog {
-    fn drop(&mut self, e: &events::EventView) {
-        if self.admit(Instant::now()) {
-            tracing::warn!(
-                target: "netctl::drops",
-                reason = %e.reason,
-                "DROP {} {}:{} ({}) -> {}:{} ({}) at {}",
-                e.protocol, e.src, e.src_port, e.src_identity, e.dst, e.dst_port, e.dst_identity, e.hook
-            );
-        }
-    }
+fn log_drop(e: &events::EventView) {
+    tracing::warn!(
+        target: "netctl::drops",
+        reason = %e.reason,
+        "DROP {} {}:{} ({}) -> {}:{} ({}) at {}",
+        e.protocol, e.src, e.src_port, e.src_identity, e.dst, e.dst_port, e.dst_identity, e.hook
+    );
+}
 
+impl DropLog {
     /// Whether a drop at `now` may be logged (else it is counted).
     fn admit(&mut self, now: Instant) -> bool {
         if let Some(n) = self.tick(now) {

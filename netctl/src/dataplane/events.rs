@@ -2,15 +2,15 @@
 //! serializable records. The ring buffer has one reader: the controller when it runs
 //! (it fans events out to `netctl monitor` clients), `netctl monitor` itself otherwise.
 
-use std::{net::Ipv4Addr, os::fd::AsRawFd};
+use std::{net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
 
 use anyhow::Context;
 use aya::maps::{Map, MapData, RingBuf};
 use netctl_common::{
     DropReason,
     event::{
-        EVENT_DROP, Event, HOOK_ENDPOINT_EGRESS, HOOK_ENDPOINT_INGRESS, HOOK_UPLINK_EGRESS,
-        HOOK_UPLINK_INGRESS,
+        EVENT_DROP, EVENTS_POLL_MS, Event, HOOK_ENDPOINT_EGRESS, HOOK_ENDPOINT_INGRESS,
+        HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS,
     },
     maps::EVENTS,
 };
@@ -133,26 +133,31 @@ impl EventReader {
         Ok(Self { ring })
     }
 
-    /// Waits for events and returns those available (at least one).
+    /// Waits for events and returns those available (at least one). The dataplane wakes
+    /// the reader only when events pile up (`EVENTS_WAKEUP_BYTES`), so the ring is also
+    /// drained every `EVENTS_POLL_MS`.
     pub async fn next_batch(&mut self) -> anyhow::Result<Vec<Event>> {
+        let poll = Duration::from_millis(EVENTS_POLL_MS);
         loop {
-            let mut guard = self
-                .ring
-                .readable_mut()
-                .await
-                .context("waiting for events")?;
-            let mut out = Vec::new();
-            let ring = &mut guard.get_inner_mut().0;
-            while let Some(item) = ring.next() {
-                if item.len() >= std::mem::size_of::<Event>() {
-                    // SAFETY: the dataplane writes whole `Event`s; read unaligned.
-                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
-                }
-            }
-            guard.clear_ready();
+            let out = self.drain();
             if !out.is_empty() {
                 return Ok(out);
             }
+            if let Ok(ready) = tokio::time::timeout(poll, self.ring.readable_mut()).await {
+                ready.context("waiting for events")?.clear_ready();
+            }
         }
+    }
+
+    fn drain(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        let ring = &mut self.ring.get_mut().0;
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<Event>() {
+                // SAFETY: the dataplane writes whole `Event`s; read unaligned.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            }
+        }
+        out
     }
 }
