@@ -134,12 +134,35 @@ fn print_summary(
 
 /// Polls the controller until every supervised process is ready, then prints them; on
 /// timeout, says which are not and why.
+/// The instances the load balancer serves (an active backend its own health check finds
+/// up, written to the dataplane), from a `/v1/status` answer. The supervisor and the load
+/// balancer check separately, so a backend can reach the maps a probe interval after the
+/// supervisor calls it healthy.
+fn load_balanced(status: &serde_json::Value) -> std::collections::HashSet<&str> {
+    status
+        .pointer("/components/lb/backends")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|b| b["state"] == "active" && b["health"]["up"] == true)
+        .filter_map(|b| b["instance"].as_str())
+        .collect()
+}
+
 async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> anyhow::Result<()> {
     let instance = plan.instance();
     let want: Vec<&str> = plan.supervised().map(|e| e.name.as_str()).collect();
+    // Of those, the backends of services with a VIP: also wait until the dataplane serves
+    // them, so that the VIPs and host ports answer as soon as `up` returns.
+    let want_lb: Vec<&str> = plan
+        .supervised()
+        .filter(|e| plan.services.iter().any(|s| s.name == e.service))
+        .map(|e| e.name.as_str())
+        .collect();
     let fingerprint = plan.fingerprint();
     let deadline = Instant::now() + timeout;
     let mut last: Vec<ServiceStatus> = Vec::new();
+    let mut last_unserved: Vec<String> = Vec::new();
     let mut last_error: Option<anyhow::Error>;
     // Up to `timeout` of waiting: say so on a terminal (nothing for scripts).
     let spinner = output::spinner("waiting for the controller");
@@ -153,19 +176,32 @@ async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> any
                     .copied()
                     .filter(|n| !last.iter().any(|s| s.name == *n && s.state.is_ready()))
                     .collect();
-                spinner.set_message(format!(
-                    "{} of {} services healthy; waiting for {}",
-                    want.len() - pending.len(),
-                    want.len(),
-                    pending.join(", ")
-                ));
+                let serving = load_balanced(&v);
+                let unserved: Vec<&str> = want_lb
+                    .iter()
+                    .copied()
+                    .filter(|n| !serving.contains(n))
+                    .collect();
+                last_unserved = unserved.iter().map(|n| n.to_string()).collect();
+                spinner.set_message(if pending.is_empty() {
+                    format!(
+                        "waiting for the load balancer to serve {}",
+                        unserved.join(", ")
+                    )
+                } else {
+                    format!(
+                        "{} of {} services healthy; waiting for {}",
+                        want.len() - pending.len(),
+                        want.len(),
+                        pending.join(", ")
+                    )
+                });
                 // The controller may still be applying an earlier plan (reload is a signal).
                 let current = status::applied_plan(&v) == Some(fingerprint.as_str());
                 let ready = current
                     && last.len() == want.len()
-                    && want
-                        .iter()
-                        .all(|n| last.iter().any(|s| s.name == *n && s.state.is_ready()));
+                    && pending.is_empty()
+                    && unserved.is_empty();
                 if ready {
                     spinner.finish_and_clear();
                     output::print_line(&format!(
@@ -203,6 +239,11 @@ async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> any
             }
         })
         .filter(|l| !l.is_empty())
+        .chain(last_unserved.iter().filter(|n| last.iter().any(|s| s.name == **n && s.state.is_ready())).map(|n| {
+            format!(
+                "{n}: healthy, but not yet an active backend of the load balancer (netctl services)"
+            )
+        }))
         .collect();
     bail!(
         "not every service is healthy after {}s (the platform stays up; they keep being \
@@ -240,4 +281,25 @@ pub fn plan_from(file: Option<&std::path::Path>, prefix: Option<&str>) -> anyhow
         None => Source::embedded_default(),
     };
     Ok(source.plan(prefix)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_active_healthy_backends_count_as_served() {
+        let status = serde_json::json!({ "components": { "lb": { "backends": [
+            { "instance": "edge", "state": "active", "health": { "up": true } },
+            { "instance": "gateway", "state": "active", "health": { "up": false } },
+            { "instance": "product-1", "state": "draining", "health": { "up": true } },
+            { "instance": "product-2", "state": "active", "health": { "up": true } },
+        ] } } });
+        let served = load_balanced(&status);
+        assert_eq!(
+            served,
+            ["edge", "product-2"].into_iter().collect::<std::collections::HashSet<_>>()
+        );
+        assert!(load_balanced(&serde_json::json!({ "components": {} })).is_empty());
+    }
 }
