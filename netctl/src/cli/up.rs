@@ -298,7 +298,9 @@ mod tests {
         let served = load_balanced(&status);
         assert_eq!(
             served,
-            ["edge", "product-2"].into_iter().collect::<std::collections::HashSet<_>>()
+            ["edge", "product-2"]
+                .into_iter()
+                .collect::<std::collections::HashSet<_>>()
         );
         assert!(load_balanced(&serde_json::json!({ "components": {} })).is_empty());
     }
