@@ -277,21 +277,7 @@ fn set_zero_linger(s: &TcpStream) -> std::io::Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a live `linger`.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(s),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::Linger, &linger).map_err(Into::into)
 }
 
 #[cfg(test)]
