@@ -6,7 +6,8 @@
 //!
 //! Each tick only looks at what changed (the plan, health results, drains, host
 //! addresses); the desired state is recomputed and the writer called only then (and every
-//! few seconds as a resync), so a platform of 10,000 services costs nothing while steady.
+//! few seconds as a resync), and the status (every backend, with its health) is built
+//! only when somebody reads it, so a platform of 10,000 services costs little while steady.
 //!
 //! API: `POST /v1/lb/drain` `{"service": "product", "instance": "product-2", "drain": true}`
 //! (false undoes it); `GET /v1/lb/drains`.
@@ -52,8 +53,6 @@ const HOST_ADDRS_EVERY: Duration = Duration::from_secs(5);
 /// Even when no input changed, the dataplane is reconciled this often (drain timeouts,
 /// anything changed behind the controller's back).
 const RESYNC_EVERY: Duration = Duration::from_secs(5);
-/// How often the status (with health latencies) is rebuilt when nothing else changed.
-const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 pub fn component(ctx: AgentCtx) -> ComponentFuture {
     Box::pin(run(ctx))
@@ -143,7 +142,9 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     let mut last_health: HashMap<Probe, bool> = HashMap::new();
     let mut last_drains: HashSet<(String, String)> = HashSet::new();
     let mut last_apply = Instant::now();
-    let mut last_status = Instant::now() - STATUS_EVERY;
+    // The status lists every backend: it is built only for a reader (`/v1/status`).
+    let mut status_requests = ctx.board.publish_on_request("lb").await;
+    let mut readers = Vec::new();
     let mut desired = Desired::default();
     let mut apply_errors = ApplyErrors::default();
     let mut ticker = tokio::time::interval(TICK);
@@ -154,6 +155,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             _ = ticker.tick() => {},
             () = registry.answered() => {},
             () = checker.changed() => {},
+            Some(reader) = status_requests.recv() => readers.push(reader),
         }
         let mut dirty = false;
         let latest = state.borrow_and_update().clone();
@@ -273,8 +275,10 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             apply_errors.report(errors);
         }
 
-        if dirty || last_status.elapsed() >= STATUS_EVERY {
-            last_status = Instant::now();
+        if !readers.is_empty() {
+            while let Ok(reader) = status_requests.try_recv() {
+                readers.push(reader);
+            }
             let mut status = status(
                 plan,
                 &inv.instances,
@@ -286,7 +290,10 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             );
             status["registry"] = registry.status();
             status["errors"] = json!(apply_errors.current);
-            ctx.board.publish("lb", status).await;
+            for reader in readers.drain(..) {
+                // A reader that gave up has dropped its end: nothing to do.
+                let _ = reader.send(status.clone());
+            }
         }
     }
 }
