@@ -352,13 +352,11 @@ mod tests {
     async fn a_silent_component_shows_the_status_it_built_last() {
         let board = StatusBoard::default();
         let mut requests = board.publish_on_request("lb").await;
-        let reader = requests.recv();
-        let (snapshot, reader) = tokio::join!(board.snapshot(), async {
-            let r = reader.await.expect("a request");
+        let (snapshot, ()) = tokio::join!(board.snapshot(), async {
+            let r = requests.recv().await.expect("a request");
             r.send(serde_json::json!({ "built": 1 }))
                 .expect("reader waits");
         });
-        drop(reader);
         assert_eq!(snapshot["components"]["lb"]["built"], 1);
         // Now it hears but never answers: the reader waits ON_REQUEST_WAIT, then gets the last.
         let hold = tokio::spawn(async move {
