@@ -241,7 +241,7 @@ pub fn run(quick: bool, parts: Parts, out: &Path) -> anyhow::Result<ScaleResult>
     } else {
         Config {
             counts: vec![1, 100, 1_000, 10_000],
-            rounds: 3,
+            rounds: 5,
             trips: 10_000,
             conn_time: Duration::from_secs(1),
             rate_time: Duration::from_secs(2),
