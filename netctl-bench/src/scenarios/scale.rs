@@ -454,6 +454,21 @@ impl ScaleResult {
             .find(|c| c.services == n && c.path == path)
             .map(|c| &c.median)
     }
+
+    /// `f(a) / f(b)` at `n` services: the median over rounds of each round's own ratio.
+    /// The paths of one round run seconds apart, so a slow minute of the machine (every
+    /// path 20% slower for a round or two) cancels out instead of moving one path's median.
+    pub fn paired_ratio(&self, n: usize, a: Path_, b: Path_, f: fn(&Round) -> f64) -> Option<f64> {
+        let find = |p: Path_| self.cells.iter().find(|c| c.services == n && c.path == p);
+        let (a, b) = (find(a)?, find(b)?);
+        let mut per_round: Vec<f64> = a
+            .rounds
+            .iter()
+            .zip(&b.rounds)
+            .map(|(x, y)| ratio(f(x), f(y)))
+            .collect::<Option<_>>()?;
+        (!per_round.is_empty() && a.rounds.len() == b.rounds.len()).then(|| median(&mut per_round))
+    }
 }
 
 fn series(r: &ScaleResult, f: fn(&Round) -> f64) -> Vec<Series> {
@@ -475,7 +490,9 @@ pub fn sections(r: &ScaleResult, parts: Parts) -> anyhow::Result<Vec<Section>> {
     let setup = format!(
         "Client namespace -> service `web` (3 replicas on another tier), with N services \
          installed (3 backends each). {} round(s) per service count, both dataplanes in every \
-         round; medians over rounds. Two baselines at the same N: `bare`, the same namespaces \
+         round, the paths taking turns; figures are medians over rounds, and a ratio is \
+         the median of the rounds' own ratios (paths of one round run seconds apart, so the \
+         machine's slower minutes cancel out). Two baselines at the same N: `bare`, the same namespaces \
          with no program of ours attached (the floor), and `direct`, straight to a backend \
          with the eBPF dataplane attached but no load balancing. A ratio is `-` when either \
          figure is missing. `(!)` marks a cell with failed or stalled connections (1 s \
@@ -500,13 +517,11 @@ pub fn sections(r: &ScaleResult, parts: Parts) -> anyhow::Result<Vec<Section>> {
             "failures",
         ]);
         for n in &r.service_counts {
-            let d = r.cell(*n, Path_::Direct);
-            let b = r.cell(*n, Path_::Bare);
-            let vs = |x: f64, base: Option<&Round>, f: fn(&Round) -> f64| {
-                show_ratio(base.and_then(|base| ratio(x, f(base))), 3, "")
-            };
             for p in Path_::ALL {
                 let Some(c) = r.cell(*n, p) else { continue };
+                let vs = |base: Path_, f: fn(&Round) -> f64| {
+                    show_ratio(r.paired_ratio(*n, p, base, f), 3, "")
+                };
                 t.row(vec![
                     n.to_string(),
                     c.label(p),
@@ -516,10 +531,10 @@ pub fn sections(r: &ScaleResult, parts: Parts) -> anyhow::Result<Vec<Section>> {
                     format!("{:.1}", c.conn_p50_us),
                     format!("{:.1}", c.conn_p90_us),
                     format!("{:.1}", c.conn_p99_us),
-                    vs(c.rr_p50_us, d, |x| x.rr_p50_us),
-                    vs(c.rr_p50_us, b, |x| x.rr_p50_us),
-                    vs(c.conn_p50_us, d, |x| x.conn_p50_us),
-                    vs(c.conn_p50_us, b, |x| x.conn_p50_us),
+                    vs(Path_::Direct, |x| x.rr_p50_us),
+                    vs(Path_::Bare, |x| x.rr_p50_us),
+                    vs(Path_::Direct, |x| x.conn_p50_us),
+                    vs(Path_::Bare, |x| x.conn_p50_us),
                     c.problems(),
                 ]);
             }
@@ -562,21 +577,17 @@ pub fn sections(r: &ScaleResult, parts: Parts) -> anyhow::Result<Vec<Section>> {
             "failures",
         ]);
         for n in &r.service_counts {
-            let base = |p: Path_| r.cell(*n, p).map_or(0.0, |c| c.conn_per_s);
-            let (d, b, ipt) = (
-                base(Path_::Direct),
-                base(Path_::Bare),
-                base(Path_::Iptables),
-            );
             for p in Path_::ALL {
                 let Some(c) = r.cell(*n, p) else { continue };
+                let vs =
+                    |base: Path_| show_ratio(r.paired_ratio(*n, p, base, |x| x.conn_per_s), 3, "");
                 t.row(vec![
                     n.to_string(),
                     c.label(p),
                     format!("{:.0}", c.conn_per_s),
-                    show_ratio(ratio(c.conn_per_s, d), 3, ""),
-                    show_ratio(ratio(c.conn_per_s, b), 3, ""),
-                    show_ratio(ratio(c.conn_per_s, ipt), 3, ""),
+                    vs(Path_::Direct),
+                    vs(Path_::Bare),
+                    vs(Path_::Iptables),
                     c.problems(),
                 ]);
             }
@@ -628,6 +639,56 @@ mod tests {
                 netctl::topology::DataplaneMode::Iptables
             );
         }
+    }
+
+    #[test]
+    fn paired_ratios_cancel_a_slow_round_that_medians_of_figures_do_not() {
+        let rounds = |figs: &[f64]| -> Vec<Round> {
+            figs.iter()
+                .map(|&v| Round {
+                    conn_p50_us: v,
+                    ..Round::default()
+                })
+                .collect()
+        };
+        let cell = |path: Path_, figs: &[f64]| {
+            let rounds = rounds(figs);
+            Cell {
+                services: 1,
+                path,
+                median: median_round(&rounds),
+                rounds,
+            }
+        };
+        let r = ScaleResult {
+            date: String::new(),
+            quick: true,
+            service_counts: vec![1],
+            rounds: 5,
+            round_trips: 0,
+            new_connection_seconds: 0.0,
+            rate_seconds: 0.0,
+            rate_clients: 0,
+            cells: vec![
+                // A real run at 1 service: slow spells in rounds 3 to 5 hit ebpf-tc more
+                // than direct. Medians of the figures: 174.5 / 150.4 = 1.16.
+                cell(Path_::Direct, &[147.1, 150.4, 157.2, 168.5, 146.1]),
+                cell(Path_::EbpfTc, &[151.4, 150.9, 176.6, 174.5, 174.5]),
+                cell(Path_::Iptables, &[150.0]),
+            ],
+        };
+        let conn = |x: &Round| x.conn_p50_us;
+        let paired = r
+            .paired_ratio(1, Path_::EbpfTc, Path_::Direct, conn)
+            .expect("measured");
+        // Per round: 1.029, 1.003, 1.123, 1.036, 1.194.
+        assert!((paired - 174.5 / 168.5).abs() < 1e-9, "{paired}");
+        // Different round counts cannot be paired.
+        assert_eq!(
+            r.paired_ratio(1, Path_::Iptables, Path_::Direct, conn),
+            None
+        );
+        assert_eq!(r.paired_ratio(1, Path_::Bare, Path_::Direct, conn), None);
     }
 
     /// The quick mode end to end (both dataplanes, 1 and 100 services): every path measured
