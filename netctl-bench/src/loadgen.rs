@@ -24,6 +24,8 @@ use std::{
 use anyhow::Context;
 use netctl::net::netns;
 
+use crate::pin::{self, LatencyRun, Side};
+
 pub const MESSAGE: usize = 64;
 
 /// How long a connect, a read or a write may take before it counts as a stall.
@@ -72,7 +74,10 @@ impl EchoServer {
                         break;
                     }
                     if let Ok(conn) = conn {
-                        std::thread::spawn(move || echo(conn));
+                        std::thread::spawn(move || {
+                            pin::pin_accepted();
+                            echo(conn)
+                        });
                     }
                 }
                 Ok(())
@@ -137,7 +142,8 @@ pub struct RequestResponse {
     pub stalls: usize,
 }
 
-/// `n` timed round trips on one connection from `ns` (after `warmup` untimed ones).
+/// `n` timed round trips on one connection from `ns` (after `warmup` untimed ones); the
+/// client and the echo server's side run on CPUs of their own (see [`pin`]).
 pub fn request_response(
     ns: &str,
     addr: Ipv4Addr,
@@ -145,7 +151,9 @@ pub fn request_response(
     warmup: usize,
     n: usize,
 ) -> anyhow::Result<RequestResponse> {
+    let _pinned = LatencyRun::start();
     netns::run_in(ns, move || {
+        pin::pin_thread(Side::Client)?;
         request_response_here(SocketAddrV4::new(addr, port), warmup, n)
     })
 }
@@ -200,6 +208,8 @@ pub struct ConnRate {
 }
 
 /// `clients` threads in `ns`, each opening connections to `addr:port` for `duration`.
+/// One client measures latency: it and the server's side are pinned (see [`pin`]); several
+/// measure the machine's rate and run where the scheduler puts them.
 pub fn connection_rate(
     ns: &str,
     addr: Ipv4Addr,
@@ -207,7 +217,13 @@ pub fn connection_rate(
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<ConnRate> {
+    let one = clients == 1;
+    let _pinned = one.then(LatencyRun::start);
     netns::run_in(ns, move || {
+        if one {
+            // Threads inherit the affinity of the thread that creates them.
+            pin::pin_thread(Side::Client)?;
+        }
         connection_rate_here(SocketAddrV4::new(addr, port), clients, duration)
     })
 }

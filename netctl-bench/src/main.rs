@@ -5,6 +5,7 @@
 mod http_load;
 mod loadgen;
 mod pathcheck;
+mod pin;
 mod platform;
 mod plot;
 mod report;

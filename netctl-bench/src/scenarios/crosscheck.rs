@@ -8,7 +8,7 @@
 use std::{
     net::Ipv4Addr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::{
     loadgen::{self, EchoServer},
+    pin::{self, Side},
     platform::BenchPlatform,
     report::{self, Section, Table},
     stats::{micros, quantile},
@@ -126,7 +127,8 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<CrosscheckResult> {
     let web = platform.endpoint("web")?.clone();
     let _echo = EchoServer::start(&web.netns, web.address, ECHO)?;
     let _sockperf = Proc(
-        Command::new("ip")
+        // On the CPUs our own client and server use (see `pin`).
+        pin::command(Side::Server, "ip")
             .args(["netns", "exec", &web.netns, "sockperf", "sr", "--tcp", "-i"])
             .arg(web.address.to_string())
             .args(["-p", &SOCKPERF.to_string()])
@@ -190,7 +192,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<CrosscheckResult> {
 fn sockperf(ns: &str, target: Ipv4Addr, secs: u64) -> anyhow::Result<(f64, f64, f64)> {
     // The server may need a moment after the health check saw its port.
     std::thread::sleep(Duration::from_millis(200));
-    let out = Command::new("ip")
+    let out = pin::command(Side::Client, "ip")
         .args(["netns", "exec", ns, "sockperf", "ping-pong", "--tcp", "-i"])
         .arg(target.to_string())
         .args(["-p", &SOCKPERF.to_string(), "-m", "64", "--full-rtt", "-t"])

@@ -557,7 +557,9 @@ pub fn sections(r: &ScaleResult, parts: Parts) -> anyhow::Result<Vec<Section>> {
             title: "Latency".into(),
             text: format!(
                 "{setup} Request/response: {} round trips of {} bytes on one connection. New \
-                 connection: one client, connect + one round trip + close (RST), for {:.1} s.",
+                 connection: one client, connect + one round trip + close (RST), for {:.1} s. \
+                 Both run the client on one CPU and the server's side on another, so that \
+                 every round trip crosses CPUs alike.",
                 r.round_trips,
                 loadgen::MESSAGE,
                 r.new_connection_seconds
