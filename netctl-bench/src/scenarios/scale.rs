@@ -558,8 +558,8 @@ pub fn sections(r: &ScaleResult, parts: Parts) -> anyhow::Result<Vec<Section>> {
             text: format!(
                 "{setup} Request/response: {} round trips of {} bytes on one connection. New \
                  connection: one client, connect + one round trip + close (RST), for {:.1} s. \
-                 Both run the client on one CPU and the server's side on another, so that \
-                 every round trip crosses CPUs alike.",
+                 Request/response runs the client on one CPU and the server's side on \
+                 another, so that every round trip crosses CPUs alike.",
                 r.round_trips,
                 loadgen::MESSAGE,
                 r.new_connection_seconds
