@@ -25,6 +25,21 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// `f(a) / f(b)` over paired rounds: the median of each round's own ratio (`None` when the
+/// rounds do not pair up or a figure is missing). The paths of one round run seconds
+/// apart, so a slow spell of the machine cancels out instead of moving one path's median.
+pub fn paired_ratio<R>(a: &[R], b: &[R], f: impl Fn(&R) -> f64) -> Option<f64> {
+    if a.is_empty() || a.len() != b.len() {
+        return None;
+    }
+    let mut per_round: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| crate::report::ratio(f(x), f(y)))
+        .collect::<Option<_>>()?;
+    Some(median(&mut per_round))
+}
+
 pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }

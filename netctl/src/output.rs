@@ -59,7 +59,8 @@ pub fn bar(total: u64, what: &str) -> indicatif::ProgressBar {
     if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
         bar.set_style(style);
     }
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    // No steady tick: a redraw thread would wake during the benchmarks' timed runs; each
+    // step and message redraws anyway.
     bar
 }
 

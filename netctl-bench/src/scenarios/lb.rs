@@ -20,7 +20,7 @@ use crate::{
     pathcheck::{self, Counters, Expect},
     platform::BenchPlatform,
     report::{self, show_ratio},
-    stats::{median, micros, quantile},
+    stats::{median, micros, paired_ratio, quantile},
 };
 
 const PORT: u16 = 7000;
@@ -221,19 +221,17 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     drop(servers);
     drop(platform);
 
-    let medians: Vec<Round> = results.iter().map(|rs| median_round(rs)).collect();
-    let bare_m = medians[Path_::Bare as usize].clone();
-    let direct_m = medians[Path_::Direct as usize].clone();
+    let bare = &results[Path_::Bare as usize];
+    let direct = &results[Path_::Direct as usize];
     let paths: Vec<PathResult> = Path_::ALL
         .iter()
-        .zip(results)
-        .zip(&medians)
-        .map(|((p, rounds), m)| PathResult {
+        .zip(&results)
+        .map(|(p, rounds)| PathResult {
             path: *p,
-            rounds,
-            median: m.clone(),
-            ratio_to_direct: ratios(m, &direct_m),
-            ratio_to_bare: ratios(m, &bare_m),
+            rounds: rounds.clone(),
+            median: median_round(rounds),
+            ratio_to_direct: ratios(rounds, direct),
+            ratio_to_bare: ratios(rounds, bare),
         })
         .collect();
     let result = LbResult {
@@ -277,15 +275,16 @@ fn median_round(rs: &[Round]) -> Round {
     }
 }
 
-fn ratios(a: &Round, base: &Round) -> Ratios {
-    let r = report::ratio;
+/// Each figure of `a` over `base`'s, paired round by round ([`paired_ratio`]).
+fn ratios(a: &[Round], base: &[Round]) -> Ratios {
+    let r = |f: fn(&Round) -> f64| paired_ratio(a, base, f);
     Ratios {
-        rr_p50_us: r(a.rr_p50_us, base.rr_p50_us),
-        rr_p90_us: r(a.rr_p90_us, base.rr_p90_us),
-        rr_p99_us: r(a.rr_p99_us, base.rr_p99_us),
-        conn_per_s: r(a.conn_per_s, base.conn_per_s),
-        conn_p50_us: r(a.conn_p50_us, base.conn_p50_us),
-        conn_p99_us: r(a.conn_p99_us, base.conn_p99_us),
+        rr_p50_us: r(|x| x.rr_p50_us),
+        rr_p90_us: r(|x| x.rr_p90_us),
+        rr_p99_us: r(|x| x.rr_p99_us),
+        conn_per_s: r(|x| x.conn_per_s),
+        conn_p50_us: r(|x| x.conn_p50_us),
+        conn_p99_us: r(|x| x.conn_p99_us),
     }
 }
 
@@ -294,8 +293,8 @@ fn section(r: &LbResult) -> report::Section {
         "Client namespace -> service (3 replicas, other tier). {} round(s); each: {} \
          request/response round trips of {} bytes on one connection, then {:.1} s of connect \
          + 1 round trip + close from {} parallel clients. Medians over rounds; ratios to \
-         `direct` (dataplane attached, no LB) and to `bare` (no programs attached), `-` when \
-         either is missing. `(!)`: failed or stalled connections, or the dataplane's \
+         `direct` (dataplane attached, no LB) and to `bare` (no programs attached) are \
+         medians of the rounds' own ratios, `-` when either is missing. `(!)`: failed or stalled connections, or the dataplane's \
          counters show the path was not taken.",
         r.paths.first().map_or(0, |p| p.rounds.len()),
         r.round_trips_per_round,

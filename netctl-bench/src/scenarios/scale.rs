@@ -35,8 +35,8 @@ use crate::{
     pathcheck::{self, Counters, Expect},
     platform::BenchPlatform,
     plot::{self, Series},
-    report::{self, Section, Table, ratio, show_ratio},
-    stats::{median, micros, quantile},
+    report::{self, Section, Table, show_ratio},
+    stats::{median, micros, paired_ratio, quantile},
 };
 
 const PORT: u16 = 7000;
@@ -455,19 +455,15 @@ impl ScaleResult {
             .map(|c| &c.median)
     }
 
-    /// `f(a) / f(b)` at `n` services: the median over rounds of each round's own ratio.
-    /// The paths of one round run seconds apart, so a slow minute of the machine (every
-    /// path 20% slower for a round or two) cancels out instead of moving one path's median.
+    /// `f(a) / f(b)` at `n` services, paired round by round ([`paired_ratio`]).
     pub fn paired_ratio(&self, n: usize, a: Path_, b: Path_, f: fn(&Round) -> f64) -> Option<f64> {
-        let find = |p: Path_| self.cells.iter().find(|c| c.services == n && c.path == p);
-        let (a, b) = (find(a)?, find(b)?);
-        let mut per_round: Vec<f64> = a
-            .rounds
-            .iter()
-            .zip(&b.rounds)
-            .map(|(x, y)| ratio(f(x), f(y)))
-            .collect::<Option<_>>()?;
-        (!per_round.is_empty() && a.rounds.len() == b.rounds.len()).then(|| median(&mut per_round))
+        let rounds = |p: Path_| {
+            self.cells
+                .iter()
+                .find(|c| c.services == n && c.path == p)
+                .map(|c| c.rounds.as_slice())
+        };
+        paired_ratio(rounds(a)?, rounds(b)?, f)
     }
 }
 
