@@ -72,12 +72,12 @@ pub async fn forward(
         }
         // A read that another instance could answer does not wait the whole budget on
         // one that hangs (stopped, overloaded): it moves on after `attempt`.
-        let another = attempt + 1 < MAX_ATTEMPTS && {
+        let another = idempotent && attempt + 1 < MAX_ATTEMPTS && {
             let mut next = tried.clone();
             next.push(target.authority.clone());
-            upstream.pick(&next).is_some()
+            upstream.has_untried(&next)
         };
-        let wait = if idempotent && another {
+        let wait = if another {
             remaining.min(limits.attempt)
         } else {
             remaining

@@ -63,6 +63,28 @@ fn fixed(name: &'static str, addr: SocketAddr) -> Arc<Upstream> {
     Upstream::new(name, Source::Fixed(format!("http://{addr}"))).unwrap()
 }
 
+/// An upstream found through the registry (a dead one: the targets are set by hand).
+fn listed(name: &'static str, addrs: &[SocketAddr]) -> Arc<Upstream> {
+    let u = Upstream::new(
+        name,
+        Source::Registry {
+            client: RegistryClient::new("http://127.0.0.1:9"),
+            service: name.into(),
+        },
+    )
+    .unwrap();
+    u.set_targets(
+        addrs
+            .iter()
+            .map(|a| Target {
+                authority: a.to_string(),
+                id: None,
+            })
+            .collect(),
+    );
+    u
+}
+
 fn gateway(product: Arc<Upstream>, order: Arc<Upstream>, timeout: Duration) -> Gateway {
     Gateway {
         client: client::pooled(Duration::from_millis(500)),
@@ -148,14 +170,7 @@ async fn failures_are_502_503_504_with_json() {
             drop(s);
         }
     });
-    let empty = Upstream::new(
-        "order",
-        Source::Registry {
-            client: RegistryClient::new("http://127.0.0.1:9"),
-            service: "order".into(),
-        },
-    )
-    .unwrap();
+    let empty = listed("order", &[]);
 
     let gw = gateway(refused, empty, Duration::from_millis(300));
     let (s, _, v) = call(&gw, "GET", "/health", "", None).await;
@@ -328,19 +343,7 @@ async fn a_read_answered_503_goes_to_the_next_instance() {
     let stop = CancellationToken::new();
     let sick = answering(StatusCode::SERVICE_UNAVAILABLE, "sick", &stop).await;
     let well = answering(StatusCode::OK, "well", &stop).await;
-    let product = Upstream::new(
-        "product",
-        Source::Registry {
-            client: RegistryClient::new("http://127.0.0.1:9"),
-            service: "product".into(),
-        },
-    )
-    .unwrap();
-    let target = |a: SocketAddr| Target {
-        authority: a.to_string(),
-        id: None,
-    };
-    product.set_targets(vec![target(sick), target(well)]);
+    let product = listed("product", &[sick, well]);
     let gw = gateway(
         product.clone(),
         fixed("order", sick),
@@ -352,7 +355,10 @@ async fn a_read_answered_503_goes_to_the_next_instance() {
         assert_eq!(h["x-instance-id"], "well");
     }
     // Nobody can serve: the last 503 stands, as the instance said it.
-    product.set_targets(vec![target(sick)]);
+    product.set_targets(vec![Target {
+        authority: sick.to_string(),
+        id: None,
+    }]);
     let (s, h, v) = call(&gw, "GET", "/api/products", "", None).await;
     assert_eq!(s, 503, "{v}");
     assert_eq!(h["x-instance-id"], "sick");
@@ -382,19 +388,7 @@ async fn a_read_sent_to_a_hung_instance_is_answered_by_the_next() {
         }
     });
     let well = answering(StatusCode::OK, "well", &stop).await;
-    let product = Upstream::new(
-        "product",
-        Source::Registry {
-            client: RegistryClient::new("http://127.0.0.1:9"),
-            service: "product".into(),
-        },
-    )
-    .unwrap();
-    let target = |a: SocketAddr| Target {
-        authority: a.to_string(),
-        id: None,
-    };
-    product.set_targets(vec![target(hang_addr), target(well)]);
+    let product = listed("product", &[hang_addr, well]);
     let gw = gateway(product, fixed("order", hang_addr), Duration::from_secs(5));
     let started = std::time::Instant::now();
     for _ in 0..6 {
@@ -418,5 +412,28 @@ async fn a_read_sent_to_a_hung_instance_is_answered_by_the_next() {
     let (s, _, v) = call(&gw, "POST", "/api/orders", "{}", JSON).await;
     assert_eq!(s, 504, "{v}");
     assert!(started.elapsed() >= Duration::from_millis(600));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn reads_alternate_between_two_instances() {
+    // Deciding whether a read may give up early on one instance must not move the
+    // round-robin position: with two instances, that sent every read to the same one.
+    let stop = CancellationToken::new();
+    let a = answering(StatusCode::OK, "a", &stop).await;
+    let b = answering(StatusCode::OK, "b", &stop).await;
+    let gw = gateway(
+        listed("product", &[a, b]),
+        fixed("order", a),
+        Duration::from_secs(2),
+    );
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (s, h, v) = call(&gw, "GET", "/api/products", "", None).await;
+        assert_eq!(s, 200, "{v}");
+        seen.push(h["x-instance-id"].to_str().unwrap().to_string());
+    }
+    assert_ne!(seen[0], seen[1], "{seen:?}");
+    assert_eq!(seen[0..2], seen[2..4], "{seen:?}");
     stop.cancel();
 }

@@ -103,6 +103,16 @@ impl Upstream {
         Some(pool[i].clone())
     }
 
+    /// Whether [`pick`](Self::pick) would find a target not in `tried`, without moving the
+    /// round-robin position (asking must not skip an instance of the next request's).
+    pub fn has_untried(&self, tried: &[String]) -> bool {
+        let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
+        if matches!(self.source, Source::Fixed(_)) {
+            return !targets.is_empty();
+        }
+        targets.iter().any(|t| !tried.contains(&t.authority))
+    }
+
     /// `authority` refused a connection: pass it over for a while (a fixed URL, never).
     pub fn eject(&self, authority: &str) {
         if matches!(self.source, Source::Fixed(_)) {
