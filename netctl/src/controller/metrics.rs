@@ -189,13 +189,17 @@ fn ebpf_metrics(m: &mut Metrics, plan: &Plan, pins: &Pins) -> anyhow::Result<()>
     }
 
     let ct = conntrack::open(pins)?;
-    let conns = conntrack::connections(&ct)?;
-    let pressure = map_pressure(pins);
-    let ct_entries = pressure
-        .iter()
-        .find(|p| p.name == names::CT)
-        .and_then(|p| p.entries)
-        .unwrap_or(0);
+    let entries = conntrack::entries(&ct);
+    let conns = conntrack::connections_of(&entries)?;
+    let ct_entries = entries.len() as u64;
+    // The two biggest maps were just read whole: their counts are known, not walked again.
+    let pressure = map_pressure(
+        pins,
+        &[
+            (names::FLOWS, all_flows.len() as u64),
+            (names::CT, ct_entries),
+        ],
+    );
     m.gauge(
         "netctl_conntrack_entries",
         "Entries in the conntrack map (two per connection).",
@@ -266,7 +270,8 @@ struct Pressure {
 
 /// Every pinned map: capacity, and for the hash maps (LB, policy, identities, rate
 /// limits, drop pairs, flows, conntrack, socket reverse NAT) how many entries they hold.
-fn map_pressure(pins: &Pins) -> Vec<Pressure> {
+/// `known`: entry counts already read, by map name.
+fn map_pressure(pins: &Pins, known: &[(&str, u64)]) -> Vec<Pressure> {
     use aya::maps::MapType;
     let mut out = Vec::new();
     for name in pins.pinned_maps() {
@@ -278,7 +283,9 @@ fn map_pressure(pins: &Pins) -> Vec<Pressure> {
             info.map_type(),
             Ok(MapType::Hash | MapType::LruHash | MapType::PerCpuHash | MapType::LruPerCpuHash)
         );
-        let entries = if hash {
+        let entries = if let Some(&(_, n)) = known.iter().find(|(k, _)| *k == name) {
+            Some(n)
+        } else if hash {
             // An LRU map that is being written may briefly show more keys than fit: a
             // bound keeps a scrape short whatever happens.
             let limit = u64::from(info.max_entries()) * 2;

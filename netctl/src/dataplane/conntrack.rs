@@ -56,11 +56,20 @@ pub struct Connection {
 /// Every live connection, from its forward entry (a reverse entry without one is shown
 /// as a connection of its own).
 pub fn connections(map: &CtMap) -> anyhow::Result<Vec<Connection>> {
+    connections_of(&entries(map))
+}
+
+/// Every entry of the map (one walk: callers that also want the count use its length).
+pub fn entries(map: &CtMap) -> StdHashMap<FlowKey, CtEntry> {
+    map.iter().filter_map(Result::ok).collect()
+}
+
+/// [`connections`] from entries already read.
+pub fn connections_of(entries: &StdHashMap<FlowKey, CtEntry>) -> anyhow::Result<Vec<Connection>> {
     let clock = BootClock::now()?;
-    let entries: StdHashMap<FlowKey, CtEntry> = map.iter().filter_map(Result::ok).collect();
     let mut out = Vec::new();
-    for (key, e) in &entries {
-        let peer = partner(&entries, key, e);
+    for (key, e) in entries {
+        let peer = partner(entries, key, e);
         if e.flags & CT_F_REVERSE != 0 && peer.is_some() {
             continue;
         }
