@@ -96,11 +96,12 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         let state = ctx.state.borrow().clone();
         let clock = BootClock::now()?;
         let now = Instant::now();
+        // Named only when someone reads it: at thousands of new connections a second,
+        // counting is all most events need. Asked once a batch (it takes a lock); a
+        // reader who joins mid-batch gets events from the next one.
+        let streamed = tx.receiver_count() > 0;
         for e in &batch {
             seen += 1;
-            // Named only when someone reads it: at thousands of new connections a second,
-            // counting is all most events need.
-            let streamed = tx.receiver_count() > 0;
             let logged = e.kind == EVENT_DROP && log.admit(now);
             if e.kind == EVENT_DROP {
                 dropped += 1;
