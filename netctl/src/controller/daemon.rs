@@ -3,9 +3,8 @@
 //! time, so a recycled pid is never mistaken for (or signalled as) the controller.
 
 use std::{
-    fs::{self, OpenOptions},
-    io,
-    os::unix::{fs::OpenOptionsExt, process::CommandExt},
+    fs, io,
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -62,19 +61,11 @@ impl ProcessId {
 /// Records the calling process as the controller of `instance`.
 pub fn write_pid_file(instance: &str) -> anyhow::Result<()> {
     let me = ProcessId::current().context("reading /proc/self/stat")?;
-    let path = pid_file(instance);
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    io::Write::write_all(&mut f, format!("{} {}\n", me.pid, me.start_time).as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    // Written whole or not at all, 0600 in the 0700 state directory, like the state file.
+    super::state::write_private(
+        &pid_file(instance),
+        format!("{} {}\n", me.pid, me.start_time).as_bytes(),
+    )
 }
 
 /// The running controller of `instance`, if any.

@@ -172,7 +172,7 @@ fn ensure_dir() -> anyhow::Result<()> {
 }
 
 /// Atomic write (temp file + rename) of a file only root can read.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         ensure_dir()?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
