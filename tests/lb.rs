@@ -14,11 +14,9 @@ use std::{
 };
 
 use common::{
-    Platform, Slot, assert_success,
+    Platform, Slot, assert_success, http,
     internet::Internet,
-    traffic::{
-        HealthServer, NamedServer, Session, UdpNamedServer, greetings, http_status, udp_ask,
-    },
+    traffic::{HealthServer, NamedServer, Session, UdpNamedServer, greetings, udp_ask},
 };
 use serde_json::Value;
 
@@ -955,8 +953,12 @@ ports = [{WEB_TCP}, "{WEB_UDP}/udp"]
         let ns = web.platform.endpoint(&format!("web-{i}")).netns.clone();
         let body =
             format!(r#"{{"service": "web", "id": "web-{i}", "port": {WEB_TCP}, "ttl_secs": 60}}"#);
-        let status = http_status(&ns, registry, 8500, "POST", "/v1/instances", &body);
-        assert!(status == 200 || status == 201, "register web-{i}: {status}");
+        let (status, answer) =
+            http::from_namespace(&ns, (registry, 8500).into(), "POST", "/v1/instances", &body);
+        assert!(
+            status == 200 || status == 201,
+            "register web-{i}: {status} {answer}"
+        );
     };
     register(1);
     register(2);
@@ -978,8 +980,14 @@ ports = [{WEB_TCP}, "{WEB_UDP}/udp"]
         |a| a.contains(&addr(3)),
     );
     let ns = web.platform.endpoint("web-3").netns.clone();
-    let status = http_status(&ns, registry, 8500, "DELETE", "/v1/instances/web/web-3", "");
-    assert!(status < 300, "deregister: {status}");
+    let (status, answer) = http::from_namespace(
+        &ns,
+        (registry, 8500).into(),
+        "DELETE",
+        "/v1/instances/web/web-3",
+        "",
+    );
+    assert!(status < 300, "deregister: {status} {answer}");
     let left = wait_backends(
         &slot,
         "web",

@@ -690,32 +690,3 @@ impl Drop for HealthServer {
         }
     }
 }
-
-/// One HTTP/1.1 request from `ns` to `addr:port`; the status code.
-pub fn http_status(
-    ns: &str,
-    addr: Ipv4Addr,
-    port: u16,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> u16 {
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}:{port}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    netns::run_in(ns, move || {
-        let mut s = TcpStream::connect_timeout(
-            &SocketAddrV4::new(addr, port).into(),
-            Duration::from_secs(2),
-        )?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(request.as_bytes())?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head)?;
-        let code = String::from_utf8_lossy(&head[9..12]).parse::<u16>()?;
-        Ok(code)
-    })
-    .expect("http request")
-}
