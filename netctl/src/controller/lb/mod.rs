@@ -241,7 +241,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             }));
         }
 
-        if dirty || last_apply.elapsed() >= RESYNC_EVERY || apply_errors.retry_due() {
+        if dirty || last_apply.elapsed() >= RESYNC_EVERY || apply_errors.retry_due(last_apply) {
             last_apply = Instant::now();
             desired = desired::compute(&Inputs {
                 plan,
@@ -308,7 +308,6 @@ const RELOG_EVERY: Duration = Duration::from_secs(30);
 #[derive(Default)]
 struct ApplyErrors {
     current: Vec<String>,
-    since: Option<Instant>,
     logged: Option<Instant>,
 }
 
@@ -330,11 +329,11 @@ impl ApplyErrors {
             self.logged = Some(now);
         }
         self.current = errors;
-        self.since = Some(now);
     }
 
-    fn retry_due(&self) -> bool {
-        self.since.is_some_and(|t| t.elapsed() >= RETRY_EVERY)
+    /// `last_apply`: when the pass that reported them ran.
+    fn retry_due(&self, last_apply: Instant) -> bool {
+        !self.current.is_empty() && last_apply.elapsed() >= RETRY_EVERY
     }
 }
 
