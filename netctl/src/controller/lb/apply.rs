@@ -313,6 +313,7 @@ impl Reconciler {
         } else {
             None
         };
+        let owner = maglev.as_ref().map(|(owner, table, _)| (*owner, *table));
         let want = Frontend {
             addr: key.addr,
             port: key.port,
@@ -321,7 +322,7 @@ impl Reconciler {
             algorithm: fe.algorithm.code(),
             flags: fe.flags,
             slots,
-            maglev: maglev.as_ref().map(|(_, t, cells)| (*t, cells.clone())),
+            maglev: maglev.map(|(_, table, cells)| (table, cells)),
         };
         let old = self.frontends.get(key);
         let written = if old.is_some_and(|o| same(o, &want)) {
@@ -333,7 +334,7 @@ impl Reconciler {
         if written {
             self.frontends.insert(*key, view(&want));
         }
-        if let Some((owner, table, _)) = maglev {
+        if let Some((owner, table)) = owner {
             self.maglev_tables.insert(owner, table);
             if owner != *key {
                 self.maglev_tables.remove(key);
