@@ -42,10 +42,7 @@ where
         ("x-real-ip", "x-client-ip"),
         ("x-forwarded-for", "x-client-chain"),
     ]
-    .map(|(from, to)| {
-        let v = req.headers().get(from).and_then(|v| v.to_str().ok());
-        (to, v.map(str::to_string))
-    });
+    .map(|(from, to)| (to, req.headers().get(from).cloned()));
     let resp = match (segments.as_slice(), &method) {
         (["health"], &Method::GET) => health(svc).await,
         (["health"], _) => http::method_not_allowed("GET"),
@@ -59,7 +56,7 @@ where
     let mut resp = http::with_header(resp, "x-instance-id", &svc.instance_id);
     for (name, value) in client {
         if let Some(v) = value {
-            resp = http::with_header(resp, name, &v);
+            resp.headers_mut().insert(name, v);
         }
     }
     resp
