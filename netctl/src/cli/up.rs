@@ -132,8 +132,6 @@ fn print_summary(
     Ok(())
 }
 
-/// Polls the controller until every supervised process is ready, then prints them; on
-/// timeout, says which are not and why.
 /// The instances the load balancer serves (an active backend its own health check finds
 /// up, written to the dataplane), from a `/v1/status` answer. The supervisor and the load
 /// balancer check separately, so a backend can reach the maps a probe interval after the
@@ -149,6 +147,9 @@ fn load_balanced(status: &serde_json::Value) -> std::collections::HashSet<&str> 
         .collect()
 }
 
+/// Polls the controller until every supervised process is ready (and served by the load
+/// balancer when it backs a service), then prints them; on timeout, says which are not
+/// and why.
 async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> anyhow::Result<()> {
     let instance = plan.instance();
     let want: Vec<&str> = plan.supervised().map(|e| e.name.as_str()).collect();
@@ -156,7 +157,7 @@ async fn wait_and_print(plan: &Plan, timeout: Duration, started: Instant) -> any
     // them, so that the VIPs and host ports answer as soon as `up` returns.
     let want_lb: Vec<&str> = plan
         .supervised()
-        .filter(|e| plan.services.iter().any(|s| s.name == e.service))
+        .filter(|e| plan.service(&e.service).is_some())
         .map(|e| e.name.as_str())
         .collect();
     let fingerprint = plan.fingerprint();
