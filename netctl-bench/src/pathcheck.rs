@@ -136,11 +136,10 @@ pub fn wait_detached(instance: &str, probe: impl Fn() -> anyhow::Result<()>) -> 
 /// it within a tick of `netctl up`).
 pub fn wait_socket_lb(instance: &str, on: bool) -> anyhow::Result<()> {
     let path = Pins::for_instance(instance).map(CONFIG);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let config: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let data =
-            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        let config: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
         let flags = config.get(&CFG_FLAGS, 0).context("reading CONFIG")?;
         if (flags & CFG_F_SOCKET_LB != 0) == on {
             return Ok(());
