@@ -96,15 +96,14 @@ impl<'a> Web<'a> {
     }
 
     fn wait_active(&self, n: usize) -> Duration {
-        let start = Instant::now();
-        while self.active().len() != n {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "waiting for {n} active backends"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        start.elapsed()
+        wait_backends(
+            self.platform.slot,
+            "web",
+            WEB_TCP,
+            Duration::from_secs(10),
+            &format!("{n} active backends"),
+            |a| a.len() == n,
+        )
     }
 
     fn drain(&self, instance: &str, undo: bool) {

@@ -11,12 +11,13 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::{
     Platform, Slot, assert_success,
     traffic::{self, NamedServer, Session},
+    wait_for,
 };
 use serde_json::Value;
 
@@ -33,14 +34,6 @@ network = "back"
 address = "10.0.2.10"
 ports = [7000]
 "#;
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn the_report_counts_known_traffic_and_renders_with_its_charts() {
@@ -175,7 +168,7 @@ fn the_topology_reads_from_the_kernel_and_its_dot_parses_with_graphviz() {
     let host_port = platform.plan.port_forwards[0].host_port;
     // The controller writes the LB maps just after `up`: until then they are MISSING.
     let mut text = String::new();
-    wait_until(
+    wait_for(
         "the VIP and host port in the LB maps",
         Duration::from_secs(10),
         || {
@@ -232,15 +225,7 @@ fn the_topology_reads_from_the_kernel_and_its_dot_parses_with_graphviz() {
     // Live, not from the file: with the controller stopped (it would put them back), the
     // VIP and the host port taken out of the LB map behind netctl's back show as missing,
     // and so does a namespace removed.
-    let controller = netctl::controller::daemon::running(&slot.instance()).expect("controller");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(controller.pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    wait_until("the controller to die", Duration::from_secs(10), || {
-        !controller.is_alive()
-    });
+    common::kill_controller(&slot);
     let removed = remove_frontends(&slot, |k| {
         std::net::Ipv4Addr::from(k.addr) == vip || k.port == host_port
     });
@@ -333,7 +318,7 @@ fn metrics_scrape_parses_and_tracks_drops_health_and_conntrack() {
         samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
     };
     let mut samples = Vec::new();
-    wait_until("the metrics endpoint", Duration::from_secs(10), || {
+    wait_for("the metrics endpoint", Duration::from_secs(10), || {
         samples = std::panic::catch_unwind(|| scrape(slot.metrics_port())).unwrap_or_default();
         !samples.is_empty()
     });
@@ -348,7 +333,7 @@ fn metrics_scrape_parses_and_tracks_drops_health_and_conntrack() {
         "netctl_backend_up{{service=\"server\",instance=\"server\",address=\"{}\",port=\"7000\"}}",
         server.address
     );
-    wait_until(
+    wait_for(
         "the backend to be up in the metrics",
         Duration::from_secs(10),
         || value(&scrape(slot.metrics_port()), &backend) == Some(1.0),
@@ -400,7 +385,7 @@ fn metrics_scrape_parses_and_tracks_drops_health_and_conntrack() {
     let _more: Vec<Session> = (0..3)
         .map(|_| Session::open(&client.netns, vip, 7000))
         .collect();
-    wait_until(
+    wait_for(
         "three new connections counted",
         Duration::from_secs(10),
         || value(&scrape(slot.metrics_port()), new_conns).unwrap_or(0.0) >= before + 3.0,
@@ -420,7 +405,7 @@ fn metrics_scrape_parses_and_tracks_drops_health_and_conntrack() {
         .parse()
         .unwrap();
     let mut samples = Vec::new();
-    wait_until(
+    wait_for(
         "the iptables controller's metrics",
         Duration::from_secs(20),
         || {
@@ -449,7 +434,7 @@ fn health_once_flips_its_exit_code_when_a_service_dies_and_conntrack_summary_cou
     let server = platform.endpoint("server");
     let client = platform.endpoint("client");
     let alive = NamedServer::start(&server.netns, server.address, 7000, "server");
-    wait_until("health --once to pass", Duration::from_secs(10), || {
+    wait_for("health --once to pass", Duration::from_secs(10), || {
         slot.netctl(&["health", "--once"]).status.success()
     });
     let json: Value = serde_json::from_slice(&slot.netctl(&["health", "--json"]).stdout).unwrap();
@@ -469,7 +454,7 @@ fn health_once_flips_its_exit_code_when_a_service_dies_and_conntrack_summary_cou
     assert!(row["established"].as_u64().unwrap() >= 2, "{row}");
 
     drop(alive);
-    wait_until("health --once to fail", Duration::from_secs(10), || {
+    wait_for("health --once to fail", Duration::from_secs(10), || {
         slot.netctl(&["health", "--once"]).status.code() == Some(1)
     });
     let text = String::from_utf8_lossy(&slot.netctl(&["health", "--once"]).stdout).into_owned();

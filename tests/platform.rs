@@ -273,18 +273,7 @@ fn the_flat_example_comes_up_counts_flows_without_a_controller_and_goes_down_cle
         assert_eq!(sink.join().expect("udp sink"), N);
 
         // The flow map is pinned: it answers with no netctl process running.
-        let controller =
-            netctl::controller::daemon::running(&slot.instance()).expect("controller running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(controller.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill the controller");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while controller.is_alive() {
-            assert!(std::time::Instant::now() < deadline, "the controller died");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        common::kill_controller(&slot);
         let flows = flows(&slot);
         let tcp = find(&flows, "order", "postgres", "tcp", 5432).expect("order -> postgres");
         assert!(tcp["bytes"].as_u64().expect("bytes") > 50_000, "{tcp}");

@@ -386,6 +386,23 @@ pub fn wait_for(
     started.elapsed()
 }
 
+/// SIGKILLs the slot's controller and waits until it is gone; which process it was.
+pub fn kill_controller(slot: &Slot) -> netctl::controller::daemon::ProcessId {
+    let controller =
+        netctl::controller::daemon::running(&slot.instance()).expect("controller running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(controller.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the controller");
+    wait_for(
+        "the controller to die",
+        std::time::Duration::from_secs(10),
+        || !controller.is_alive(),
+    );
+    controller
+}
+
 /// The supervised processes of the slot's platform, from its controller.
 pub fn services(slot: &Slot) -> Vec<netctl::supervisor::ServiceStatus> {
     let v = block_on(netctl::controller::api::get(&slot.instance(), "/v1/status"))
