@@ -32,8 +32,10 @@ use netctl_common::{
     event::{EVENT_DROP, Event},
     lb::{ALG_ROUND_ROBIN, BACKEND_ACTIVE},
     maps::{
-        CONFIG, DROPS, EVENTS, IDENTITIES, POLICY, PROG_TC_EGRESS, PROG_TC_INGRESS, RATE_LIMITS,
+        CONFIG, COUNTERS, DROPS, EVENTS, IDENTITIES, MARK_PROBE, POLICY, PROG_TC_EGRESS,
+        PROG_TC_INGRESS, RATE_LIMITS,
     },
+    stats::CNT_PROBE_EXEMPT,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -156,6 +158,27 @@ impl Dp {
         })
         .expect("BPF_PROG_TEST_RUN")
         .return_value
+    }
+
+    /// Runs `prog` on `frame` with `skb->mark` set to `mark` (a `__sk_buff` whose only
+    /// non-zero field is `mark`, at offset 8).
+    fn run_marked(&mut self, prog: &str, frame: &[u8], mark: u32) -> u32 {
+        let mut ctx = [0u8; 12];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        let prog = loader::classifier(&mut self.ebpf, prog).unwrap();
+        prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value
+    }
+
+    fn counter(&self, index: u32) -> u64 {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(COUNTERS).unwrap()).unwrap();
+        map.get(&index, 0).unwrap().iter().sum()
     }
 
     fn syn(&mut self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> u32 {
@@ -344,6 +367,46 @@ fn the_rate_limiter_lets_the_burst_through_per_source_and_drops_the_rest() {
             .all(|e| e.reason == DropReason::RateLimited as u32)
     );
     assert_eq!(events.len(), 190);
+}
+
+/// netctl's own probes (`MARK_PROBE`) from the host pass the rate limit and a denying
+/// rule, are counted as exempt and leave no drop; the same packets unmarked are judged.
+#[test]
+fn probes_with_the_probe_mark_are_never_judged() {
+    require_root!();
+    let topology = format!(
+        "{TOPOLOGY}\n[[policy.rules]]\nfrom = [\"host\"]\nto = \"cache\"\naction = \"deny\"\n"
+    );
+    let mut dp = load(&topology);
+    let (api, cache) = (dp.addr("api"), dp.addr("cache"));
+    let host = dp.plan.networks[0].gateway;
+    let marked = (0..50)
+        .filter(|i| {
+            let syn = packets::tcp(host, 21000 + i, api, 3000, TCP_SYN, 0);
+            dp.run_marked(PROG_TC_EGRESS, &syn, MARK_PROBE) == TC_ACT_OK
+        })
+        .count();
+    assert_eq!(marked, 50, "marked: no rate limit");
+    let denied_probe = packets::tcp(host, 21100, cache, 6379, TCP_SYN, 0);
+    assert_eq!(
+        dp.run_marked(PROG_TC_EGRESS, &denied_probe, MARK_PROBE),
+        TC_ACT_OK,
+        "marked: no deny"
+    );
+    assert_eq!(dp.counter(CNT_PROBE_EXEMPT), 51);
+    assert!(dp.drop_events().is_empty(), "no drop from a probe");
+    // The same from an unmarked host socket: judged. The bucket is untouched by the
+    // probes, so the burst of 20 is whole.
+    let unmarked = (0..50)
+        .filter(|i| {
+            let syn = packets::tcp(host, 22000 + i, api, 3000, TCP_SYN, 0);
+            dp.run(PROG_TC_EGRESS, &syn) == TC_ACT_OK
+        })
+        .count();
+    assert_eq!(unmarked, 20, "unmarked: the burst");
+    let denied = packets::tcp(host, 22100, cache, 6379, TCP_SYN, 0);
+    assert_eq!(dp.run(PROG_TC_EGRESS, &denied), TC_ACT_SHOT);
+    assert_eq!(dp.drops(DropReason::PolicyDenied), 1);
 }
 
 #[test]

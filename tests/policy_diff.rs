@@ -4,7 +4,8 @@
 //! but those to VIPs). Every (source, destination, port, protocol) gets three verdicts
 //! that must be the same: the reference
 //! model's (`netctl::policy::model`, evaluated from the rules themselves), the eBPF
-//! dataplane's and the iptables dataplane's. Rate limits: the same burst passes on both.
+//! dataplane's and the iptables dataplane's. Rate limits: the same burst passes on both,
+//! and netctl's own probe mark passes them on both.
 //!
 //! `NETCTL_TEST_SEED=N` replays a run; the seed is in every failure message.
 
@@ -29,7 +30,8 @@ use common::{
     Platform, Slot, assert_success, block_on,
     internet::Internet,
     traffic::{
-        NamedServer, UdpNamedServer, burst_connects, ping, probe, unsolicited_echo_reply_arrives,
+        NamedServer, UdpNamedServer, burst_connects, burst_connects_from_host, ping, probe,
+        unsolicited_echo_reply_arrives,
     },
 };
 use netctl::{
@@ -37,6 +39,7 @@ use netctl::{
     policy::{compile, model},
     topology::{Plan, Source, Topology, policy::Peer},
 };
+use netctl_common::maps::MARK_PROBE;
 use serde_json::Value;
 
 const TCP_PORTS: [u16; 3] = [2001, 2002, 2003];
@@ -791,6 +794,11 @@ to = "db"
 rate = "1/minute"
 burst = 5
 per = "service"
+[[policy.rate_limits]]
+from = ["host"]
+to = "cache"
+rate = "1/minute"
+burst = 5
 "#;
     let (slot_e, slot_i) = (Slot::acquire(), Slot::acquire());
     let run = |label: &'static str, slot: &Slot| {
@@ -798,9 +806,11 @@ per = "service"
         platform.up_ok();
         let api = platform.endpoint("api").clone();
         let db = platform.endpoint("db").clone();
+        let cache = platform.endpoint("cache").clone();
         let _servers = [
             NamedServer::start(&api.netns, api.address, 2001, "api"),
             NamedServer::start(&db.netns, db.address, 2002, "db"),
+            NamedServer::start(&cache.netns, cache.address, 2001, "cache"),
         ];
         let (web1, web2) = (platform.endpoint("web-1"), platform.endpoint("web-2"));
         // Wait for the controller to install the limits.
@@ -809,7 +819,7 @@ per = "service"
             let out = slot.netctl(&["policy", "--json"]);
             if out.status.success() {
                 let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-                if v["rate_limits"].as_array().map_or(0, Vec::len) == 2 {
+                if v["rate_limits"].as_array().map_or(0, Vec::len) == 3 {
                     break;
                 }
             }
@@ -829,18 +839,31 @@ per = "service"
                 Duration::from_millis(300),
             )
         };
+        let from_host = |mark: u32| {
+            burst_connects_from_host(
+                cache.address,
+                2001,
+                20,
+                Duration::from_millis(5),
+                Duration::from_millis(300),
+                mark,
+            )
+        };
         let counts = [
             burst(&web1.netns, api.address, 2001),
             burst(&web2.netns, api.address, 2001),
             burst(&web1.netns, db.address, 2002),
             burst(&web2.netns, db.address, 2002),
+            // netctl's probe mark first: none of it may spend the host's bucket.
+            from_host(MARK_PROBE),
+            from_host(0),
         ];
         let out = slot.netctl(&["drops", "--json"]);
         assert_success(&out, "netctl drops");
         let drops: Value = serde_json::from_slice(&out.stdout).expect("json");
         (label, counts, drops)
     };
-    let results: Vec<(&str, [usize; 4], Value)> = std::thread::scope(|s| {
+    let results: Vec<(&str, [usize; 6], Value)> = std::thread::scope(|s| {
         let e = s.spawn(|| run("ebpf", &slot_e));
         let i = s.spawn(|| run("iptables", &slot_i));
         vec![
@@ -851,8 +874,9 @@ per = "service"
     for (label, counts, drops) in &results {
         assert_eq!(
             counts,
-            &[5, 5, 5, 0],
-            "{label}: per source, each replica gets the burst; per service they share it"
+            &[5, 5, 5, 0, 20, 5],
+            "{label}: per source, each replica gets the burst; per service they share it; \
+             the host's probes (marked) pass unjudged and leave its burst whole"
         );
         let limited: u64 = drops["by_reason"]
             .as_array()
@@ -862,7 +886,7 @@ per = "service"
             .filter_map(|r| r["packets"].as_u64())
             .sum();
         assert!(
-            limited >= 45,
+            limited >= 60,
             "{label}: {limited} rate-limited drops counted"
         );
     }

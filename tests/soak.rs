@@ -4,6 +4,12 @@
 //!
 //! CI runs it for `NETCTL_SOAK_SECS` = 30 s; `cargo xtask soak` runs 10 minutes
 //! (`--seconds N` for another length). Figures go to stderr.
+//!
+//! Beside it, the default platform left up with `netctl health` watched, on both
+//! dataplanes: netctl's own probes never flap a service, never lose the gateway its VIP and
+//! never spend the gateway's rate limit. CI watches for `NETCTL_STEADY_SECS` = 25 s (the
+//! unexempted probes drained the bucket in about a minute, but already spent the host's
+//! burst within 25 s, which the burst at the end sees); `cargo xtask soak` watches 3 minutes.
 
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -12,8 +18,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Platform, Slot, http, load::Load};
-use netctl::controller::daemon;
+use common::{Platform, Slot, http, load::Load, relocate, traffic::burst_connects_from_host};
+use netctl::{
+    controller::daemon,
+    topology::{DEFAULT_TOPOLOGY, Topology},
+};
+use serde_json::Value;
 
 /// Memory the controller may gain after its warm-up: this much, plus `GROWTH_PERCENT` of
 /// what it had then (allocator arenas and caches settle in steps).
@@ -143,4 +153,92 @@ fn the_controllers_memory_and_descriptors_stay_flat_under_load() {
         max_fds <= base.fds + GROWTH_FDS,
         "the controller's descriptors grew: {steady:?}"
     );
+}
+
+#[test]
+fn the_platforms_own_probes_never_flap_it_nor_spend_its_rate_limits() {
+    require_root!();
+    let seconds: u64 = std::env::var("NETCTL_STEADY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(25);
+    let (slot_e, slot_i) = (Slot::acquire(), Slot::acquire());
+    std::thread::scope(|s| {
+        let e = s.spawn(|| steady("ebpf", &slot_e, seconds));
+        let i = s.spawn(|| steady("iptables", &slot_i, seconds));
+        e.join().expect("ebpf side");
+        i.join().expect("iptables side");
+    });
+}
+
+/// The default platform on `mode`, watched through `netctl health --json` every second for
+/// `seconds`: every instance stays UP (its time in that state never starts again), the
+/// gateway stays active in the LB maps, nothing from the host is dropped; then the host's
+/// burst of new connections to the gateway (20, its limit's) passes whole.
+fn steady(mode: &str, slot: &Slot, seconds: u64) {
+    let mut topology = Topology::parse(DEFAULT_TOPOLOGY).expect("default parses");
+    relocate(&mut topology, slot.block());
+    topology.dataplane.mode = mode.into();
+    let platform = Platform::from_topology(slot, &topology);
+    platform.up_ok();
+    let started = Instant::now();
+    let mut since: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut samples = 0;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let out = slot.netctl(&["health", "--json"]);
+        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("health json");
+        for row in &rows {
+            let name = row["instance"].as_str().unwrap_or("?").to_string();
+            assert_eq!(
+                row["up"],
+                true,
+                "{mode}: {name} went DOWN after {:?}: {row}",
+                started.elapsed()
+            );
+            if name == "gateway" {
+                assert_eq!(
+                    row["lb"], "active",
+                    "{mode}: the gateway left its VIP: {row}"
+                );
+            }
+            let for_s = row["for_s"].as_f64().unwrap_or(0.0);
+            let before = since.insert(name.clone(), for_s).unwrap_or(0.0);
+            assert!(
+                for_s + 0.5 >= before,
+                "{mode}: {name} changed state ({before:.1} s up, now {for_s:.1} s): {row}"
+            );
+        }
+        samples += 1;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let out = slot.netctl(&["drops", "--json"]);
+    let drops: Value = serde_json::from_slice(&out.stdout).expect("drops json");
+    let limited = |d: &Value| -> u64 {
+        d["by_reason"]
+            .as_array()
+            .expect("by_reason")
+            .iter()
+            .filter(|r| r["reason"] == "rate-limited" || r["reason"] == "policy-denied")
+            .filter_map(|r| r["packets"].as_u64())
+            .sum()
+    };
+    assert_eq!(
+        limited(&drops),
+        0,
+        "{mode}: drops while only probes ran: {drops}"
+    );
+    let gateway = platform.endpoint("gateway").address;
+    let passed = burst_connects_from_host(
+        gateway,
+        3000,
+        20,
+        Duration::from_millis(5),
+        Duration::from_millis(500),
+        0,
+    );
+    eprintln!(
+        "{mode}: {samples} health samples over {seconds} s, no transition; \
+         the host's burst to the gateway: {passed} of 20 passed"
+    );
+    assert_eq!(passed, 20, "{mode}: the probes spent the host's burst");
 }

@@ -98,6 +98,12 @@ pub const MARK_COUNTED: u32 = 0x0100_0000;
 /// Bit of `skb->mark` set on a packet conntrack has seen (at a veth's or an uplink's
 /// ingress), so that the egress hook tracks only what comes from the host or outside.
 pub const MARK_TRACKED: u32 = 0x0200_0000;
+/// Bit of `skb->mark` that netctl's own health probes carry (`SO_MARK` on their sockets):
+/// a new connection from the host with it is tracked but never judged by the policy or a
+/// rate limit, as kubelet's probes are not in Kubernetes. Only the host's own sockets can
+/// carry it: the kernel scrubs the mark of a packet that leaves a namespace, so no
+/// container can claim it.
+pub const MARK_PROBE: u32 = 0x0800_0000;
 
 /// Names of the TC programs in the eBPF object.
 pub const PROG_TC_INGRESS: &str = "netctl_tc_ingress";

@@ -74,9 +74,11 @@ pub const CNT_LB_SOCK: u32 = 4;
 pub const CNT_EVENTS_LOST: u32 = 5;
 /// Connections re-checked against a changed policy.
 pub const CNT_POLICY_RECHECKED: u32 = 6;
+/// New connections of netctl's own health probes (`MARK_PROBE`), let in unjudged.
+pub const CNT_PROBE_EXEMPT: u32 = 7;
 pub const COUNTERS_MAX: u32 = 16;
 
-pub const COUNTER_NAMES: [(u32, &str); 7] = [
+pub const COUNTER_NAMES: [(u32, &str); 8] = [
     (CNT_CT_CREATED, "ct_created"),
     (CNT_CT_MISS_ESTABLISHED, "ct_miss_established"),
     (CNT_CT_EXPIRED, "ct_expired"),
@@ -84,4 +86,5 @@ pub const COUNTER_NAMES: [(u32, &str); 7] = [
     (CNT_LB_SOCK, "lb_sock"),
     (CNT_EVENTS_LOST, "events_lost"),
     (CNT_POLICY_RECHECKED, "policy_rechecked"),
+    (CNT_PROBE_EXEMPT, "probe_exempt"),
 ];

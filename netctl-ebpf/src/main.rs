@@ -34,7 +34,7 @@ use events::Drop;
 use netctl_common::{
     FlowKey,
     event::{HOOK_ENDPOINT_EGRESS, HOOK_ENDPOINT_INGRESS, HOOK_UPLINK_EGRESS, HOOK_UPLINK_INGRESS},
-    maps::MARK_TRACKED,
+    maps::{MARK_PROBE, MARK_TRACKED},
 };
 use service::At;
 
@@ -72,6 +72,7 @@ pub fn netctl_tc_ingress(ctx: TcContext) -> i32 {
 
 /// Packets delivered into a namespace: policy and conntrack for what comes from the host
 /// or outside (the rest was judged at the sender's hook), accounting (each packet once).
+/// netctl's own probes (`MARK_PROBE`) are tracked but not judged.
 #[classifier]
 pub fn netctl_tc_egress(ctx: TcContext) -> i32 {
     let at = at(&ctx, HOOK_ENDPOINT_EGRESS);
@@ -80,9 +81,10 @@ pub fn netctl_tc_egress(ctx: TcContext) -> i32 {
         Ok(None) => return TC_ACT_OK,
         Err(reason) => return drop(&Drop::new(reason), &FlowKey::default(), at),
     };
+    let mark = mark(&ctx);
     if pkt.tracked
-        && mark(&ctx) & MARK_TRACKED == 0
-        && let Err(d) = service::to_endpoint(&pkt, at)
+        && mark & MARK_TRACKED == 0
+        && let Err(d) = service::to_endpoint(&pkt, at, mark & MARK_PROBE != 0)
     {
         return drop(&d, &pkt.key, at);
     }

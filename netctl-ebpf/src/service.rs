@@ -13,7 +13,7 @@ use netctl_common::{
     flow::IPPROTO_UDP,
     lb::{SVC_F_HOST_PORT, tuple_hash},
     policy::ID_SERVICE_BASE,
-    stats::{CNT_CT_MISS_ESTABLISHED, CNT_LB_TC, CNT_POLICY_RECHECKED},
+    stats::{CNT_CT_MISS_ESTABLISHED, CNT_LB_TC, CNT_POLICY_RECHECKED, CNT_PROBE_EXEMPT},
 };
 
 use crate::{
@@ -72,21 +72,28 @@ pub fn from_endpoint(ctx: &TcContext, pkt: &mut Packet, at: At) -> Result<FlowKe
 }
 
 /// Packets delivered into a namespace that no netctl hook has tracked yet: from the host
-/// itself or from outside. Judged by policy and tracked with the sender as client.
+/// itself or from outside. Judged by policy and tracked with the sender as client; a
+/// `probe` (netctl's own health checks) is tracked unjudged.
 #[inline(always)]
-pub fn to_endpoint(pkt: &Packet, at: At) -> Result<(), Drop> {
+pub fn to_endpoint(pkt: &Packet, at: At, probe: bool) -> Result<(), Drop> {
     let key = pkt.key;
     let generation = config::policy_generation();
     if let Some(e) = conntrack::lookup(&key, at.now) {
         // SAFETY: `e` points into a map value valid for this program run.
         let entry = unsafe { *e };
-        recheck(&key, e, &entry, generation)?;
+        if !probe {
+            recheck(&key, e, &entry, generation)?;
+        }
         conntrack::touch(&key, e, pkt, at.now);
         return Ok(());
     }
     let src = policy::identity(key.src_addr, generation);
     let dst = policy::identity(key.dst_addr, generation);
-    admit(&key, src, dst, pkt.policy_port(), generation, at.now)?;
+    if probe {
+        stats::count(CNT_PROBE_EXEMPT);
+    } else {
+        admit(&key, src, dst, pkt.policy_port(), generation, at.now)?;
+    }
     track_plain(&key, pkt, src, dst, generation, at);
     Ok(())
 }

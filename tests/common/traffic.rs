@@ -363,11 +363,50 @@ pub fn burst_connects(
     spacing: Duration,
     settle: Duration,
 ) -> usize {
-    netns::run_in(ns, move || {
+    netns::run_in(ns, move || burst(addr, port, n, spacing, settle, 0)).expect("burst of connects")
+}
+
+/// [`burst_connects`] from the host's own namespace, each socket with `SO_MARK` `mark`
+/// (0: none; `MARK_PROBE`: as netctl's own probes).
+pub fn burst_connects_from_host(
+    addr: Ipv4Addr,
+    port: u16,
+    n: usize,
+    spacing: Duration,
+    settle: Duration,
+    mark: u32,
+) -> usize {
+    burst(addr, port, n, spacing, settle, mark).expect("burst of connects")
+}
+
+fn burst(
+    addr: Ipv4Addr,
+    port: u16,
+    n: usize,
+    spacing: Duration,
+    settle: Duration,
+    mark: u32,
+) -> anyhow::Result<usize> {
+    {
         let target = SocketAddr::from((addr, port));
         let mut socks = Vec::new();
         for _ in 0..n {
             let s = socket_nonblocking()?;
+            if mark != 0 {
+                // SAFETY: `mark` is a c_uint of the length given.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        s,
+                        libc::SOL_SOCKET,
+                        libc::SO_MARK,
+                        (&raw const mark).cast(),
+                        std::mem::size_of::<u32>() as libc::socklen_t,
+                    )
+                };
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+            }
             let (sa, len) = sockaddr(target);
             // SAFETY: `sa` is a valid sockaddr_in of `len` bytes.
             let rc = unsafe { libc::connect(s, (&raw const sa).cast(), len) };
@@ -407,8 +446,7 @@ pub fn burst_connects(
             unsafe { libc::close(s) };
         }
         Ok(connected)
-    })
-    .expect("burst of connects")
+    }
 }
 
 fn socket_nonblocking() -> std::io::Result<libc::c_int> {

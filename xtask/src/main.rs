@@ -201,8 +201,10 @@ fn soak(seconds: u64, cycles: Option<u64>) -> anyhow::Result<()> {
             .env("NETCTL_CYCLES", n.to_string());
         }
         None => {
+            // The steady-state watch of the probes: 3 minutes (the figure).
             cmd.args(["--test", "soak"])
-                .env("NETCTL_SOAK_SECS", seconds.to_string());
+                .env("NETCTL_SOAK_SECS", seconds.to_string())
+                .env("NETCTL_STEADY_SECS", "180");
         }
     }
     run(cmd.args(["--", "--nocapture", "--test-threads", "1"]))

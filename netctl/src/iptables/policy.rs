@@ -37,6 +37,7 @@ use std::{
 use ipnet::Ipv4Net;
 use netctl_common::{
     DropReason,
+    maps::MARK_PROBE,
     policy::{
         ANY_PORT, ANY_PROTO, ID_ANY, ID_HOST, ID_WORLD, RL_BY_ADDRESS, RL_BY_IDENTITY, RateLimit,
         RateLimitKey, VERDICT_ALLOW, VERDICT_DENY,
@@ -153,6 +154,10 @@ pub fn render(c: &Chains, input: &Input) -> Rendered {
         out.chains.insert(policy, top);
         return out;
     }
+    // netctl's own health probes are never judged (the eBPF dataplane: the same bit).
+    top.push(format!(
+        "-A {policy} -m mark --mark {MARK_PROBE:#x}/{MARK_PROBE:#x} -m comment --comment \"netctl probes: not judged\" -j RETURN"
+    ));
 
     // The address table, for people and `netctl policy`.
     let table = c.identities();
@@ -883,6 +888,8 @@ backends = ["10.9.0.50:7001"]
         port: u16,
         proto: u8,
         dnat: bool,
+        /// Carries `MARK_PROBE` (one of netctl's own health probes).
+        probe: bool,
     }
 
     #[derive(Debug, PartialEq, Eq)]
@@ -942,6 +949,7 @@ backends = ["10.9.0.50:7001"]
                     "-p" => Proto::from_number(self.proto).is_some_and(|p| p.name() == v),
                     "--dport" => v.parse::<u16>() == Ok(self.port),
                     "--ctstate" => v != "DNAT" || self.dnat,
+                    "--mark" => self.probe,
                     _ => true,
                 };
                 if !ok {
@@ -993,6 +1001,7 @@ backends = ["10.9.0.50:7001"]
                         port,
                         proto,
                         dnat: false,
+                        probe: false,
                     };
                     let mut limits = Vec::new();
                     let got = walk.run(&c.policy(), &mut limits);
@@ -1188,6 +1197,7 @@ to = "legacy"
                 port: 7001,
                 proto: IPPROTO_TCP,
                 dnat,
+                probe: false,
             }
             .run("NCTL-t1-POLICY", &mut Vec::new())
         };
@@ -1198,6 +1208,49 @@ to = "legacy"
         ));
         // Straight to the backend's address (no DNAT): that address is the world's.
         assert_eq!(walk(Ipv4Addr::new(10, 9, 0, 10), false), End::Return);
+    }
+
+    /// A probe of netctl's own (`MARK_PROBE`) from the host passes a deny and a rate limit
+    /// untouched; the same connection unmarked is judged.
+    #[test]
+    fn the_probe_mark_skips_the_policy_and_its_limits() {
+        let p = plan(
+            r#"
+[[policy.rules]]
+from = ["host"]
+to = "db"
+action = "deny"
+[[policy.rate_limits]]
+to = "api"
+rate = "1/minute"
+burst = 1
+"#,
+        );
+        let (_, r, _) = rendered(&p);
+        let host = Ipv4Addr::new(10, 9, 0, 1);
+        let walk = |dst: Ipv4Addr, probe: bool| {
+            let mut limits = Vec::new();
+            let end = Walk {
+                chains: &r.chains,
+                src: host,
+                dst,
+                port: 5432,
+                proto: IPPROTO_TCP,
+                dnat: false,
+                probe,
+            }
+            .run("NCTL-t1-POLICY", &mut limits);
+            (end, limits)
+        };
+        let (db, api) = (Ipv4Addr::new(10, 9, 0, 30), Ipv4Addr::new(10, 9, 0, 20));
+        assert!(matches!(walk(db, false).0, End::Drop(_)));
+        assert_eq!(walk(db, true), (End::Return, vec![]));
+        assert_eq!(
+            walk(api, false).1.len(),
+            1,
+            "unmarked: the limit is reached"
+        );
+        assert_eq!(walk(api, true), (End::Return, vec![]), "marked: no limit");
     }
 
     #[test]
@@ -1230,6 +1283,7 @@ per = "service"
                 port: 1,
                 proto: IPPROTO_TCP,
                 dnat: false,
+                probe: false,
             }
             .run("NCTL-t1-POLICY", &mut limits);
             (end, limits)

@@ -2,6 +2,11 @@
 //! load balancing: a TCP connect, an HTTP GET that must answer 2xx, Redis' `PING`, or a
 //! PostgreSQL startup message. Each has the check's timeout and reports its latency.
 //!
+//! Every probe's socket carries `MARK_PROBE` (`SO_MARK`): both dataplanes let its
+//! connections through without judging them by the policy or a rate limit, so that the
+//! platform's own checks never spend the buckets of the traffic they watch (the gateway's
+//! 100/minute would otherwise flap it DOWN and UP).
+//!
 //! A TCP connect proves little for a data store: a stopped (SIGSTOP) or loading Redis, or
 //! a PostgreSQL still starting up, accepts connections in the kernel and answers nothing
 //! useful. Their probes speak a word of the protocol instead.
@@ -15,9 +20,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use netctl_common::maps::MARK_PROBE;
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 
 use crate::topology::{HealthCheck, Probe};
@@ -68,9 +75,7 @@ async fn attempt(address: Ipv4Addr, check: &HealthCheck) -> Result<String, Strin
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let stream = connect_marked(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("http: {e}"))?;
@@ -141,9 +146,7 @@ pub fn judge_redis(answer: &[u8]) -> Result<String, String> {
 /// What PostgreSQL answers a startup message with decides, as `pg_isready` does: an
 /// authentication request, or any error but "cannot connect now", means it serves.
 async fn postgres_startup(addr: SocketAddr) -> Result<String, String> {
-    let mut s = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut s = connect_marked(addr).await?;
     s.write_all(&startup_message("netctl-health", "postgres"))
         .await
         .map_err(|e| format!("postgres {addr}: {e}"))?;
@@ -220,18 +223,34 @@ pub fn judge_postgres(kind: u8, body: &[u8]) -> Result<String, String> {
     }
 }
 
+/// A TCP socket whose packets carry `MARK_PROBE`.
+fn probe_socket(dst: SocketAddr) -> std::io::Result<TcpSocket> {
+    let sock = match dst {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    setsockopt(&sock, sockopt::Mark, &MARK_PROBE).map_err(std::io::Error::from)?;
+    Ok(sock)
+}
+
+/// A probe's connection from any source port.
+async fn connect_marked(dst: SocketAddr) -> Result<TcpStream, String> {
+    let sock = probe_socket(dst).map_err(|e| format!("probe socket for {dst}: {e}"))?;
+    sock.connect(dst)
+        .await
+        .map_err(|e| format!("connect {dst}: {e}"))
+}
+
 /// Connects from one fixed source port per target: a check every interval then reuses one
 /// 5-tuple (closed with RST, so no TIME_WAIT), which takes one entry in the flow and
 /// conntrack maps per target instead of one per check. When the port is busy (another
 /// checker of the same target), any port will do.
 async fn connect_fixed_port(dst: SocketAddr) -> Result<TcpStream, String> {
     let SocketAddr::V4(v4) = dst else {
-        return TcpStream::connect(dst)
-            .await
-            .map_err(|e| format!("connect {dst}: {e}"));
+        return connect_marked(dst).await;
     };
-    let fixed = || -> std::io::Result<tokio::net::TcpSocket> {
-        let sock = tokio::net::TcpSocket::new_v4()?;
+    let fixed = || -> std::io::Result<TcpSocket> {
+        let sock = probe_socket(dst)?;
         sock.set_reuseaddr(true)?;
         sock.bind(SocketAddr::from((
             Ipv4Addr::UNSPECIFIED,
@@ -243,7 +262,7 @@ async fn connect_fixed_port(dst: SocketAddr) -> Result<TcpStream, String> {
         Ok(sock) => sock.connect(dst).await,
         Err(e) => Err(e),
     };
-    let stream = match first {
+    match first {
         Ok(s) => Ok(s),
         Err(e)
             if matches!(
@@ -251,11 +270,10 @@ async fn connect_fixed_port(dst: SocketAddr) -> Result<TcpStream, String> {
                 Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)
             ) =>
         {
-            TcpStream::connect(dst).await
+            connect_marked(dst).await
         }
-        Err(e) => Err(e),
-    };
-    stream.map_err(|e| format!("connect {dst}: {e}"))
+        Err(e) => Err(format!("connect {dst}: {e}")),
+    }
 }
 
 /// A source port in 45000..49999 chosen by the target, stable across checks.
