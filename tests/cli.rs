@@ -121,6 +121,8 @@ fn commands_that_change_the_host_refuse_to_run_without_root() {
         (&["drain", "product/product-1"], "drain"),
         (&["drain", "--undo", "product/product-1"], "drain"),
         (&["policy"], "policy"),
+        (&["connectivity"], "connectivity"),
+        (&["connectivity", "--json", "--service", "edge"], "connectivity"),
         (
             &["policy", "apply", "-f", "/nonexistent.toml"],
             "policy apply",

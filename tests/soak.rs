@@ -10,6 +10,7 @@
 //! never spend the gateway's rate limit. CI watches for `NETCTL_STEADY_SECS` = 25 s (the
 //! unexempted probes drained the bucket in about a minute, but already spent the host's
 //! burst within 25 s, which the burst at the end sees); `cargo xtask soak` watches 3 minutes.
+//! Then `netctl connectivity` runs on each, clean and with a rule added behind its back.
 
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -156,7 +157,7 @@ fn the_controllers_memory_and_descriptors_stay_flat_under_load() {
 }
 
 #[test]
-fn the_platforms_own_probes_never_flap_it_nor_spend_its_rate_limits() {
+fn the_default_platform_stays_steady_under_its_probes_and_passes_connectivity() {
     require_root!();
     let seconds: u64 = std::env::var("NETCTL_STEADY_SECS")
         .ok()
@@ -241,4 +242,130 @@ fn steady(mode: &str, slot: &Slot, seconds: u64) {
          the host's burst to the gateway: {passed} of 20 passed"
     );
     assert_eq!(passed, 20, "{mode}: the probes spent the host's burst");
+    connectivity(mode, slot, &platform);
+}
+
+/// `netctl connectivity` on the platform: every check as the policy says, twice in a row
+/// (it does not trip the rate limits it crosses); then a rule added behind netctl's back
+/// (an iptables DROP between the gateway and a product replica) is reported as a
+/// mismatch dropped outside netctl, and exits 1. An unknown `--service` is an error.
+fn connectivity(mode: &str, slot: &Slot, platform: &Platform) {
+    // The burst above emptied the host's bucket for the gateway: 100/minute refills it
+    // in 12 s.
+    std::thread::sleep(Duration::from_secs(13));
+    let run = |args: &[&str]| -> (bool, Value) {
+        let mut all = vec!["connectivity", "--json"];
+        all.extend_from_slice(args);
+        let out = slot.netctl(&all);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{mode}: connectivity json: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), v)
+    };
+    let mismatches = |v: &Value| -> Vec<Value> {
+        v["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .filter(|r| r["verdict"] == "mismatch")
+            .cloned()
+            .collect()
+    };
+    for round in 0..2 {
+        let (ok, v) = run(&[]);
+        assert!(ok, "{mode} round {round}: {:#?}", mismatches(&v));
+        let results = v["results"].as_array().expect("results");
+        assert!(results.len() >= 100, "{mode}: {} checks", results.len());
+        let denied = results
+            .iter()
+            .filter(|r| r["expected_allow"] == false && r["verdict"] == "match")
+            .count();
+        assert!(denied >= 20, "{mode}: {denied} denied checks");
+        assert!(
+            results
+                .iter()
+                .any(|r| r["via"] == "port-forward" && r["seen"] == "connected"),
+            "{mode}: the port forward was tried"
+        );
+        eprintln!(
+            "{mode}: connectivity {} checks ({denied} denied as the policy says) in {:.1} s",
+            results.len(),
+            v["elapsed_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+
+    let gateway = platform.endpoint("gateway").address;
+    let product = platform.endpoint("product-1").address;
+    let _drop = ForwardDrop::insert(gateway, product);
+    let (ok, v) = run(&["--service", "product"]);
+    assert!(!ok, "{mode}: a mismatch exits 1");
+    let found = mismatches(&v);
+    assert!(
+        found.iter().any(|r| r["source"] == "gateway"
+            && r["destination"] == "product"
+            && r["via"] == "address"
+            && r["kind"] == "tcp"
+            && r["cause"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("dropped outside netctl"))),
+        "{mode}: the DROP behind netctl's back: {found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .all(|r| r["source"] == "gateway" || r["destination"] == "gateway"),
+        "{mode}: only the gateway <-> product-1 pair: {found:#?}"
+    );
+    drop(_drop);
+
+    let out = slot.netctl(&["connectivity", "--service", "nosuch"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no service \"nosuch\""), "{mode}: {err}");
+}
+
+/// An iptables DROP from `src` to `dst` at the top of FORWARD, removed when dropped.
+struct ForwardDrop(Vec<String>);
+
+impl ForwardDrop {
+    fn insert(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> ForwardDrop {
+        let rule: Vec<String> = [
+            "FORWARD",
+            "-s",
+            &src.to_string(),
+            "-d",
+            &dst.to_string(),
+            "-m",
+            "comment",
+            "--comment",
+            "netctl test: dropped behind netctl's back",
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let status = std::process::Command::new("iptables")
+            .arg("-w")
+            .arg("-I")
+            .args(&rule)
+            .status()
+            .expect("iptables");
+        assert!(status.success(), "iptables -I {rule:?}");
+        ForwardDrop(rule)
+    }
+}
+
+impl Drop for ForwardDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .arg("-w")
+            .arg("-D")
+            .args(&self.0)
+            .status();
+    }
 }

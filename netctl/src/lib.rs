@@ -8,6 +8,7 @@
 //! - [`cli`]: the `netctl` command line.
 
 pub mod cli;
+pub mod connectivity;
 pub mod controller;
 pub mod dataplane;
 pub mod iptables;

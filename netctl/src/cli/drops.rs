@@ -41,22 +41,7 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         .iter()
         .find(|(n, _)| *n == "events_lost")
         .map_or(0, |(_, v)| *v);
-    let data = MapData::from_pin(pins.map(DROP_PAIRS)).context("opening DROP_PAIRS")?;
-    let pairs: HashMap<_, DropPairKey, u64> = HashMap::try_from(Map::LruHashMap(data))?;
-    let names = state.plan.names();
-    let mut by_pair: Vec<(String, String, &'static str, u64)> = pairs
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, n)| {
-            (
-                names.identity(k.src_identity),
-                names.identity(k.dst_identity),
-                DropReason::from_u32(k.reason).map_or("?", DropReason::name),
-                n,
-            )
-        })
-        .collect();
-    by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
+    let by_pair = pairs(&state)?;
     let ct = conntrack::open(&pins)?;
     let entries = ct.keys().filter_map(Result::ok).count();
     let capacity = state.plan.dataplane.conntrack_max;
@@ -119,13 +104,7 @@ fn iptables_drops(state: &State, as_json: bool) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|r| (r.name(), d.by_reason.get(r.name()).copied().unwrap_or(0)))
         .collect();
-    let names = state.plan.names();
-    let mut by_pair: Vec<(String, String, &str, u64)> = d
-        .by_pair
-        .iter()
-        .map(|((src, dst, reason), n)| (names.identity(*src), names.identity(*dst), *reason, *n))
-        .collect();
-    by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
+    let by_pair = iptables_pairs(state, &d);
     if as_json {
         output::print_json(&json!({
             "dataplane": "iptables",
@@ -152,4 +131,47 @@ fn iptables_drops(state: &State, as_json: bool) -> anyhow::Result<ExitCode> {
          logged by the kernel with a prefix naming its rule, see `dmesg`)",
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Packets dropped per (source, destination, reason), identities by name, most first.
+/// The iptables dataplane names `*` as the source of drops by entries and limits for any
+/// source.
+pub type Pairs = Vec<(String, String, &'static str, u64)>;
+
+/// The dataplane's drop counters per identity pair, as `drops` shows them.
+pub fn pairs(state: &State) -> anyhow::Result<Pairs> {
+    if state.plan.dataplane.mode == DataplaneMode::Iptables {
+        let chains = Chains::for_instance(&state.instance);
+        let d = ipt_policy::drops(&chains, &iptables::save_counted("filter")?);
+        return Ok(iptables_pairs(state, &d));
+    }
+    let pins = Pins::for_instance(&state.instance);
+    let data = MapData::from_pin(pins.map(DROP_PAIRS)).context("opening DROP_PAIRS")?;
+    let pairs: HashMap<_, DropPairKey, u64> = HashMap::try_from(Map::LruHashMap(data))?;
+    let names = state.plan.names();
+    let mut by_pair: Pairs = pairs
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, n)| {
+            (
+                names.identity(k.src_identity),
+                names.identity(k.dst_identity),
+                DropReason::from_u32(k.reason).map_or("?", DropReason::name),
+                n,
+            )
+        })
+        .collect();
+    by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
+    Ok(by_pair)
+}
+
+fn iptables_pairs(state: &State, d: &ipt_policy::Drops) -> Pairs {
+    let names = state.plan.names();
+    let mut by_pair: Pairs = d
+        .by_pair
+        .iter()
+        .map(|((src, dst, reason), n)| (names.identity(*src), names.identity(*dst), *reason, *n))
+        .collect();
+    by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
+    by_pair
 }

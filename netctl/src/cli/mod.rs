@@ -1,6 +1,7 @@
 //! The `netctl` command line: argument parsing, logging set-up and dispatch. Each command
 //! lives in its own file and returns an exit code; errors print as one readable message.
 
+mod connectivity;
 mod conntrack;
 mod down;
 mod drain;
@@ -79,6 +80,9 @@ enum Command {
     Topology(topology::Args),
     /// Health of every service instance (live dashboard; `--once` for scripts).
     Health(health::Args),
+    /// Self-test: every service tries every other by address, VIP and port forward,
+    /// checked against the policy (exit 1 on a mismatch).
+    Connectivity(connectivity::Args),
     /// Check a topology file without changing anything (no root needed).
     Validate(validate::Args),
     /// What a service wrote (its log, and the supervisor's notes on it).
@@ -145,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report(args) => report::run(args, prefix),
         Command::Topology(args) => topology::run(args, prefix).await,
         Command::Health(args) => health::run(args, prefix).await,
+        Command::Connectivity(args) => connectivity::run(args, prefix),
         Command::Validate(args) => validate::run(args, prefix),
         Command::Serve(args) => serve::run(args).await,
         Command::Logs(args) => logs::run(args, prefix).await,
