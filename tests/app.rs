@@ -19,13 +19,14 @@ use std::{
 use common::{
     Platform, Slot, assert_success,
     http::{self, Client, get, post, psql, redis_stat},
-    service, services,
+    relocate, service, services,
     snapshot::Snapshot,
     wait_for,
 };
 use netctl::{
     controller::daemon,
     supervisor::{ServiceState, record, stop},
+    topology::{DEFAULT_TOPOLOGY, Topology},
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -594,4 +595,60 @@ fn a_killed_controller_is_replaced_and_adopts_the_services(
         .map(|s| (s.name, s.pid))
         .collect();
     assert_eq!(again, pids, "the new controller adopted the same processes");
+}
+
+/// Bodies over the services' limit through the public entry (the slot's :8080) get the
+/// gateway's 413 and its JSON, never a 502 "unreachable": 16 KiB + 1, 100 KB and 10 MB, on
+/// both dataplanes. Bodies at the limit still reach the gateway (its 400 for bad JSON).
+#[test]
+fn oversized_bodies_through_the_edge_get_413_not_502_on_both_dataplanes() {
+    require_root!();
+    let (slot_e, slot_i) = (Slot::acquire(), Slot::acquire());
+    std::thread::scope(|s| {
+        let e = s.spawn(|| oversized_bodies("ebpf", &slot_e));
+        let i = s.spawn(|| oversized_bodies("iptables", &slot_i));
+        e.join().expect("ebpf side");
+        i.join().expect("iptables side");
+    });
+}
+
+fn oversized_bodies(mode: &str, slot: &Slot) {
+    let mut topology = Topology::parse(DEFAULT_TOPOLOGY).expect("default parses");
+    relocate(&mut topology, slot.block());
+    topology.dataplane.mode = mode.into();
+    let platform = Platform::from_topology(slot, &topology);
+    platform.up_ok();
+    let rt = http::runtime();
+    let client = http::client();
+    let url = format!("{}/api/orders", platform.edge_url());
+    let limit = netctl::services::http::MAX_BODY;
+    for size in [limit + 1, 100_000, 10_000_000] {
+        let body = "x".repeat(size);
+        let r = rt.block_on(post(&client, &url, &body));
+        eprintln!(
+            "{mode}: POST of {size} bytes through the edge: {}",
+            r.status
+        );
+        assert_eq!(r.status, 413, "{mode}: {size} bytes: {:?}", r.body);
+        let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert_eq!(
+            error,
+            format!("the request body is larger than {limit} bytes"),
+            "{mode}: {size} bytes"
+        );
+    }
+    // At the limit the body reaches the gateway, which judges it (not JSON: 400).
+    let r = rt.block_on(post(&client, &url, &"x".repeat(limit)));
+    assert_eq!(r.status, 400, "{mode}: {:?}", r.body);
+    // And the edge keeps serving.
+    assert_eq!(
+        rt.block_on(get(
+            &client,
+            &format!("{}/api/products", platform.edge_url())
+        ))
+        .status,
+        200,
+        "{mode}"
+    );
+    assert_success(&slot.netctl(&["down"]), "netctl down");
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use super::{own_dir, stop_signal, user, volume_root};
 use crate::{
+    services::http::MAX_BODY,
     supervisor::{paths, spec::ProcessSpec},
     topology::{Endpoint, Kind, Plan},
 };
@@ -83,8 +84,10 @@ http {{
     server_tokens off;
     keepalive_requests 100000;
     keepalive_timeout 60s;
-    # The gateway answers oversized bodies itself (413, JSON).
-    client_max_body_size 1m;
+    # The gateway's own limit, refused here with the gateway's JSON: nginx buffers a body
+    # before it proxies it, and the gateway refuses one over its limit and closes
+    # unread, which nginx would report as an unreachable gateway (502).
+    client_max_body_size {MAX_BODY};
     client_body_temp_path {temp}/client_body;
     proxy_temp_path {temp}/proxy;
     fastcgi_temp_path {temp}/fastcgi;
@@ -99,6 +102,8 @@ http {{
 
     server {{
         listen {listen} backlog=4096;
+
+        error_page 413 = @too_large;
 
         location = /health {{
             default_type application/json;
@@ -118,6 +123,8 @@ http {{
             proxy_send_timeout 15s;
             proxy_read_timeout 15s;
             # Errors nginx makes itself (the gateway's own errors pass through as they are).
+            # (error_page is inherited only by a level with none of its own: 413 again.)
+            error_page 413 = @too_large;
             error_page 502 = @unreachable;
             error_page 504 = @timeout;
         }}
@@ -125,6 +132,11 @@ http {{
         location @unreachable {{
             default_type application/json;
             return 502 '{{"error":"the gateway is unreachable","upstream":"gateway"}}';
+        }}
+
+        location @too_large {{
+            default_type application/json;
+            return 413 '{{"error":"the request body is larger than {MAX_BODY} bytes"}}';
         }}
 
         location @timeout {{
@@ -170,5 +182,10 @@ mod tests {
         assert!(c.contains("X-Real-IP $remote_addr"));
         assert!(c.contains("location = /health"));
         assert!(c.contains("daemon off;"));
+        // Oversized bodies: refused by the edge with the gateway's own limit and words.
+        assert!(c.contains(&format!("client_max_body_size {MAX_BODY};")));
+        assert!(c.contains(&format!(
+            r#"return 413 '{{"error":"the request body is larger than {MAX_BODY} bytes"}}';"#
+        )));
     }
 }
