@@ -122,7 +122,10 @@ fn commands_that_change_the_host_refuse_to_run_without_root() {
         (&["drain", "--undo", "product/product-1"], "drain"),
         (&["policy"], "policy"),
         (&["connectivity"], "connectivity"),
-        (&["connectivity", "--json", "--service", "edge"], "connectivity"),
+        (
+            &["connectivity", "--json", "--service", "edge"],
+            "connectivity",
+        ),
         (
             &["policy", "apply", "-f", "/nonexistent.toml"],
             "policy apply",

@@ -62,23 +62,24 @@ fn iptables_lines(slot: &Slot) -> BTreeSet<String> {
         .expect("iptables-save");
     assert!(out.status.success());
     let own = format!("NCTL-{}-", slot.instance());
+    let own_accept = format!("NCTL-FWD-{}", slot.instance());
+    let is_own = |l: &str| {
+        l.contains(&own)
+            || l.split_whitespace()
+                .any(|w| w.trim_start_matches(':') == own_accept)
+    };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("-A") || l.starts_with(":NCTL-"))
-        .filter(|l| !l.contains("NCTL-") || l.contains(&own) || !is_other_slot(l))
+        .filter(|l| is_own(l) || !is_someone_elses(l))
         .map(str::to_string)
         .collect()
 }
 
-/// Mentions `NCTL-tNN-` of some slot (ours is kept by the caller).
-fn is_other_slot(line: &str) -> bool {
-    line.match_indices("NCTL-t").any(|(i, _)| {
-        let b = line.as_bytes();
-        b.len() > i + 8
-            && b[i + 6].is_ascii_digit()
-            && b[i + 7].is_ascii_digit()
-            && b[i + 8] == b'-'
-    })
+/// A line of another netctl instance (other slots, the benchmarks' `NCTL-bncp-`/`NCTL-bs-`,
+/// their accept chains) or a rule another test inserts for a while (`netctl test:` comment).
+fn is_someone_elses(line: &str) -> bool {
+    line.contains("NCTL-") || line.contains("netctl test:")
 }
 
 fn own_rules(slot: &Slot) -> Vec<String> {

@@ -28,6 +28,9 @@ pub const PACKAGES: &[&str] = &[
     "fonts-dejavu-core", // text of PNG charts (netctl report)
     "graphviz",          // netctl topology --format svg; tests parse the DOT with `dot`
     "chromium",          // netctl report --pdf; tests render the HTML report headless
+    // Docker Engine beside the platform (its FORWARD DROP); the tests start their own
+    // dockerd, the package's service is not started here.
+    "docker.io",
 ];
 
 /// bpf-linker release that fits the nightly toolchain (see ../shared/TOOLCHAIN.md).
@@ -37,7 +40,26 @@ pub fn run(_root: &Path) -> anyhow::Result<()> {
     debian_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    nextest()?;
     Ok(())
+}
+
+/// `cargo xtask test` runs the suite with nextest (its test groups and timeouts).
+pub fn nextest_works() -> bool {
+    Command::new("cargo")
+        .args(["nextest", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn nextest() -> anyhow::Result<()> {
+    if nextest_works() {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-nextest (a few minutes)");
+    quiet(Command::new("cargo").args(["install", "--quiet", "--locked", "cargo-nextest"]))
 }
 
 fn debian_packages() -> anyhow::Result<()> {

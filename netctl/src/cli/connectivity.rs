@@ -95,9 +95,14 @@ fn explain_blocked(state: &State, outcomes: &mut [Outcome]) -> anyhow::Result<()
     Ok(())
 }
 
-/// What outside netctl could drop the platform's traffic, when something is found.
-fn outside_netctl(_state: &State) -> Option<String> {
-    None
+/// What outside netctl drops the platform's traffic, when the host's firewall shows it.
+fn outside_netctl(state: &State) -> Option<String> {
+    let d = state
+        .resources
+        .iter()
+        .find_map(|r| r.resource.host_firewall())?
+        .ok()?;
+    d.blocked.then(|| d.explain())
 }
 
 fn print(

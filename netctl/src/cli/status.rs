@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::load_state;
 use crate::{
     controller::{api, preflight, resource::Ctx},
-    net::netlink::Netlink,
+    net::{host_firewall::Diagnosis, netlink::Netlink},
     output,
     supervisor::{ServiceStatus, status::from_status},
 };
@@ -37,6 +37,9 @@ struct Status {
     platform: String,
     healthy: bool,
     resources: Vec<Row>,
+    /// What the host's firewall does to the platform's forwarded traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_firewall: Option<Diagnosis>,
     /// What runs in the namespaces (from the controller; empty when it does not answer).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     services: Vec<ServiceStatus>,
@@ -73,8 +76,17 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             .unwrap_or_default(),
         None => Vec::new(),
     };
+    let host_firewall = match state
+        .resources
+        .iter()
+        .find_map(|r| r.resource.host_firewall())
+    {
+        Some(d) => Some(d?),
+        None => None,
+    };
     let wanted = state.plan.supervised().count();
     let healthy = rows.iter().all(|r| r.present && r.complete)
+        && !host_firewall.as_ref().is_some_and(|d| d.blocked)
         && services.len() == wanted
         && services.iter().all(|s| s.state.is_ready());
     let status = Status {
@@ -82,6 +94,7 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         platform: state.plan.platform.clone(),
         healthy,
         resources: rows,
+        host_firewall,
         services,
     };
     if args.json {
@@ -108,6 +121,17 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             ]);
         }
         output::print_table(&t)?;
+        if let Some(d) = &status.host_firewall {
+            output::print_line(&format!(
+                "\nhost firewall: {}{}",
+                if d.blocked {
+                    "BLOCKS the platform's traffic: "
+                } else {
+                    ""
+                },
+                d.explain()
+            ))?;
+        }
         if wanted > 0 {
             output::print_line("")?;
             if status.services.is_empty() {

@@ -76,13 +76,17 @@ pub fn judge(checks: Vec<Check>, seen: Vec<Seen>) -> Vec<Outcome> {
 pub fn blocked_cause(check: &Check, grown: &GrownDrops, outside: Option<&str>) -> String {
     let reasons: Vec<String> = grown
         .iter()
-        .filter(|(src, dst, _, _)| {
-            (src == check.source_identity() || src == "*") && dst == &check.destination
+        .filter(|(src, dst, reason, _)| {
+            (src == check.source_identity() || src == "*")
+                && dst == &check.destination
+                // Only a frontend lacks backends; a check by address never meets it.
+                && !(check.via == Via::Address && *reason == "no-backend")
         })
         .map(|(_, _, reason, n)| format!("{reason} ({n} packets)"))
         .collect();
     if !reasons.is_empty() {
-        return format!("dropped by netctl: {}", reasons.join(", "));
+        let also = outside.map_or(String::new(), |o| format!("; outside netctl: {o}"));
+        return format!("dropped by netctl: {}{also}", reasons.join(", "));
     }
     match outside {
         Some(what) => format!("dropped outside netctl: {what}"),
@@ -164,8 +168,18 @@ mod tests {
         let web = &out[0].check;
         let grown: GrownDrops = vec![("web".into(), "db".into(), "rate-limited", 2)];
         assert_eq!(
-            blocked_cause(web, &grown, Some("FORWARD policy DROP")),
+            blocked_cause(web, &grown, None),
             "dropped by netctl: rate-limited (2 packets)"
+        );
+        assert_eq!(
+            blocked_cause(web, &grown, Some("FORWARD policy DROP")),
+            "dropped by netctl: rate-limited (2 packets); outside netctl: FORWARD policy DROP"
+        );
+        let no_backend: GrownDrops = vec![("web".into(), "db".into(), "no-backend", 3)];
+        assert_eq!(
+            blocked_cause(web, &no_backend, None),
+            "dropped outside netctl",
+            "a check by address never meets no-backend"
         );
         let other: GrownDrops = vec![("api".into(), "db".into(), "policy-denied", 1)];
         assert_eq!(

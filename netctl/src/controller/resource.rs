@@ -12,7 +12,7 @@ use super::daemon;
 use crate::{
     dataplane::{LoadOptions, Pins, SockProgram, TcProgram, loader},
     iptables::{Chains, base as ipt_base, rules::BaseSpec},
-    net::{nat, netlink::Netlink, netns},
+    net::{host_firewall, nat, netlink::Netlink, netns},
     supervisor,
     topology::{DataplaneMode, Plan, plan::ENDPOINT_IFNAME},
 };
@@ -70,6 +70,13 @@ pub enum Resource {
         masquerade: bool,
         uplinks: Vec<String>,
         host_ports: bool,
+    },
+    /// The host-firewall accept chain (`NCTL-FWD-<tag>`): the platform's forwarded traffic
+    /// accepted in the host's FORWARD chain whatever its policy (Docker sets DROP), right
+    /// after the dataplane's own jumps; on both dataplanes, so made after them.
+    HostForward {
+        instance: String,
+        bridges: Vec<String>,
     },
     /// The processes that run in the namespaces, supervised by the controller. Created
     /// before the controller (so removed after it): removing it stops every process the
@@ -177,6 +184,10 @@ impl Resource {
                 host_ports: !plan.port_forwards.is_empty(),
             }),
         }
+        out.push(Resource::HostForward {
+            instance: plan.instance(),
+            bridges: plan.networks.iter().map(|n| n.bridge.clone()).collect(),
+        });
         out.push(Resource::Services {
             instance: plan.instance(),
         });
@@ -245,6 +256,7 @@ impl Resource {
             Resource::TcHook { .. } => "tc-hook",
             Resource::SockHook { .. } => "sock-hook",
             Resource::Iptables { .. } => "iptables",
+            Resource::HostForward { .. } => "host-firewall",
             Resource::Services { .. } => "services",
             Resource::Controller { .. } => "controller",
         }
@@ -268,6 +280,7 @@ impl Resource {
                         .trim_end_matches("SERVICES")
                 )
             }
+            Resource::HostForward { instance, .. } => Chains::for_instance(instance).host_forward(),
             Resource::Services { instance } | Resource::Controller { instance, .. } => {
                 instance.clone()
             }
@@ -317,6 +330,10 @@ impl Resource {
                 "kube-proxy-style chains{}{}",
                 if *masquerade { ", masquerade" } else { "" },
                 if *host_ports { ", host ports" } else { "" }
+            ),
+            Resource::HostForward { bridges, .. } => format!(
+                "FORWARD accepts {}, ahead of the host's policy",
+                bridges.join(" ")
             ),
             Resource::Services { instance } => {
                 let records = supervisor::record::all(instance);
@@ -408,6 +425,7 @@ impl Resource {
                 }
                 made
             }
+            Resource::HostForward { .. } => self.with_host_forward(host_firewall::install),
             Resource::Services { instance } => {
                 let dir = supervisor::paths::run_dir(instance);
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
@@ -526,6 +544,9 @@ impl Resource {
                 loader::unlink(&pins.sock_link(*program)).map(drop)
             }
             Resource::Iptables { .. } => self.delete_iptables(),
+            Resource::HostForward { instance, .. } => {
+                host_firewall::remove(&Chains::for_instance(instance).host_forward())
+            }
             Resource::Services { instance } => supervisor::stop_all(instance).await,
             Resource::Controller { instance, .. } => {
                 daemon::stop(instance, CONTROLLER_GRACE).await.map(drop)
@@ -559,11 +580,54 @@ impl Resource {
             Resource::Iptables { instance, .. } => {
                 ipt_base::exists(&Chains::for_instance(instance))?
             }
+            Resource::HostForward { .. } => self.with_host_forward(host_firewall::present)?,
             Resource::Services { instance } => supervisor::paths::run_dir(instance).is_dir(),
             Resource::Controller { instance, .. } => {
                 daemon::running(instance).is_some_and(|id| daemon::is_current(&id))
             }
         })
+    }
+
+    /// Puts back in place what something else moved since it was made: Docker moves its
+    /// jumps to the top of FORWARD when it starts, ahead of the host-firewall chain's.
+    /// True when something was redone.
+    pub fn refresh(&self) -> anyhow::Result<bool> {
+        match self {
+            Resource::HostForward { .. } => {
+                if self.with_host_forward(host_firewall::in_place)? {
+                    return Ok(false);
+                }
+                self.with_host_forward(host_firewall::install)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// What the host's firewall does to this platform's forwarded traffic (for a
+    /// `HostForward`; `None` for any other resource).
+    pub fn host_firewall(&self) -> Option<anyhow::Result<host_firewall::Diagnosis>> {
+        matches!(self, Resource::HostForward { .. })
+            .then(|| self.with_host_forward(host_firewall::diagnose))
+    }
+
+    /// Calls `f` with the host-firewall spec of a `HostForward` and the test for the
+    /// dataplane's own chains.
+    fn with_host_forward<T: Default>(
+        &self,
+        f: impl Fn(&host_firewall::Spec, &dyn Fn(&str) -> bool) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let Resource::HostForward { instance, bridges } = self else {
+            return Ok(T::default());
+        };
+        let chains = Chains::for_instance(instance);
+        let chain = chains.host_forward();
+        let spec = host_firewall::Spec {
+            chain: &chain,
+            instance,
+            bridges,
+        };
+        f(&spec, &|t: &str| chains.owns(t))
     }
 
     /// Describes an object that occupies this resource's name but is not netctl's.
@@ -596,6 +660,13 @@ impl Resource {
                 .exists()
                 .then(|| format!("{} already exists", pins.root.display())),
             Resource::TcHook { .. } | Resource::SockHook { .. } | Resource::Services { .. } => None,
+            Resource::HostForward { instance, .. } => {
+                let chain = Chains::for_instance(instance).host_forward();
+                crate::net::iptables::save("filter")?
+                    .chains
+                    .contains(&chain)
+                    .then(|| format!("iptables chain {chain} already exists"))
+            }
             Resource::Iptables { instance, .. } => {
                 let chains = ipt_base::chains(&Chains::for_instance(instance))?;
                 (!chains.is_empty()).then(|| {

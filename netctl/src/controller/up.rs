@@ -87,6 +87,12 @@ pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
     let controller_kept = kept
         .iter()
         .any(|r| matches!(r, Resource::Controller { .. }));
+    // What something else moved since (Docker's jumps ahead of ours in FORWARD) goes back
+    // in place, also when nothing else changes.
+    for r in &kept {
+        r.refresh()
+            .with_context(|| format!("putting {r} back in place"))?;
+    }
     let mut report = UpReport {
         unchanged: kept.len(),
         upgraded,

@@ -103,6 +103,14 @@ impl Chains {
 
     /// filter, from FORWARD, INPUT and OUTPUT (new connections): the platform's traffic
     /// (in or out of one of its bridges) goes on to [`Self::policy`].
+    /// filter: the host-firewall accept chain of the instance, on both dataplanes
+    /// (`net::host_firewall`). Deliberately outside `NCTL-<tag>-`, so that it is not
+    /// [`Self::owns`]'s: it outlives a change of dataplane, and the iptables dataplane's
+    /// clean-up leaves it alone.
+    pub fn host_forward(&self) -> String {
+        format!("NCTL-FWD-{}", self.tag())
+    }
+
     pub fn firewall(&self) -> String {
         format!("{}FIREWALL", self.base)
     }

@@ -6,6 +6,7 @@
 pub mod bpffs;
 pub mod cgroup;
 pub mod conntrack;
+pub mod host_firewall;
 pub mod iptables;
 pub mod nat;
 pub mod netlink;
