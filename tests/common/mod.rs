@@ -6,6 +6,7 @@
 pub mod http;
 pub mod internet;
 pub mod load;
+pub mod monitor;
 pub mod packets;
 pub mod snapshot;
 pub mod traffic;

@@ -84,7 +84,7 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let interrupted = if daemon::running(&state.instance).is_some() {
         let mut failed = None;
         let interrupted = tokio::select! {
-            r = api::stream_lines(&state.instance, "/v1/events", |line| {
+            r = api::stream_lines(&state.instance, "/v1/events", || watching(&state.instance), |line| {
                 match printer.line(line) {
                     Ok(more) => more,
                     Err(e) => {
@@ -103,7 +103,7 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         }
         interrupted
     } else {
-        read_directly(&pins, &state.plan, &mut printer).await?
+        read_directly(&pins, &state.instance, &state.plan, &mut printer).await?
     };
     // What the dataplane lost while we watched, whether the stream said so yet or not.
     let lost = session_lost.more().max(printer.lost_by_dataplane);
@@ -122,14 +122,22 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Says on stderr that the stream is open (as tcpdump's "listening on"): every event from
+/// now on is shown. Scripts wait for this line before they make traffic.
+fn watching(instance: &str) {
+    let _ = output::print_note(&format!("-- watching {instance} (Ctrl-C to stop) --"));
+}
+
 /// No controller: this process is the ring buffer's reader, and watches the lost-events
 /// counter itself. Returns whether SIGINT ended it.
 async fn read_directly(
     pins: &Pins,
+    instance: &str,
     plan: &Plan,
     printer: &mut Printer<'_>,
 ) -> anyhow::Result<bool> {
     let mut reader = events::EventReader::open(pins)?;
+    watching(instance);
     let mut lost = LostEvents::new(pins);
     let mut ticker = tokio::time::interval(LOST_CHECK);
     let interrupt = tokio::signal::ctrl_c();

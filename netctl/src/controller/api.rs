@@ -217,9 +217,12 @@ async fn call(
 
 /// `GET path` as a stream: calls `on_line` with each newline-terminated line until the
 /// controller ends the stream or `on_line` returns false.
+/// `on_open` runs once the controller has answered, so the stream is subscribed: nothing
+/// the controller sends from then on is missed.
 pub async fn stream_lines(
     instance: &str,
     path: &str,
+    on_open: impl FnOnce(),
     mut on_line: impl FnMut(&str) -> bool,
 ) -> anyhow::Result<()> {
     let socket = socket_path(instance);
@@ -241,6 +244,7 @@ pub async fn stream_lines(
     if !resp.status().is_success() {
         bail!("the controller refused {path}: {}", resp.status());
     }
+    on_open();
     let mut body = resp.into_body();
     let mut pending = Vec::new();
     while let Some(frame) = body.frame().await {
