@@ -17,6 +17,12 @@ use common::{
     Platform, Slot, assert_success, http,
     internet::Internet,
     traffic::{HealthServer, NamedServer, Session, UdpNamedServer, greetings, udp_ask},
+    wait_for,
+};
+use netctl::dataplane::{lb::LbMaps, pins::Pins};
+use netctl_common::{
+    maps::CFG_F_SOCKET_LB,
+    stats::{CNT_LB_SOCK, CNT_LB_TC},
 };
 use serde_json::Value;
 
@@ -235,23 +241,45 @@ fn socket_lb_connects_straight_to_a_backend_and_shows_the_vip_as_peer() {
         "getpeername shows the VIP"
     );
 
-    // No per-packet NAT: conntrack holds the direct connection, not a VIP one.
+    // No per-packet NAT: conntrack holds the direct connection (the open session's among
+    // them), not a VIP one.
     let out = slot.netctl(&["conntrack", "--json"]);
     let conns: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let client = web.platform.endpoint("client").address.to_string();
+    assert!(
+        conns.iter().any(|c| c["client"] == client),
+        "the session is tracked: {conns:?}"
+    );
     assert!(
         conns.iter().all(|c| c["nat"] == false),
         "socket LB needs no NAT"
     );
-    let counters = slot.netctl(&["maps", "COUNTERS"]);
-    let counters: Vec<Value> = serde_json::from_slice(&counters.stdout).expect("json");
-    let lb_sock = counters
-        .iter()
-        .find(|c| c["key"] == 4)
-        .map_or(0, |c| c["value"].as_u64().unwrap());
+    let lb_sock = counter(&slot, CNT_LB_SOCK);
     assert!(
         lb_sock >= 31,
         "socket LB counted its connections: {lb_sock}"
     );
+}
+
+/// One of the dataplane's `COUNTERS` (`netctl maps COUNTERS`).
+fn counter(slot: &Slot, key: u32) -> u64 {
+    let out = slot.netctl(&["maps", "COUNTERS"]);
+    assert_success(&out, "netctl maps COUNTERS");
+    let counters: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    counters
+        .iter()
+        .find(|c| c["key"] == key)
+        .and_then(|c| c["value"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Until the dataplane's `CONFIG` says socket LB is `on` (`up` writes it, the programs
+/// read it at each connect/sendmsg).
+fn wait_socket_lb(slot: &Slot, on: bool) {
+    let maps = LbMaps::open(&Pins::for_instance(&slot.instance())).expect("LB maps");
+    wait_for(&format!("socket LB {on}"), Duration::from_secs(10), || {
+        (maps.config_flags().expect("CONFIG") & CFG_F_SOCKET_LB != 0) == on
+    });
 }
 
 #[test]
@@ -334,8 +362,21 @@ fn udp_through_a_vip_on_both_paths_answers_from_the_vip() {
     for socket_lb in [false, true] {
         web.platform
             .update_toml(&topology("round-robin", socket_lb));
-        std::thread::sleep(Duration::from_millis(500));
+        wait_socket_lb(&slot, socket_lb);
+        let (tc_before, sock_before) = (counter(&slot, CNT_LB_TC), counter(&slot, CNT_LB_SOCK));
         let answers = udp_ask(&web.client_ns(), web.vip(), WEB_UDP, 6);
+        assert_eq!(answers.len(), 6, "socket_lb={socket_lb}: {answers:?}");
+        // The path that took the datagrams: sendmsg4 picks the backend with socket LB, the
+        // TC program NATs them without.
+        let (tc, sock) = (
+            counter(&slot, CNT_LB_TC) - tc_before,
+            counter(&slot, CNT_LB_SOCK) - sock_before,
+        );
+        if socket_lb {
+            assert!(sock >= 6 && tc == 0, "socket LB: sock {sock}, tc {tc}");
+        } else {
+            assert!(tc >= 1 && sock == 0, "TC path: sock {sock}, tc {tc}");
+        }
         for (_, from) in &answers {
             assert_eq!(
                 *from,
@@ -911,7 +952,9 @@ fn a_host_process_connects_to_a_vip_through_socket_lb() {
         seen.insert(line.trim().to_string());
     }
     assert_eq!(seen.len(), 3, "round-robin over all three: {seen:?}");
-    // Connected at connect(): no per-packet NAT, so no NATed conntrack entry for it.
+    // Connected at connect(): socket LB counted each, and no per-packet NAT, so no NATed
+    // conntrack entry for them.
+    assert!(counter(&slot, CNT_LB_SOCK) >= 6, "socket LB took them");
     let out = slot.netctl(&["conntrack", "--json", "--service", "web"]);
     let conns: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
     assert!(conns.iter().all(|c| c["nat"] == false), "{conns:?}");

@@ -65,6 +65,18 @@ fn find(slot: &Slot, name: &str) -> ServiceStatus {
         .unwrap_or_else(|| panic!("no {name}"))
 }
 
+/// The most restarts the supervisor's backoff (0.25 s, doubling up to 10 s) allows in
+/// `elapsed`, plus one for the start itself: a slow machine makes fewer, never more.
+fn restarts_within(elapsed: Duration) -> u32 {
+    let (mut t, mut delay, mut n) = (Duration::ZERO, Duration::from_millis(250), 0);
+    while t + delay <= elapsed {
+        t += delay;
+        n += 1;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+    n + 1
+}
+
 #[test]
 fn commands_are_supervised_and_failures_are_explained() {
     require_root!();
@@ -80,7 +92,8 @@ fn commands_are_supervised_and_failures_are_explained() {
             Some(1),
             "up fails while services are broken"
         );
-        assert!(started.elapsed() < Duration::from_secs(15));
+        // It waited its 4 s for health before giving up (it gives up: the test ends).
+        assert!(started.elapsed() >= Duration::from_secs(4));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("not every service is healthy after 4s"),
@@ -108,7 +121,12 @@ fn commands_are_supervised_and_failures_are_explained() {
         // The platform stays up; the crash loop backs off.
         let flaky = find(&slot, "flaky");
         assert!(flaky.restarts >= 2, "{flaky:?}");
-        assert!(flaky.restarts <= 6, "restarts back off: {flaky:?}");
+        let most = restarts_within(started.elapsed());
+        assert!(
+            flaky.restarts <= most,
+            "restarts back off: {flaky:?}, at most {most} in {:?}",
+            started.elapsed()
+        );
         let web = find(&slot, "web");
         assert_eq!(web.state, ServiceState::Healthy);
         let health = web.health.as_ref().expect("checked");

@@ -286,14 +286,21 @@ mod lock_tests {
         let dir = base.path().join("state");
         let first = StateLock::acquire_in(&dir).expect("first lock");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (asking_tx, asking) = std::sync::mpsc::channel();
         let d = dir.clone();
         let waiter = std::thread::spawn(move || {
+            asking_tx.send(()).expect("send");
             let lock = StateLock::acquire_in(&d).expect("second lock");
             tx.send(()).expect("send");
             lock
         });
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(rx.try_recv().is_err(), "the waiter waits");
+        // Once the waiter is about to ask, it gets nothing while the first lock is held.
+        asking.recv().expect("the waiter runs");
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "the waiter waits"
+        );
         // The last `down`: the empty directory goes, then the lock is released.
         remove_empty_dir(&dir).expect("removed");
         assert!(!dir.exists());
