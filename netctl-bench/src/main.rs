@@ -65,6 +65,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
+    if cli.quick {
+        report::mark_quick();
+    }
     let both = scenarios::scale::Parts {
         latency: true,
         rate: true,

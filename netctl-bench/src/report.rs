@@ -1,6 +1,8 @@
 //! Writing results: `bench-results/<date>T<time>-<bench>.json` (every measurement), `.md`
 //! (tables, plots linked) and `.html` (the same, plots inline), and each plot as its own
 //! `.svg`. The time (UTC, to the second) keeps a rerun on the same day from overwriting.
+//! A quick run's files say so: `-quick` in their names and a banner on top, so that a
+//! CI-sized run is never mistaken for a full one.
 
 use std::{
     fmt::Write as _,
@@ -9,6 +11,21 @@ use std::{
 
 use anyhow::Context;
 use serde::Serialize;
+
+static QUICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks every report this process writes as a quick run.
+pub fn mark_quick() {
+    QUICK.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn is_quick() -> bool {
+    QUICK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+const QUICK_BANNER: &str = "Quick run (`--quick`, CI-sized: fewer rounds, shorter \
+                            measurements): it shows the benchmark works, its figures are not \
+                            comparable with a full run.";
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -153,12 +170,16 @@ pub fn write<T: Serialize>(
     sections: &[Section],
 ) -> anyhow::Result<Written> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let base = format!("{}-{name}", stamp());
+    let quick = is_quick();
+    let base = format!("{}-{name}{}", stamp(), if quick { "-quick" } else { "" });
     let path = |ext: &str| dir.join(format!("{base}.{ext}"));
     let json = path("json");
     std::fs::write(&json, serde_json::to_vec_pretty(result)?)
         .with_context(|| format!("writing {}", json.display()))?;
     let mut md = format!("# {title}\n\n");
+    if quick {
+        let _ = write!(md, "> {QUICK_BANNER}\n\n");
+    }
     let mut html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>\
          body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}\
@@ -166,6 +187,9 @@ pub fn write<T: Serialize>(
          th{{background:#f4f4f4}}.plot{{margin:1em 0}}</style></head><body>\n<h1>{t}</h1>\n",
         t = escape(title)
     );
+    if quick {
+        let _ = writeln!(html, "<p><strong>{}</strong></p>", escape(QUICK_BANNER));
+    }
     for s in sections {
         md.push_str(&s.markdown(&base));
         html.push_str(&s.html());
@@ -232,6 +256,22 @@ mod tests {
         // 2024-03-01 13:05:09 UTC.
         assert_eq!(stamp_of(1_709_298_309), "2024-03-01T130509");
         assert_eq!(date_of(0), "1970-01-01");
+    }
+
+    #[test]
+    fn quick_reports_say_so_in_their_names_and_on_top() {
+        let dir = std::env::temp_dir().join(format!("netctl-bench-quick-{}", std::process::id()));
+        mark_quick();
+        let w = write(&dir, "x", "A title", &1, &[]).expect("written");
+        for p in [&w.json, &w.markdown, &w.html] {
+            let name = p.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+            assert!(name.ends_with("-x-quick"), "{name}");
+        }
+        let md = std::fs::read_to_string(&w.markdown).expect("md");
+        assert!(md.contains("Quick run"), "{md}");
+        let html = std::fs::read_to_string(&w.html).expect("html");
+        assert!(html.contains("Quick run"), "{html}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -325,6 +325,40 @@ mod tests {
         }
     }
 
+    /// `bench all --quick` end to end (CI runs it so the combined report cannot rot):
+    /// every part measured, every goal judged on figures (met or not, never "not
+    /// measured"), and the files marked as a quick run.
+    #[test]
+    fn quick_run_measures_every_part_and_judges_every_goal() {
+        let Some(dir) = crate::scenarios::test_env("all") else {
+            return;
+        };
+        run(true, &dir, &http::Args::for_all()).expect("quick benchmark runs");
+        let json = std::fs::read_dir(&dir)
+            .expect("results")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with("-all-quick.json"))
+            })
+            .expect("the combined JSON, named as a quick run");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("read")).expect("json");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(v["quick"], true);
+        for part in ["scale", "control", "packet", "crosscheck", "http"] {
+            assert!(v[part].is_object(), "{part} measured: {v}");
+        }
+        assert_eq!(v["http"]["sides"].as_array().map(Vec::len), Some(2));
+        let goals = v["goals"].as_array().expect("goals");
+        assert!(goals.len() >= 8, "{goals:?}");
+        for g in goals {
+            assert_ne!(g["verdict"], "not-measured", "{g}");
+        }
+    }
+
     #[test]
     fn no_data_is_never_a_met_goal() {
         let none = goals(

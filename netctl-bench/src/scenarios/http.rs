@@ -563,6 +563,29 @@ fn println_report(md: &str) {
 mod tests {
     use super::*;
 
+    /// The quick mode end to end on both dataplanes (CI runs it so the benchmark cannot
+    /// rot): every request answered 200 from Redis, by every replica, wrk beside it.
+    #[test]
+    fn quick_run_serves_every_request_on_both_dataplanes() {
+        let Some(dir) = crate::scenarios::test_env("http") else {
+            return;
+        };
+        let result = measure(true, &Args::for_all()).expect("quick benchmark runs");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(result.sides.len(), 2);
+        for side in &result.sides {
+            let m = &side.median;
+            assert_eq!(m.requests, 2_000, "{}: {m:?}", side.dataplane);
+            assert_eq!(m.failures, 0, "{}: {m:?}", side.dataplane);
+            assert_eq!(m.statuses.get(&200), Some(&2_000), "{}", side.dataplane);
+            assert_eq!(m.replicas.len(), 3, "every replica served: {m:?}");
+            assert!(m.requests_per_s > 0.0 && m.p50_us > 0.0, "{m:?}");
+            let wrk = side.wrk.as_ref().expect("wrk ran");
+            assert!(wrk.requests_per_s > 0.0, "{wrk:?}");
+            assert_eq!(wrk.non_2xx, 0, "{wrk:?}");
+        }
+    }
+
     #[test]
     fn wrk_output_is_read() {
         let text = "Running 10s test @ http://127.0.0.1:18080/api/products

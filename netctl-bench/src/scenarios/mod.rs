@@ -8,15 +8,23 @@ pub mod lb;
 pub mod packet;
 pub mod scale;
 
-/// For the quick runs in the test suite: `None` (skip) without root; else a fresh output
-/// directory, with `NETCTL_BIN` pointing at the `netctl` built next to the test binary.
+/// For the quick runs in the test suite: a fresh output directory, with `NETCTL_BIN`
+/// pointing at the `netctl` built next to the test binary. Without root the test fails
+/// (as the integration tests' `require_root!`), or is skipped (`None`) with
+/// NETCTL_SKIP_ROOT_TESTS=1.
 #[cfg(test)]
 pub fn test_env(name: &str) -> Option<std::path::PathBuf> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("NETCTL_SKIP_ROOT_TESTS").as_deref() == Ok("1"),
+            "the quick benchmarks bring up platforms: run them as root, or set \
+             NETCTL_SKIP_ROOT_TESTS=1 to skip them"
+        );
         eprintln!("skipped: needs root");
         return None;
     }
+    crate::report::mark_quick();
     let exe = std::env::current_exe().ok()?;
     let netctl = exe.parent()?.parent()?.join("netctl");
     // SAFETY: every test sets the same value before it reads the environment.

@@ -518,7 +518,8 @@ fn distinct(keys: impl Iterator<Item = BackendKey>) -> Vec<BackendKey> {
     v
 }
 
-/// Against the real maps of a loaded (unpinned) eBPF object: needs root, skipped without.
+/// Against the real maps of a loaded (unpinned) eBPF object: needs root; without it they
+/// fail (as the integration tests' `require_root!`), unless NETCTL_SKIP_ROOT_TESTS=1.
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -530,6 +531,11 @@ mod tests {
 
     fn maps() -> Option<LbMaps> {
         if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("NETCTL_SKIP_ROOT_TESTS").as_deref() == Ok("1"),
+                "this test loads the eBPF object: run it as root, or set \
+                 NETCTL_SKIP_ROOT_TESTS=1 to skip it"
+            );
             eprintln!("skipped: needs root (loads the eBPF object)");
             return None;
         }
