@@ -2,7 +2,8 @@
 //!
 //! - `setup`: Debian packages, nightly rust-src, bpf-linker (idempotent, quiet when done)
 //! - `build-ebpf`: the eBPF object, into `target/bpf/`
-//! - `lint`: rustfmt + clippy -D warnings for the workspace and the eBPF crate
+//! - `lint`: rustfmt + clippy -D warnings for the workspace and the eBPF crate; the fuzz
+//!   targets compile
 //! - `test`: lint, then every test (unit, BPF_PROG_TEST_RUN, integration as root)
 //! - `bench`, `fuzz`, `soak`: the long runs (benchmarks, libFuzzer, the controller's
 //!   memory under load and repeated up/down cycles), whose short versions the tests run
@@ -121,6 +122,14 @@ fn lint() -> anyhow::Result<()> {
             "-D",
             "warnings",
         ])
+        .current_dir(&root))?;
+    // The fuzz targets are their own workspace (cargo-fuzz builds them with sanitizers):
+    // checked here so that they cannot rot between fuzzing runs.
+    run(Command::new("cargo")
+        .args(["check", "--quiet", "--bins", "--manifest-path"])
+        .arg(root.join("fuzz").join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(root.join("target").join("fuzz-check"))
         .current_dir(&root))?;
     let ebpf_dir = root.join("netctl-ebpf");
     run(Command::new("rustup")
