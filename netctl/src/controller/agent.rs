@@ -26,6 +26,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{api, daemon, state::State};
+use crate::instance::paths::controller_pid_file;
 
 /// What every component gets.
 #[derive(Clone)]
@@ -318,7 +319,7 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
     tracing::info!("controller stopping");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
-    let _ = std::fs::remove_file(daemon::pid_file(instance));
+    let _ = std::fs::remove_file(controller_pid_file(instance));
     Ok(())
 }
 

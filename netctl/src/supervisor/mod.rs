@@ -16,7 +16,6 @@
 //! controller's status board as the `services` component.
 
 pub mod builtin;
-pub mod paths;
 pub mod probe;
 pub mod process;
 mod reconcile;
@@ -31,7 +30,7 @@ use std::time::Duration;
 pub use reconcile::component;
 pub use status::{ServiceState, ServiceStatus};
 
-use crate::controller::state::State;
+use crate::{controller::state::State, instance::paths};
 
 /// How long a process gets to stop after its clean signal.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -73,7 +72,7 @@ pub async fn stop_all(instance: &str) -> anyhow::Result<()> {
     if !errors.is_empty() {
         anyhow::bail!("{}", errors.join("; "));
     }
-    let dir = paths::run_dir(instance);
+    let dir = paths::services_dir(instance);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
