@@ -20,8 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use super::agent::{Routes, StatusBoard};
-use crate::instance::paths::run_dir;
+use super::agent::Routes;
+use crate::instance::{StatusBoard, paths::run_dir};
 
 pub fn socket_path(instance: &str) -> PathBuf {
     run_dir(instance).join("controller.sock")

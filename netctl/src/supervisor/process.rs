@@ -25,8 +25,7 @@ use super::{
     stop,
 };
 use crate::{
-    controller::agent::StatusBoard,
-    instance::{ProcessId, paths},
+    instance::{ProcessId, StatusBoard, paths},
     topology::HealthCheck,
 };
 
