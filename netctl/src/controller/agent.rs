@@ -109,12 +109,23 @@ pub type Component = (&'static str, fn(AgentCtx) -> ComponentFuture);
 /// The components every controller runs.
 pub fn components() -> Vec<Component> {
     vec![
-        ("services", crate::supervisor::component),
+        ("services", supervision),
         ("lb", super::lb::component),
         ("policy", super::policy::component),
         ("events", super::events::component),
         ("metrics", super::metrics::component),
     ]
+}
+
+/// The supervisor, as the `services` component: it follows the state and reports on the
+/// board, and knows nothing else of the controller.
+fn supervision(ctx: AgentCtx) -> ComponentFuture {
+    Box::pin(crate::supervisor::run(crate::supervisor::Supervision {
+        instance: ctx.instance,
+        state: ctx.state,
+        board: ctx.board,
+        shutdown: ctx.shutdown,
+    }))
 }
 
 /// A component that ran this long before failing restarts after the shortest delay.

@@ -8,7 +8,7 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::daemon;
+use super::{daemon, state::State};
 use crate::{
     dataplane::{LoadOptions, Pins, SockProgram, TcProgram, loader},
     instance::paths,
@@ -548,7 +548,10 @@ impl Resource {
             Resource::HostForward { instance, .. } => {
                 host_firewall::remove(&Chains::for_instance(instance).host_forward())
             }
-            Resource::Services { instance } => supervisor::stop_all(instance).await,
+            Resource::Services { instance } => {
+                let state = State::load(instance).ok().flatten();
+                supervisor::stop_all(instance, state.as_ref().map(|s| &s.plan)).await
+            }
             Resource::Controller { instance, .. } => {
                 daemon::stop(instance, CONTROLLER_GRACE).await.map(drop)
             }

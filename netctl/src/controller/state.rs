@@ -76,6 +76,13 @@ impl HostChanges {
     }
 }
 
+/// What the supervisor follows of the state.
+impl AsRef<Plan> for State {
+    fn as_ref(&self) -> &Plan {
+        &self.plan
+    }
+}
+
 impl State {
     pub fn new(plan: Plan) -> Self {
         Self {

@@ -27,17 +27,18 @@ pub mod stop;
 
 use std::time::Duration;
 
-pub use reconcile::component;
+pub use reconcile::{Supervision, run};
 pub use status::{ServiceState, ServiceStatus};
 
-use crate::{controller::state::State, instance::paths};
+use crate::{instance::paths, topology::Plan};
 
 /// How long a process gets to stop after its clean signal.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Stops every recorded process of `instance` and anything else running in its
-/// namespaces, then forgets the records. Works without a controller (`netctl down`).
-pub async fn stop_all(instance: &str) -> anyhow::Result<()> {
+/// Stops every recorded process of `instance` and anything else running in the namespaces
+/// of its `plan` (when its state still tells it), then forgets the records. Works without
+/// a controller (`netctl down`).
+pub async fn stop_all(instance: &str, plan: Option<&Plan>) -> anyhow::Result<()> {
     let records = record::all(instance);
     let mut stops = Vec::new();
     for r in records {
@@ -52,8 +53,8 @@ pub async fn stop_all(instance: &str) -> anyhow::Result<()> {
     }
     let results = futures::future::join_all(stops).await;
     // Anything else in the platform's namespaces (a record lost in a crash, a shell).
-    if let Ok(Some(state)) = State::load(instance) {
-        let sweeps = state.plan.endpoints.iter().filter_map(|e| {
+    if let Some(plan) = plan {
+        let sweeps = plan.endpoints.iter().filter_map(|e| {
             stop::netns_inode(&e.netns).map(|inode| {
                 stop::terminate(
                     None,
