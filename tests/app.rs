@@ -25,6 +25,7 @@ use common::{
 };
 use netctl::{
     controller::daemon,
+    instance::ProcessId,
     supervisor::{ServiceState, record, stop},
     topology::{DEFAULT_TOPOLOGY, Topology},
 };
@@ -35,7 +36,7 @@ use nix::{
 use serde_json::{Value, json};
 
 /// Every live process in the platform's namespaces.
-fn processes(platform: &Platform) -> Vec<daemon::ProcessId> {
+fn processes(platform: &Platform) -> Vec<ProcessId> {
     platform
         .plan
         .endpoints

@@ -12,7 +12,10 @@ use std::{
 };
 
 use common::{NETCTL, Platform, Slot, assert_success, block_on, snapshot::Snapshot};
-use netctl::controller::{api, daemon};
+use netctl::{
+    controller::{api, daemon},
+    instance::ProcessId,
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -156,7 +159,7 @@ health = {{ check = "http", path = "/health", interval = "300ms", timeout = "200
                 && s.state == netctl::supervisor::ServiceState::Healthy
         })
     });
-    let second = daemon::ProcessId::of(web().unwrap().pid.unwrap()).unwrap();
+    let second = ProcessId::of(web().unwrap().pid.unwrap()).unwrap();
     assert_success(&slot.netctl(&["down"]), "down");
     let status = child.wait().expect("foreground up exits");
     assert!(status.success(), "up --foreground exits on down: {status}");
@@ -199,7 +202,7 @@ fn a_process_ignoring_its_stop_signal_is_killed_after_the_grace_period() {
     wait_for("the child in the namespace", || {
         netctl::supervisor::stop::processes_in(inode).len() >= 2
     });
-    let id = daemon::ProcessId::of(main.id()).unwrap();
+    let id = ProcessId::of(main.id()).unwrap();
     let grace = Duration::from_millis(800);
     let started = Instant::now();
     let killed = block_on(netctl::supervisor::stop::terminate(

@@ -461,7 +461,7 @@ health = { check = "tcp", interval = "500ms", timeout = "400ms" }
     );
     let file = platform.file.to_str().unwrap();
     // Logs outlive `down --volumes`: start from none, so that only this run's count.
-    let log = netctl::supervisor::paths::log(&slot.instance(), "postgres");
+    let log = netctl::instance::paths::service_log(&slot.instance(), "postgres");
     let _ = std::fs::remove_file(&log);
     let out = slot.netctl_env(
         &["up", "-f", file, "--wait-timeout", "4"],
@@ -472,7 +472,7 @@ health = { check = "tcp", interval = "500ms", timeout = "400ms" }
         !out.status.success() && err.contains("postgres"),
         "postgres cannot be healthy: {err}"
     );
-    let data = netctl::supervisor::paths::data(&slot.instance(), "postgres");
+    let data = netctl::instance::paths::data(&slot.instance(), "postgres");
     // initdb may take longer than the wait on a busy machine: wait for the failure itself.
     common::wait_for(
         "the injected failure after initdb",

@@ -13,7 +13,7 @@ use common::{
     Platform, Slot, assert_success,
     traffic::{NamedServer, Session, greetings},
 };
-use netctl::{controller::daemon, supervisor::stop};
+use netctl::{instance::ProcessId, supervisor::stop};
 use serde_json::Value;
 
 const WEB: &str = r#"
@@ -394,7 +394,7 @@ fn repeated_up_down_cycles_of_the_default_platform_leave_nothing() {
             "cycle {i}: the controller runs"
         );
         // Every process of the platform: redis, PostgreSQL, nginx and netctl's services.
-        let running: Vec<daemon::ProcessId> = platform
+        let running: Vec<ProcessId> = platform
             .plan
             .endpoints
             .iter()

@@ -291,7 +291,7 @@ fn the_flat_example_comes_up_counts_flows_without_a_controller_and_goes_down_cle
     }
     before.assert_same(&Snapshot::take(&slot.prefix()));
     assert!(
-        !netctl::controller::state::instance_dir(&slot.instance()).exists(),
+        !netctl::instance::paths::run_dir(&slot.instance()).exists(),
         "no state left in /run/netctl"
     );
 }

@@ -186,7 +186,7 @@ fn commands_are_supervised_and_failures_are_explained() {
         assert_eq!(names, ["web"]);
         let web2 = find(&slot, "web");
         assert_ne!(web2.pid, Some(web_pid), "changed env: restarted");
-        assert!(!netctl::controller::daemon::ProcessId::of(web_pid).is_some_and(|p| p.is_alive()));
+        assert!(!netctl::instance::ProcessId::of(web_pid).is_some_and(|p| p.is_alive()));
         let environ = std::fs::read(format!("/proc/{}/environ", web2.pid.unwrap())).unwrap();
         assert!(
             String::from_utf8_lossy(&environ)
@@ -203,7 +203,7 @@ fn commands_are_supervised_and_failures_are_explained() {
         let pid = web2.pid.unwrap();
         assert_success(&slot.netctl(&["down"]), "down");
         assert!(
-            netctl::controller::daemon::ProcessId::of(pid).is_none(),
+            netctl::instance::ProcessId::of(pid).is_none(),
             "web stopped"
         );
         drop(fixed);

@@ -4,6 +4,8 @@
 //! - [`net`]: namespaces, links, routes, sysctls, NAT (Linux primitives);
 //! - [`dataplane`]: the embedded eBPF object, pins, attach, map readers;
 //! - [`iptables`]: the kube-proxy-style iptables dataplane, the baseline;
+//! - [`instance`]: what the controller and the supervisor share about one instance (paths,
+//!   logs, process identity, failpoints);
 //! - [`controller`]: `up`/`down` as a journaled reconcile of resources;
 //! - [`cli`]: the `netctl` command line.
 
@@ -11,6 +13,7 @@ pub mod cli;
 pub mod connectivity;
 pub mod controller;
 pub mod dataplane;
+pub mod instance;
 pub mod iptables;
 pub mod net;
 pub mod output;

@@ -388,7 +388,7 @@ pub fn wait_for(
 }
 
 /// SIGKILLs the slot's controller and waits until it is gone; which process it was.
-pub fn kill_controller(slot: &Slot) -> netctl::controller::daemon::ProcessId {
+pub fn kill_controller(slot: &Slot) -> netctl::instance::ProcessId {
     let controller =
         netctl::controller::daemon::running(&slot.instance()).expect("controller running");
     nix::sys::signal::kill(

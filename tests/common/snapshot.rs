@@ -80,7 +80,7 @@ impl Snapshot {
                 .into_iter()
                 .filter(keep)
                 .collect(),
-            volumes: std::fs::read_dir(netctl::supervisor::paths::VOLUME_ROOT)
+            volumes: std::fs::read_dir(netctl::instance::paths::VOLUME_ROOT)
                 .into_iter()
                 .flatten()
                 .filter_map(|e| e.ok())

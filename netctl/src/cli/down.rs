@@ -8,7 +8,8 @@ use crate::{
         down::{self, DownReport},
         preflight,
     },
-    output, supervisor,
+    instance::paths,
+    output,
     topology::plan::instance_name,
 };
 
@@ -47,7 +48,7 @@ fn volumes_of(resolved: Option<String>) -> String {
 }
 
 fn remove_volumes(instance: &str) -> anyhow::Result<()> {
-    let dir = supervisor::paths::volumes(instance);
+    let dir = paths::volumes(instance);
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => output::print_line(&format!("{instance}: removed {}", dir.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -56,7 +57,7 @@ fn remove_volumes(instance: &str) -> anyhow::Result<()> {
         }
     }
     // The parent goes too when no instance has data left.
-    let _ = std::fs::remove_dir(supervisor::paths::VOLUME_ROOT);
+    let _ = std::fs::remove_dir(paths::VOLUME_ROOT);
     Ok(())
 }
 

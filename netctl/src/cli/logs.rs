@@ -13,10 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 
 use super::{load_state, resolve_instance};
-use crate::{
-    controller::{daemon, preflight},
-    supervisor::paths,
-};
+use crate::{controller::preflight, instance::paths};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -64,10 +61,7 @@ fn files(
     prefix: Option<&str>,
 ) -> anyhow::Result<Vec<(String, PathBuf)>> {
     if service == "controller" {
-        return Ok(vec![(
-            "controller".into(),
-            daemon::log_dir(instance).join("controller.log"),
-        )]);
+        return Ok(vec![("controller".into(), paths::controller_log(instance))]);
     }
     let mut names: Vec<String> = Vec::new();
     let mut known: Vec<String> = Vec::new();
@@ -81,7 +75,7 @@ fn files(
     }
     if names.is_empty() {
         // Not in the current plan (or nothing is up): any log of that name.
-        let path = paths::log(instance, service);
+        let path = paths::service_log(instance, service);
         if path.exists() {
             names.push(service.to_string());
         }
@@ -99,7 +93,7 @@ fn files(
     Ok(names
         .into_iter()
         .map(|n| {
-            let p = paths::log(instance, &n);
+            let p = paths::service_log(instance, &n);
             (n, p)
         })
         .collect())

@@ -26,6 +26,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{api, daemon, state::State};
+use crate::instance::{StatusBoard, paths::controller_pid_file};
 
 /// What every component gets.
 #[derive(Clone)]
@@ -101,86 +102,6 @@ impl Routes {
     }
 }
 
-/// Where a component sends the status it builds for one reader.
-pub type StatusRequest = tokio::sync::oneshot::Sender<Value>;
-
-/// How long a reader waits for a component that builds its status on request, before it
-/// gets the one built last.
-const ON_REQUEST_WAIT: Duration = Duration::from_secs(1);
-
-/// Component name -> its latest status, served at `/v1/status`.
-#[derive(Clone, Default)]
-pub struct StatusBoard {
-    inner: Arc<RwLock<BTreeMap<String, Value>>>,
-    header: Arc<RwLock<Value>>,
-    /// Components whose status is built only when somebody reads it: theirs grows with
-    /// the platform (every backend of 10,000 services) and is mostly unread.
-    on_request: Arc<RwLock<BTreeMap<String, tokio::sync::mpsc::Sender<StatusRequest>>>>,
-}
-
-impl StatusBoard {
-    pub async fn publish(&self, component: &str, status: Value) {
-        self.inner
-            .write()
-            .await
-            .insert(component.to_string(), status);
-    }
-
-    /// `component` builds its status when it is read: each reader's request arrives on the
-    /// returned channel (a restarted component calls this again).
-    pub async fn publish_on_request(
-        &self,
-        component: &str,
-    ) -> tokio::sync::mpsc::Receiver<StatusRequest> {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        self.on_request
-            .write()
-            .await
-            .insert(component.to_string(), tx);
-        rx
-    }
-
-    /// Asks every on-request component for its status; one that does not answer in time
-    /// (busy, restarting) is shown with the status it built last.
-    async fn refresh_on_request(&self) {
-        let asked: Vec<_> = self
-            .on_request
-            .read()
-            .await
-            .iter()
-            .map(|(name, tx)| (name.clone(), tx.clone()))
-            .collect();
-        for (name, tx) in asked {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            if tx.try_send(reply).is_err() {
-                continue;
-            }
-            match tokio::time::timeout(ON_REQUEST_WAIT, answer).await {
-                Ok(Ok(status)) => self.publish(&name, status).await,
-                Ok(Err(_)) => {}
-                Err(_) => tracing::debug!(component = name, "status not built in time"),
-            }
-        }
-    }
-
-    pub async fn snapshot(&self) -> Value {
-        self.refresh_on_request().await;
-        let mut out = match self.header.read().await.clone() {
-            Value::Object(header) => header,
-            _ => serde_json::Map::new(),
-        };
-        let components: serde_json::Map<String, Value> = self
-            .inner
-            .read()
-            .await
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        out.insert("components".into(), Value::Object(components));
-        Value::Object(out)
-    }
-}
-
 pub type ComponentFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 /// A component: its name and how to start it.
 pub type Component = (&'static str, fn(AgentCtx) -> ComponentFuture);
@@ -188,12 +109,23 @@ pub type Component = (&'static str, fn(AgentCtx) -> ComponentFuture);
 /// The components every controller runs.
 pub fn components() -> Vec<Component> {
     vec![
-        ("services", crate::supervisor::component),
+        ("services", supervision),
         ("lb", super::lb::component),
         ("policy", super::policy::component),
         ("events", super::events::component),
         ("metrics", super::metrics::component),
     ]
+}
+
+/// The supervisor, as the `services` component: it follows the state and reports on the
+/// board, and knows nothing else of the controller.
+fn supervision(ctx: AgentCtx) -> ComponentFuture {
+    Box::pin(crate::supervisor::run(crate::supervisor::Supervision {
+        instance: ctx.instance,
+        state: ctx.state,
+        board: ctx.board,
+        shutdown: ctx.shutdown,
+    }))
 }
 
 /// A component that ran this long before failing restarts after the shortest delay.
@@ -234,14 +166,16 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
     let (state_tx, state_rx) = watch::channel(Arc::new(state));
     let shutdown = CancellationToken::new();
     let board = StatusBoard::default();
-    *board.header.write().await = serde_json::json!({
+    board
+        .set_header(serde_json::json!({
         "instance": instance,
         "pid": std::process::id(),
         "version": env!("CARGO_PKG_VERSION"),
         "started_at": SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-    });
+        }))
+        .await;
     let routes = Routes::default();
     let ctx = AgentCtx {
         instance: instance.to_string(),
@@ -318,7 +252,7 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
     tracing::info!("controller stopping");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
-    let _ = std::fs::remove_file(daemon::pid_file(instance));
+    let _ = std::fs::remove_file(controller_pid_file(instance));
     Ok(())
 }
 
@@ -330,51 +264,5 @@ mod tests {
     fn restarts_back_off_to_thirty_seconds() {
         let delays: Vec<u64> = (0..8).map(|n| restart_delay(n).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
-    }
-
-    #[tokio::test]
-    async fn an_on_request_status_is_built_for_each_reader() {
-        let board = StatusBoard::default();
-        let mut requests = board.publish_on_request("lb").await;
-        let component = tokio::spawn(async move {
-            let mut built = 0;
-            while let Some(reader) = requests.recv().await {
-                built += 1;
-                let _ = reader.send(serde_json::json!({ "built": built }));
-            }
-        });
-        assert_eq!(board.snapshot().await["components"]["lb"]["built"], 1);
-        assert_eq!(board.snapshot().await["components"]["lb"]["built"], 2);
-        component.abort();
-    }
-
-    #[tokio::test]
-    async fn a_silent_component_shows_the_status_it_built_last() {
-        let board = StatusBoard::default();
-        let mut requests = board.publish_on_request("lb").await;
-        let (snapshot, ()) = tokio::join!(board.snapshot(), async {
-            let r = requests.recv().await.expect("a request");
-            r.send(serde_json::json!({ "built": 1 }))
-                .expect("reader waits");
-        });
-        assert_eq!(snapshot["components"]["lb"]["built"], 1);
-        // Now it hears but never answers: the reader waits ON_REQUEST_WAIT, then gets the last.
-        let hold = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Some(r) = requests.recv().await {
-                held.push(r);
-            }
-        });
-        let snapshot = board.snapshot().await;
-        assert_eq!(snapshot["components"]["lb"]["built"], 1);
-        hold.abort();
-        // Gone (its receiver dropped): no wait at all, the last status again.
-        let _ = hold.await;
-        let asked = std::time::Instant::now();
-        assert_eq!(board.snapshot().await["components"]["lb"]["built"], 1);
-        assert!(
-            asked.elapsed() < ON_REQUEST_WAIT,
-            "waited for a component that is gone"
-        );
     }
 }

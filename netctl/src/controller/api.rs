@@ -20,13 +20,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    agent::{Routes, StatusBoard},
-    state::instance_dir,
-};
+use super::agent::Routes;
+use crate::instance::{StatusBoard, paths::run_dir};
 
 pub fn socket_path(instance: &str) -> PathBuf {
-    instance_dir(instance).join("controller.sock")
+    run_dir(instance).join("controller.sock")
 }
 
 /// Serves the API until `shutdown`; removes the socket afterwards.

@@ -5,7 +5,6 @@
 use std::{
     fs, io,
     os::unix::process::CommandExt,
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -16,61 +15,26 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{api, state::instance_dir};
-
-/// Where the controller and the services of an instance write their logs.
-pub fn log_dir(instance: &str) -> PathBuf {
-    PathBuf::from(crate::supervisor::paths::LOG_ROOT).join(instance)
-}
-
-pub fn pid_file(instance: &str) -> PathBuf {
-    instance_dir(instance).join("controller.pid")
-}
-
-/// A process identity that survives pid reuse: pid + start time (clock ticks since boot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcessId {
-    pub pid: u32,
-    pub start_time: u64,
-}
-
-impl ProcessId {
-    /// The identity of a live process (zombies, which only wait to be reaped, are dead).
-    pub fn of(pid: u32) -> Option<Self> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the parenthesised command name (which may hold spaces): state is
-        // field 3, start time field 22.
-        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-        let state = fields.next()?;
-        if state == "Z" || state == "X" {
-            return None;
-        }
-        let start_time = fields.nth(18)?.parse().ok()?;
-        Some(Self { pid, start_time })
-    }
-
-    pub fn current() -> Option<Self> {
-        Self::of(std::process::id())
-    }
-
-    pub fn is_alive(&self) -> bool {
-        Self::of(self.pid).is_some_and(|now| now == *self)
-    }
-}
+use super::api;
+use crate::instance::{
+    ProcessId,
+    logs::{open_private_log, restrict_logs},
+    paths::{controller_log, controller_pid_file},
+};
 
 /// Records the calling process as the controller of `instance`.
 pub fn write_pid_file(instance: &str) -> anyhow::Result<()> {
     let me = ProcessId::current().context("reading /proc/self/stat")?;
     // Written whole or not at all, 0600 in the 0700 state directory, like the state file.
     super::state::write_private(
-        &pid_file(instance),
+        &controller_pid_file(instance),
         format!("{} {}\n", me.pid, me.start_time).as_bytes(),
     )
 }
 
 /// The running controller of `instance`, if any.
 pub fn running(instance: &str) -> Option<ProcessId> {
-    let text = fs::read_to_string(pid_file(instance)).ok()?;
+    let text = fs::read_to_string(controller_pid_file(instance)).ok()?;
     let mut parts = text.split_whitespace();
     let id = ProcessId {
         pid: parts.next()?.parse().ok()?,
@@ -95,9 +59,9 @@ pub fn is_current(id: &ProcessId) -> bool {
 /// log directory, and waits until its API answers.
 pub async fn spawn(instance: &str, prefix: &str) -> anyhow::Result<ProcessId> {
     let exe = std::env::current_exe().context("finding the netctl binary")?;
-    let log_path = log_dir(instance).join("controller.log");
-    let log = crate::supervisor::paths::open_private_log(&log_path)?;
-    crate::supervisor::paths::restrict_logs(instance);
+    let log_path = controller_log(instance);
+    let log = open_private_log(&log_path)?;
+    restrict_logs(instance);
     let mut cmd = Command::new(exe);
     cmd.arg("--prefix")
         .arg(prefix)
@@ -141,7 +105,7 @@ pub async fn spawn(instance: &str, prefix: &str) -> anyhow::Result<ProcessId> {
 /// Stops the controller: SIGTERM, then SIGKILL after `grace`. False when none was running.
 pub async fn stop(instance: &str, grace: Duration) -> anyhow::Result<bool> {
     let Some(id) = running(instance) else {
-        let _ = fs::remove_file(pid_file(instance));
+        let _ = fs::remove_file(controller_pid_file(instance));
         return Ok(false);
     };
     let pid = Pid::from_raw(id.pid as i32);
@@ -157,7 +121,7 @@ pub async fn stop(instance: &str, grace: Duration) -> anyhow::Result<bool> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let _ = fs::remove_file(pid_file(instance));
+    let _ = fs::remove_file(controller_pid_file(instance));
     let _ = fs::remove_file(api::socket_path(instance));
     Ok(true)
 }

@@ -18,9 +18,10 @@ use netctl_common::{DropReason, event::DropPairKey, maps as names};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use super::agent::{AgentCtx, ComponentFuture, StatusBoard};
+use super::agent::{AgentCtx, ComponentFuture};
 use crate::{
     dataplane::{Pins, bpf_sys, conntrack, flows, stats},
+    instance::StatusBoard,
     policy::identity,
     report,
     topology::{DataplaneMode, Plan},

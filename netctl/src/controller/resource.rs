@@ -8,9 +8,10 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::daemon;
+use super::{daemon, state::State};
 use crate::{
     dataplane::{LoadOptions, Pins, SockProgram, TcProgram, loader},
+    instance::paths,
     iptables::{Chains, base as ipt_base, rules::BaseSpec},
     net::{host_firewall, nat, netlink::Netlink, netns},
     supervisor,
@@ -427,7 +428,7 @@ impl Resource {
             }
             Resource::HostForward { .. } => self.with_host_forward(host_firewall::install),
             Resource::Services { instance } => {
-                let dir = supervisor::paths::run_dir(instance);
+                let dir = paths::services_dir(instance);
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
             }
             Resource::Controller { instance, prefix } => {
@@ -547,7 +548,10 @@ impl Resource {
             Resource::HostForward { instance, .. } => {
                 host_firewall::remove(&Chains::for_instance(instance).host_forward())
             }
-            Resource::Services { instance } => supervisor::stop_all(instance).await,
+            Resource::Services { instance } => {
+                let state = State::load(instance).ok().flatten();
+                supervisor::stop_all(instance, state.as_ref().map(|s| &s.plan)).await
+            }
             Resource::Controller { instance, .. } => {
                 daemon::stop(instance, CONTROLLER_GRACE).await.map(drop)
             }
@@ -581,7 +585,7 @@ impl Resource {
                 ipt_base::exists(&Chains::for_instance(instance))?
             }
             Resource::HostForward { .. } => self.with_host_forward(host_firewall::present)?,
-            Resource::Services { instance } => supervisor::paths::run_dir(instance).is_dir(),
+            Resource::Services { instance } => paths::services_dir(instance).is_dir(),
             Resource::Controller { instance, .. } => {
                 daemon::running(instance).is_some_and(|id| daemon::is_current(&id))
             }

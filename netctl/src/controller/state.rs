@@ -16,9 +16,11 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::Resource;
-use crate::topology::Plan;
+use crate::{
+    instance::paths::{RUN_ROOT, run_dir},
+    topology::Plan,
+};
 
-pub const STATE_DIR: &str = "/run/netctl";
 const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,7 +50,7 @@ pub struct HostChanges {
 
 impl HostChanges {
     fn path() -> PathBuf {
-        Path::new(STATE_DIR).join("host.json")
+        Path::new(RUN_ROOT).join("host.json")
     }
 
     pub fn load() -> anyhow::Result<Self> {
@@ -74,6 +76,13 @@ impl HostChanges {
     }
 }
 
+/// What the supervisor follows of the state.
+impl AsRef<Plan> for State {
+    fn as_ref(&self) -> &Plan {
+        &self.plan
+    }
+}
+
 impl State {
     pub fn new(plan: Plan) -> Self {
         Self {
@@ -85,7 +94,7 @@ impl State {
     }
 
     pub fn path(instance: &str) -> PathBuf {
-        instance_dir(instance).join("state.json")
+        run_dir(instance).join("state.json")
     }
 
     /// The state of `instance`, or `None` when it is not up.
@@ -117,7 +126,7 @@ impl State {
     /// Removes the state file and the instance's runtime directory.
     pub fn remove(&self) -> anyhow::Result<()> {
         remove_if_exists(&Self::path(&self.instance))?;
-        let dir = instance_dir(&self.instance);
+        let dir = run_dir(&self.instance);
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -146,14 +155,9 @@ impl State {
     }
 }
 
-/// `/run/netctl/<instance>/`: state file, controller pid file and API socket.
-pub fn instance_dir(instance: &str) -> PathBuf {
-    Path::new(STATE_DIR).join(instance)
-}
-
 /// Instances with a state file, sorted.
 pub fn instances() -> Vec<String> {
-    let mut out: Vec<String> = fs::read_dir(STATE_DIR)
+    let mut out: Vec<String> = fs::read_dir(RUN_ROOT)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
@@ -165,9 +169,9 @@ pub fn instances() -> Vec<String> {
 }
 
 fn ensure_dir() -> anyhow::Result<()> {
-    fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
-    fs::set_permissions(STATE_DIR, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting {STATE_DIR} to root"))?;
+    fs::create_dir_all(RUN_ROOT).with_context(|| format!("creating {RUN_ROOT}"))?;
+    fs::set_permissions(RUN_ROOT, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {RUN_ROOT} to root"))?;
     Ok(())
 }
 
@@ -210,12 +214,12 @@ pub struct StateLock {
 
 impl StateLock {
     pub fn acquire() -> anyhow::Result<Self> {
-        Self::acquire_in(Path::new(STATE_DIR))
+        Self::acquire_in(Path::new(RUN_ROOT))
     }
 
     /// The lock, without creating the directory: `None` when there is none (nothing up).
     pub fn acquire_existing() -> anyhow::Result<Option<Self>> {
-        if !Path::new(STATE_DIR).exists() {
+        if !Path::new(RUN_ROOT).exists() {
             return Ok(None);
         }
         Self::acquire().map(Some)
@@ -223,7 +227,7 @@ impl StateLock {
 
     fn acquire_in(dir: &Path) -> anyhow::Result<Self> {
         loop {
-            if dir == Path::new(STATE_DIR) {
+            if dir == Path::new(RUN_ROOT) {
                 ensure_dir()?;
             } else {
                 fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -258,7 +262,7 @@ fn is_at(file: &File, path: &Path) -> bool {
 /// Removes the state directory when nothing is left in it (the last `down`, holding the
 /// lock), so that a host netctl was used on keeps no trace in /run.
 pub fn remove_dir_if_empty() -> anyhow::Result<()> {
-    remove_empty_dir(Path::new(STATE_DIR))
+    remove_empty_dir(Path::new(RUN_ROOT))
 }
 
 fn remove_empty_dir(dir: &Path) -> anyhow::Result<()> {

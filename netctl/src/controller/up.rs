@@ -18,14 +18,10 @@ use super::{
 };
 use crate::{
     dataplane::Pins,
+    instance::failpoint::ResourceFailpoint,
     net::{bpffs, netlink::Netlink, sysctl},
     topology::Plan,
 };
-
-/// Test hook: `fail-after:N` makes the creation after the N-th fail; `abort-after:N` kills
-/// the process right after creating the next resource, before the journal says it is done
-/// (as a crash would), so tests can check rollback and recovery.
-pub const FAILPOINT_ENV: &str = "NETCTL_FAILPOINT";
 
 #[derive(Debug, Default)]
 pub struct UpReport {
@@ -128,7 +124,7 @@ pub async fn up(plan: &Plan, mode: ControllerMode) -> anyhow::Result<UpReport> {
         report.removed.push(r.clone());
     }
 
-    let failpoint = Failpoint::from_env();
+    let failpoint = ResourceFailpoint::from_env();
     for r in create {
         let outcome = match failpoint.before_create(report.created.len()) {
             Err(e) => Err(e),
@@ -297,47 +293,6 @@ async fn rollback(
         msg.push_str(&problems.join("\n  - "));
     }
     anyhow!(msg)
-}
-
-/// Whether `NETCTL_FAILPOINT` names the failpoint `name` (one that is not a count of
-/// resources, such as `postgres-bootstrap`).
-pub fn failpoint_is(name: &str) -> bool {
-    std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name)
-}
-
-enum Failpoint {
-    None,
-    FailAfter(usize),
-    AbortAfter(usize),
-}
-
-impl Failpoint {
-    fn from_env() -> Self {
-        let Ok(spec) = std::env::var(FAILPOINT_ENV) else {
-            return Self::None;
-        };
-        let parse = |n: &str| n.parse::<usize>().ok();
-        match spec.split_once(':') {
-            Some(("fail-after", n)) => parse(n).map_or(Self::None, Self::FailAfter),
-            Some(("abort-after", n)) => parse(n).map_or(Self::None, Self::AbortAfter),
-            _ => Self::None,
-        }
-    }
-
-    fn before_create(&self, created: usize) -> anyhow::Result<()> {
-        match *self {
-            Self::FailAfter(n) if created == n => {
-                Err(anyhow!("injected failure ({FAILPOINT_ENV}=fail-after:{n})"))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn after_create(&self, created: usize) {
-        if matches!(*self, Self::AbortAfter(n) if created == n) {
-            std::process::abort();
-        }
-    }
 }
 
 /// `up --foreground`: records this process as the instance's controller and runs it here.

@@ -16,7 +16,6 @@
 //! controller's status board as the `services` component.
 
 pub mod builtin;
-pub mod paths;
 pub mod probe;
 pub mod process;
 mod reconcile;
@@ -28,17 +27,18 @@ pub mod stop;
 
 use std::time::Duration;
 
-pub use reconcile::component;
+pub use reconcile::{Supervision, run};
 pub use status::{ServiceState, ServiceStatus};
 
-use crate::controller::state::State;
+use crate::{instance::paths, topology::Plan};
 
 /// How long a process gets to stop after its clean signal.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Stops every recorded process of `instance` and anything else running in its
-/// namespaces, then forgets the records. Works without a controller (`netctl down`).
-pub async fn stop_all(instance: &str) -> anyhow::Result<()> {
+/// Stops every recorded process of `instance` and anything else running in the namespaces
+/// of its `plan` (when its state still tells it), then forgets the records. Works without
+/// a controller (`netctl down`).
+pub async fn stop_all(instance: &str, plan: Option<&Plan>) -> anyhow::Result<()> {
     let records = record::all(instance);
     let mut stops = Vec::new();
     for r in records {
@@ -53,8 +53,8 @@ pub async fn stop_all(instance: &str) -> anyhow::Result<()> {
     }
     let results = futures::future::join_all(stops).await;
     // Anything else in the platform's namespaces (a record lost in a crash, a shell).
-    if let Ok(Some(state)) = State::load(instance) {
-        let sweeps = state.plan.endpoints.iter().filter_map(|e| {
+    if let Some(plan) = plan {
+        let sweeps = plan.endpoints.iter().filter_map(|e| {
             stop::netns_inode(&e.netns).map(|inode| {
                 stop::terminate(
                     None,
@@ -73,7 +73,7 @@ pub async fn stop_all(instance: &str) -> anyhow::Result<()> {
     if !errors.is_empty() {
         anyhow::bail!("{}", errors.join("; "));
     }
-    let dir = paths::run_dir(instance);
+    let dir = paths::services_dir(instance);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

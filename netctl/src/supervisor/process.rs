@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    STOP_GRACE, builtin, paths, probe,
+    STOP_GRACE, builtin, probe,
     record::{self, Record},
     spawn,
     spec::ProcessSpec,
@@ -25,7 +25,7 @@ use super::{
     stop,
 };
 use crate::{
-    controller::{agent::StatusBoard, daemon::ProcessId},
+    instance::{ProcessId, StatusBoard, paths},
     topology::HealthCheck,
 };
 
@@ -198,7 +198,9 @@ fn initial_status(ctx: &Ctx, spec: &ProcessSpec) -> ServiceStatus {
         health: None,
         last_error: None,
         url: spec.url.clone(),
-        log: paths::log(&ctx.instance, &spec.name).display().to_string(),
+        log: paths::service_log(&ctx.instance, &spec.name)
+            .display()
+            .to_string(),
     }
 }
 
@@ -209,7 +211,7 @@ async fn supervise(
     stop_token: CancellationToken,
     inode_out: Arc<AtomicU64>,
 ) {
-    let log = paths::log(&ctx.instance, &spec.name);
+    let log = paths::service_log(&ctx.instance, &spec.name);
     let statuses = ctx.statuses.clone();
     let mut restarts = adopt.as_ref().map_or(0, |r| r.restarts);
     let mut failures: u32 = 0;
@@ -349,7 +351,7 @@ async fn start_once(ctx: &Ctx, spec: &ProcessSpec, restarts: u32) -> anyhow::Res
     env.extend(builtin::secrets(spec, &ctx.instance)?);
     let inode = stop::netns_inode(&spec.netns)
         .ok_or_else(|| anyhow::anyhow!("network namespace {} does not exist", spec.netns))?;
-    let log = paths::log(&ctx.instance, &spec.name);
+    let log = paths::service_log(&ctx.instance, &spec.name);
     spawn::log_line(&log, &format!("starting {}", spec.argv.join(" ")));
     let child = spawn::spawn(spec, &env, &log)?;
     let pid = child

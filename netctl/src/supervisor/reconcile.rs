@@ -4,6 +4,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
 use super::{
     STOP_GRACE,
     process::{self, Ctx, Handle, Statuses},
@@ -11,33 +14,45 @@ use super::{
     spec::ProcessSpec,
     stop,
 };
-use crate::controller::agent::{AgentCtx, ComponentFuture};
+use crate::{instance::StatusBoard, topology::Plan};
 
-pub fn component(ctx: AgentCtx) -> ComponentFuture {
-    Box::pin(run(ctx))
+/// What supervision follows and where it tells what it does: the controller, which runs it
+/// as its `services` component, hands these over.
+pub struct Supervision<S> {
+    pub instance: String,
+    /// The instance's current state (the controller's, which holds the plan): supervision
+    /// keeps the processes its plan says, and follows it when it changes.
+    pub state: watch::Receiver<Arc<S>>,
+    pub board: StatusBoard,
+    /// Cancelled when the controller stops; the processes stay, for the next controller.
+    pub shutdown: CancellationToken,
 }
 
-async fn run(mut agent: AgentCtx) -> anyhow::Result<()> {
+/// Supervises the processes of `supervision.state`'s plan until shutdown.
+pub async fn run<S>(mut supervision: Supervision<S>) -> anyhow::Result<()>
+where
+    S: AsRef<Plan> + Send + Sync + 'static,
+{
     let exe = std::env::current_exe()
         .map_err(|e| anyhow::anyhow!("finding the netctl binary: {e}"))?
         .display()
         .to_string();
     let ctx = Arc::new(Ctx {
-        instance: agent.instance.clone(),
-        statuses: Statuses::new(agent.board.clone()),
-        detach: agent.shutdown.child_token(),
+        instance: supervision.instance.clone(),
+        statuses: Statuses::new(supervision.board.clone()),
+        detach: supervision.shutdown.child_token(),
     });
     ctx.statuses.publish().await;
     let mut running: HashMap<String, Handle> = HashMap::new();
-    reconcile(&agent, &ctx, &exe, &mut running).await;
+    reconcile(&supervision, &ctx, &exe, &mut running).await;
     loop {
         tokio::select! {
-            () = agent.shutdown.cancelled() => break,
-            changed = agent.state.changed() => {
+            () = supervision.shutdown.cancelled() => break,
+            changed = supervision.state.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                reconcile(&agent, &ctx, &exe, &mut running).await;
+                reconcile(&supervision, &ctx, &exe, &mut running).await;
             }
         }
     }
@@ -49,14 +64,15 @@ async fn run(mut agent: AgentCtx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn reconcile(
-    agent: &AgentCtx,
+async fn reconcile<S: AsRef<Plan>>(
+    supervision: &Supervision<S>,
     ctx: &Arc<Ctx>,
     exe: &str,
     running: &mut HashMap<String, Handle>,
 ) {
-    let state = agent.state.borrow().clone();
-    let specs = ProcessSpec::for_plan(&state.plan, exe);
+    let state = supervision.state.borrow().clone();
+    let plan: &Plan = (*state).as_ref();
+    let specs = ProcessSpec::for_plan(plan, exe);
     ctx.statuses
         .set_order(specs.iter().map(|s| s.name.clone()).collect());
     let desired: HashMap<&str, &ProcessSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
@@ -114,12 +130,12 @@ async fn reconcile(
         running.insert(name, process::start(ctx.clone(), spec, adopt).await);
     }
     // Now the board shows this plan's processes: say which plan that is.
-    agent
+    supervision
         .board
         .publish(
             "supervisor",
             serde_json::json!({
-                "plan": state.plan.fingerprint(),
+                "plan": plan.fingerprint(),
                 "processes": running.len(),
                 "reconciled_at_ms": process::now_ms(),
             }),

@@ -12,8 +12,7 @@ use std::{
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::paths;
-use crate::controller::daemon::ProcessId;
+use crate::instance::{ProcessId, paths};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -46,9 +45,9 @@ impl Record {
 
     /// Writes the record atomically, root-only.
     pub fn save(&self, instance: &str) -> anyhow::Result<()> {
-        let dir = paths::run_dir(instance);
+        let dir = paths::services_dir(instance);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = paths::record(instance, &self.name);
+        let path = paths::service_record(instance, &self.name);
         let tmp = path.with_extension("tmp");
         let text = serde_json::to_vec_pretty(self)?;
         let mut f = fs::OpenOptions::new()
@@ -70,7 +69,7 @@ impl Record {
 }
 
 pub fn remove(instance: &str, name: &str) -> anyhow::Result<()> {
-    let path = paths::record(instance, name);
+    let path = paths::service_record(instance, name);
     match fs::remove_file(&path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -79,12 +78,12 @@ pub fn remove(instance: &str, name: &str) -> anyhow::Result<()> {
 }
 
 pub fn load(instance: &str, name: &str) -> Option<Record> {
-    Record::load(&paths::record(instance, name))
+    Record::load(&paths::service_record(instance, name))
 }
 
 /// Every record of the instance (unreadable ones are skipped).
 pub fn all(instance: &str) -> Vec<Record> {
-    let mut out: Vec<Record> = fs::read_dir(paths::run_dir(instance))
+    let mut out: Vec<Record> = fs::read_dir(paths::services_dir(instance))
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())

@@ -83,7 +83,7 @@ fn open_log(path: &Path) -> anyhow::Result<fs::File> {
     if fs::metadata(path).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
         let _ = fs::rename(path, path.with_extension("log.1"));
     }
-    super::paths::open_private_log(path)
+    crate::instance::logs::open_private_log(path)
 }
 
 /// Appends a line from the supervisor to a process's log (start, exit, restart).

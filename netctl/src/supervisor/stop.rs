@@ -14,7 +14,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{controller::daemon::ProcessId, net::netns};
+use crate::{instance::ProcessId, net::netns};
 
 /// The inode of a named namespace, `None` when it does not exist.
 pub fn netns_inode(name: &str) -> Option<u64> {

@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 
 use super::spec::{ProcessSpec, Secret, set};
 use crate::{
+    instance::paths,
     services::env as service_env,
     topology::{Endpoint, Kind, Plan},
 };
@@ -196,9 +197,9 @@ pub fn volume_root(instance: &str) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
 
     use anyhow::Context;
-    let dir = super::paths::volumes(instance);
+    let dir = paths::volumes(instance);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for d in [Path::new(super::paths::VOLUME_ROOT), dir.as_path()] {
+    for d in [Path::new(paths::VOLUME_ROOT), dir.as_path()] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("chmod {}", d.display()))?;
     }

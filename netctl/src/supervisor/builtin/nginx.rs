@@ -10,8 +10,9 @@ use anyhow::Context;
 
 use super::{own_dir, stop_signal, user, volume_root};
 use crate::{
+    instance::paths,
     services::http::MAX_BODY,
-    supervisor::{paths, spec::ProcessSpec},
+    supervisor::spec::ProcessSpec,
     topology::{Endpoint, Kind, Plan},
 };
 
@@ -19,7 +20,7 @@ use crate::{
 pub const WORKER_USER: &str = "www-data";
 
 fn conf_path(instance: &str, name: &str) -> String {
-    paths::run_dir(instance)
+    paths::services_dir(instance)
         .join(format!("{name}.nginx.conf"))
         .display()
         .to_string()
@@ -47,7 +48,7 @@ pub fn configure(spec: &mut ProcessSpec, plan: &Plan, e: &Endpoint, port: u16, i
             )
         })
         .collect();
-    let pid = paths::run_dir(instance).join(format!("{}.nginx.pid", e.name));
+    let pid = paths::services_dir(instance).join(format!("{}.nginx.pid", e.name));
     let temp = paths::data(instance, &e.name);
     spec.files.push((
         conf,
@@ -153,7 +154,7 @@ pub fn prepare(spec: &ProcessSpec, instance: &str) -> anyhow::Result<()> {
     let worker = user(WORKER_USER, "base-passwd")?;
     volume_root(instance)?;
     own_dir(&paths::data(instance, &spec.name), &worker, 0o700)?;
-    let dir = paths::run_dir(instance);
+    let dir = paths::services_dir(instance);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (path, content) in &spec.files {
         std::fs::write(path, content).with_context(|| format!("writing {path}"))?;

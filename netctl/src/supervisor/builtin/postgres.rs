@@ -17,7 +17,8 @@ use anyhow::{Context, bail};
 
 use super::{own_dir, stop_signal, user, volume_root};
 use crate::{
-    supervisor::{paths, spec::ProcessSpec},
+    instance::{failpoint, paths},
+    supervisor::spec::ProcessSpec,
     topology::{Endpoint, Kind},
 };
 
@@ -221,7 +222,7 @@ pub fn prepare(spec: &ProcessSpec, instance: &str) -> anyhow::Result<()> {
         nix::unistd::chown(&hba, Some(pg.uid), Some(pg.gid))?;
     }
     if !bootstrapped.exists() {
-        if crate::controller::up::failpoint_is(BOOTSTRAP_FAILPOINT) {
+        if failpoint::is(BOOTSTRAP_FAILPOINT) {
             bail!("injected failure before the role and database were created");
         }
         tracing::info!("creating PostgreSQL's role {APP_ROLE} and database {APP_DATABASE}");

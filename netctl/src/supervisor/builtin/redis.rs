@@ -3,10 +3,7 @@
 //! the `redis` user.
 
 use super::{own_dir, user, volume_root};
-use crate::{
-    supervisor::{paths, spec::ProcessSpec},
-    topology::Endpoint,
-};
+use crate::{instance::paths, supervisor::spec::ProcessSpec, topology::Endpoint};
 
 pub const MAX_MEMORY: &str = "64mb";
 

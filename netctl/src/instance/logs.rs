@@ -1,40 +1,17 @@
-//! Where supervision keeps things: process records under `/run` (gone at reboot, like
-//! the processes), logs under `/var/log`, data (volumes) under `/var/lib`.
+//! An instance's log files are readable by root alone: they carry what services print
+//! (connection strings, errors with data in them).
 
 use std::{
     fs::{self, OpenOptions},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use anyhow::Context;
 
-use crate::controller::{daemon, state::instance_dir};
+use super::paths::{LOG_ROOT, log_dir};
 
-/// Root of every instance's volumes.
-pub const VOLUME_ROOT: &str = "/var/lib/netctl";
-
-/// `/run/netctl/<instance>/services/`: one record per supervised process, generated
-/// configuration (nginx).
-pub fn run_dir(instance: &str) -> PathBuf {
-    instance_dir(instance).join("services")
-}
-
-/// `/run/netctl/<instance>/services/<name>.json`
-pub fn record(instance: &str, name: &str) -> PathBuf {
-    run_dir(instance).join(format!("{name}.json"))
-}
-
-/// `/var/log/netctl/<instance>/<name>.log`
-pub fn log(instance: &str, name: &str) -> PathBuf {
-    daemon::log_dir(instance).join(format!("{name}.log"))
-}
-
-/// Root of every instance's logs.
-pub const LOG_ROOT: &str = "/var/log/netctl";
-
-/// Opens a log for appending, readable by root alone: logs carry what services print
-/// (connection strings, errors with data in them). Its directories, up to
+/// Opens a log for appending, readable by root alone. Its directories, up to
 /// `/var/log/netctl`, are made 0700, and a file left more open by an older build is
 /// narrowed to 0600.
 pub fn open_private_log(path: &Path) -> anyhow::Result<fs::File> {
@@ -75,20 +52,5 @@ pub fn restrict_logs(instance: &str) {
         }
     }
     let _ = fs::set_permissions(LOG_ROOT, fs::Permissions::from_mode(0o700));
-    walk(&daemon::log_dir(instance));
-}
-
-/// `/var/lib/netctl/<instance>/`: everything `down --volumes` removes.
-pub fn volumes(instance: &str) -> PathBuf {
-    Path::new(VOLUME_ROOT).join(instance)
-}
-
-/// `/var/lib/netctl/<instance>/<name>/`: the data directory of one endpoint.
-pub fn data(instance: &str, name: &str) -> PathBuf {
-    volumes(instance).join(name)
-}
-
-/// `/var/lib/netctl/<instance>/secrets/` (root only).
-pub fn secrets(instance: &str) -> PathBuf {
-    volumes(instance).join("secrets")
+    walk(&log_dir(instance));
 }
