@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::load_state;
 use crate::{
-    controller::{preflight, resource::HostFacts},
+    controller::{host_facts::HostFacts, preflight},
     dataplane::{Pins, lb::LbMaps},
     net::{netlink::Netlink, netns, sysctl},
     output,

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use super::agent::Routes;
+use super::component::Routes;
 use crate::instance::{StatusBoard, paths::run_dir};
 
 pub fn socket_path(instance: &str) -> PathBuf {

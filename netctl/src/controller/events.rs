@@ -19,7 +19,7 @@ use netctl_common::event::{EVENT_DROP, EVENT_NEW_FLOW};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
-use super::agent::{AgentCtx, ComponentFuture, StreamHandler};
+use super::component::{AgentCtx, ComponentFuture, StreamHandler};
 use crate::{
     dataplane::{
         Pins,

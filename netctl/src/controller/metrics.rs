@@ -18,7 +18,7 @@ use netctl_common::{DropReason, event::DropPairKey, maps as names};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use super::agent::{AgentCtx, ComponentFuture};
+use super::component::{AgentCtx, ComponentFuture};
 use crate::{
     dataplane::{Pins, bpf_sys, conntrack, flows, stats},
     instance::StatusBoard,

@@ -6,9 +6,11 @@
 
 pub mod agent;
 pub mod api;
+pub mod component;
 pub mod daemon;
 pub mod down;
 pub mod events;
+pub mod host_facts;
 pub mod lb;
 pub mod metrics;
 pub mod policy;

@@ -9,8 +9,8 @@ use netctl_common::policy::ID_HOST;
 use serde_json::json;
 
 use super::{
-    agent::{AgentCtx, ComponentFuture},
-    resource::HostFacts,
+    component::{AgentCtx, ComponentFuture},
+    host_facts::HostFacts,
 };
 use crate::{
     dataplane::{Pins, policy::PolicyMaps},

@@ -12,8 +12,10 @@
 use anyhow::{Context, anyhow, bail};
 
 use super::{
-    Resource, daemon, preflight,
-    resource::{Ctx, HostFacts},
+    Resource, daemon,
+    host_facts::HostFacts,
+    preflight,
+    resource::Ctx,
     state::{HostChanges, State, StateLock},
 };
 use crate::{

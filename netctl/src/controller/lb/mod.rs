@@ -36,11 +36,11 @@ use self::{
     writer::LbWriter,
 };
 use super::{
-    agent::{AgentCtx, ApiError, ComponentFuture, Handler},
+    component::{AgentCtx, ApiError, ComponentFuture, Handler},
     state::State,
 };
 use crate::{
-    controller::resource::HostFacts,
+    controller::host_facts::HostFacts,
     dataplane::{Pins, conntrack, lb::LbMaps},
     iptables::IptablesWriter,
     net::netlink::Netlink,
