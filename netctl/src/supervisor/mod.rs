@@ -22,6 +22,7 @@ mod reconcile;
 pub mod record;
 pub mod spawn;
 pub mod spec;
+pub mod specs;
 pub mod status;
 pub mod stop;
 

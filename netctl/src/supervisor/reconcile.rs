@@ -72,7 +72,7 @@ async fn reconcile<S: AsRef<Plan>>(
 ) {
     let state = supervision.state.borrow().clone();
     let plan: &Plan = (*state).as_ref();
-    let specs = ProcessSpec::for_plan(plan, exe);
+    let specs = super::specs::for_plan(plan, exe);
     ctx.statuses
         .set_order(specs.iter().map(|s| s.name.clone()).collect());
     let desired: HashMap<&str, &ProcessSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
