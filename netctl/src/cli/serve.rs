@@ -1,6 +1,6 @@
 //! `netctl serve registry|gateway|product|order`: one of the reference services, in this
 //! process (the supervisor runs them in their namespaces; settings come from the
-//! environment, see the README).
+//! environment, see docs/services.md).
 
 use std::process::ExitCode;
 

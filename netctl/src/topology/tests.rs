@@ -111,12 +111,14 @@ fn flat_example_matches_the_original_single_bridge_plan() {
 }
 
 #[test]
-fn readme_example_is_valid() {
-    let readme = include_str!("../../../README.md");
-    let start = readme.find("```toml\n").expect("README has a TOML example");
-    let rest = &readme[start + 8..];
+fn the_topology_docs_example_is_valid() {
+    let doc = include_str!("../../../docs/topology.md");
+    let start = doc
+        .find("```toml\n")
+        .expect("docs/topology.md has a TOML example");
+    let rest = &doc[start + 8..];
     let end = rest.find("```").expect("example is closed");
-    plan(&rest[..end]).expect("README example validates");
+    plan(&rest[..end]).expect("the docs' example validates");
 }
 
 #[test]
