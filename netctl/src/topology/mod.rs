@@ -3,6 +3,7 @@
 //! [`validate`] turns a parsed file into a [`Plan`] of concrete names and addresses, or into
 //! every error it contains, before anything is touched.
 
+mod error;
 pub mod fuzz;
 pub mod health;
 mod model;
@@ -14,6 +15,7 @@ mod services;
 mod validate;
 mod validate_run;
 
+pub use error::{TopologyError, ValidationErrors};
 pub use health::{HealthCheck, HealthSpec, Probe};
 pub use model::{
     DataplaneSpec, NatConfig, NetworkSpec, PlatformSpec, PortForwardSpec, PortSpec, ServiceSpec,
@@ -25,7 +27,6 @@ pub use plan::{
     Service,
 };
 pub use run::{Kind, Program, Run};
-pub use validate::{TopologyError, ValidationErrors};
 pub use validate_run::GATEWAY_UPSTREAM_ENV;
 
 use std::path::Path;

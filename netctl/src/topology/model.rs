@@ -3,7 +3,7 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::{health::HealthSpec, validate::TopologyError};
+use super::{error::TopologyError, health::HealthSpec};
 
 /// A whole topology file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

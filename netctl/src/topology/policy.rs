@@ -35,7 +35,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{model::Topology, validate::TopologyError};
+use super::{error::TopologyError, model::Topology};
 
 /// Largest port range one rule may name (each port becomes map entries).
 pub const MAX_RANGE: u32 = 1024;

@@ -10,15 +10,12 @@ use netctl_common::{
 };
 
 use super::{
+    error::{MAX_REPLICAS, MIN_CONNTRACK, TopologyError},
     model::{PortSpec, Topology},
     plan::{
         Algorithm, Dataplane, Endpoint, ManualBackend, Network, Port, PortForward, Proto, Service,
     },
-    validate::TopologyError,
 };
-
-/// Smallest conntrack table `up` accepts (entries).
-pub const MIN_CONNTRACK: u32 = 1024;
 
 /// Parses `ports = [80, "53/udp"]`; every bad entry is reported with its index.
 pub(super) fn parse_ports(
@@ -306,8 +303,7 @@ fn check_dataplane_limits(
 
 // A frontend's slot count is a u16 (slot 0 is the master); the topology's own limits stay
 // below it. Weights from a registry are scaled down to fit at run time.
-const _: () =
-    assert!(MAX_BACKENDS <= MAX_SLOTS && (super::validate::MAX_REPLICAS as usize) <= MAX_SLOTS);
+const _: () = assert!(MAX_BACKENDS <= MAX_SLOTS && (MAX_REPLICAS as usize) <= MAX_SLOTS);
 
 fn service_cidr(
     topology: &Topology,
@@ -435,7 +431,7 @@ fn port_forwards(
 }
 
 /// Most backends one service may list (as many as replicas).
-pub const MAX_BACKENDS: usize = super::validate::MAX_REPLICAS as usize;
+pub const MAX_BACKENDS: usize = MAX_REPLICAS as usize;
 
 /// `backends = ["10.0.2.10", "10.0.2.11:7000"]`; `None` when any entry is wrong (each
 /// reported with its index).

@@ -4,6 +4,7 @@
 use indexmap::IndexMap;
 
 use super::{
+    error::TopologyError,
     health::{
         DEFAULT_HTTP_PATH, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_TIMEOUT, HealthCheck,
         HealthSpec, MAX_INTERVAL, MAX_RETRIES, MIN_INTERVAL, MIN_TIMEOUT, Probe, parse_duration,
@@ -11,7 +12,6 @@ use super::{
     model::{ServiceSpec, Topology},
     plan::{Port, Proto},
     run::{Kind, Program, Run},
-    validate::TopologyError,
 };
 
 /// Gateway variables that replace discovery through the registry by a fixed base URL.
