@@ -178,10 +178,7 @@ pub fn render(c: &Chains, input: &Input) -> Rendered {
         .services
         .iter()
         .flat_map(|s| {
-            let id = identity::of(
-                plan,
-                &crate::topology::policy::Peer::Service(s.name.clone()),
-            );
+            let id = identity::of(plan, &crate::topology::plan::Peer::Service(s.name.clone()));
             s.ports.iter().flat_map(move |p| {
                 s.backends
                     .iter()
@@ -831,7 +828,7 @@ mod tests {
     use crate::{
         net::iptables::parse_table,
         policy::compile,
-        topology::{Source, policy::Peer},
+        topology::{Source, plan::Peer},
     };
 
     fn plan(policy: &str) -> Plan {
@@ -1038,7 +1035,7 @@ backends = ["10.9.0.50:7001"]
         if l.from.is_some() {
             return Some(c.rlf(s, d));
         }
-        if l.per == crate::topology::policy::Per::Service {
+        if l.per == crate::topology::plan::Per::Service {
             return Some(c.rls(s, d));
         }
         let world_has_own = p
