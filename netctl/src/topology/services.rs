@@ -11,6 +11,7 @@ use netctl_common::{
 
 use super::{
     error::{MAX_REPLICAS, MIN_CONNTRACK, TopologyError},
+    health::{HealthCheck, HealthSpec},
     model::{PortSpec, Topology},
     plan::{
         Algorithm, Dataplane, Endpoint, ManualBackend, Network, Port, PortForward, Proto, Service,
@@ -100,12 +101,19 @@ pub(super) struct LbPlan {
     pub dataplane: Dataplane,
 }
 
+/// Resolves a `health` setting for the TCP ports given (the run resolver's work, handed in
+/// by the caller so that this section does not reach into another).
+pub(super) type HealthResolver =
+    fn(&str, &HealthSpec, &[u16], &mut Vec<TopologyError>) -> Option<HealthCheck>;
+
 /// VIPs (explicit ones first, then the next free addresses of the service CIDR, in file
-/// order), algorithms, port forwards and dataplane settings.
+/// order), algorithms, port forwards and dataplane settings. `resolve_health` checks the
+/// backends of services that list them by hand.
 pub(super) fn plan(
     topology: &Topology,
     networks: &[Network],
     endpoints: &[Endpoint],
+    resolve_health: HealthResolver,
     errors: &mut Vec<TopologyError>,
 ) -> LbPlan {
     let service_cidr = service_cidr(topology, networks, errors);
@@ -175,9 +183,10 @@ pub(super) fn plan(
                     .filter(|p| p.proto == Proto::Tcp)
                     .map(|p| p.port)
                     .collect();
-                let health = spec.health.as_ref().and_then(|h| {
-                    super::validate_run::health(&format!("{field}.health"), h, &tcp, errors)
-                });
+                let health = spec
+                    .health
+                    .as_ref()
+                    .and_then(|h| resolve_health(&format!("{field}.health"), h, &tcp, errors));
                 let field = format!("{field}.backends");
                 match parse_backends(&field, list, &ports, service_cidr, errors) {
                     Some(b) => (ports, b, health),

@@ -24,7 +24,13 @@ pub fn validate(topology: &Topology) -> Result<Plan, Vec<TopologyError>> {
     }
     let endpoints = v.endpoints(topology, &networks);
     validate_run::check_wiring(topology, &mut v.errors);
-    let lb = super::services::plan(topology, &networks, &endpoints, &mut v.errors);
+    let lb = super::services::plan(
+        topology,
+        &networks,
+        &endpoints,
+        validate_run::health,
+        &mut v.errors,
+    );
     let mode = DataplaneMode::parse(topology.dataplane.mode.trim());
     if mode.is_none() {
         v.errors.push(TopologyError::BadDataplane {
