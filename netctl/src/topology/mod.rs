@@ -10,6 +10,7 @@ mod model;
 pub mod names;
 pub mod plan;
 pub mod policy;
+mod ports;
 pub mod run;
 mod services;
 mod validate;

@@ -198,11 +198,8 @@ impl Validator {
                 });
                 continue;
             }
-            let ports = super::services::parse_ports(
-                &format!("{field}.ports"),
-                &spec.ports,
-                &mut self.errors,
-            );
+            let ports =
+                super::ports::parse_ports(&format!("{field}.ports"), &spec.ports, &mut self.errors);
             let Some(network) = networks.iter().find(|n| n.name == *spec_network) else {
                 // A network that failed its own checks is already reported.
                 if !topology.networks.contains_key(spec_network) {
