@@ -3,6 +3,7 @@
 //! [`validate`] turns a parsed file into a [`Plan`] of concrete names and addresses, or into
 //! every error it contains, before anything is touched.
 
+mod endpoints;
 mod error;
 pub mod fuzz;
 pub mod health;

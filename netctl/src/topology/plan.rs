@@ -377,6 +377,15 @@ pub struct Policy {
     pub rate_limits: Vec<RateLimit>,
 }
 
+/// The resolved run, health check and ports of one service, which each of its endpoints
+/// carries.
+pub struct ResolvedRun {
+    pub run: Option<Run>,
+    pub health: Option<HealthCheck>,
+    /// The service's ports, with the kind's default port when it lists none.
+    pub ports: Vec<Port>,
+}
+
 impl Plan {
     /// Instance name: the prefix without separators. Names the state file and pin dir.
     pub fn instance(&self) -> String {
