@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::identity;
 use crate::topology::{
     Plan,
-    policy::{Action, Peer, Per, PortMatch},
+    plan::{Action, Peer, Per, PortMatch},
 };
 
 /// One compiled entry (the generation is added when written).

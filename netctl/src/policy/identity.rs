@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use netctl_common::policy::{ID_ANY, ID_HOST, ID_SERVICE_BASE, ID_WORLD};
 
-use crate::topology::{Plan, policy::Peer};
+use crate::topology::{Plan, plan::Peer};
 
 /// The identity number of a named peer (0 for a service the plan does not know).
 pub fn of(plan: &Plan, peer: &Peer) -> u32 {

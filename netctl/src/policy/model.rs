@@ -16,7 +16,7 @@
 
 use serde::Serialize;
 
-use crate::topology::policy::{Action, Peer, Policy, PortMatch, RateLimit, Rule};
+use crate::topology::plan::{Action, Peer, Policy, PortMatch, RateLimit, Rule};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Verdict {

@@ -10,7 +10,7 @@ use netctl_common::{
 use super::{compile, identity, model};
 use crate::topology::{
     Plan, Source, TopologyError,
-    policy::{Action, Peer, Per, Policy, PortMatch, RateLimit, Rule},
+    plan::{Action, Peer, Per, Policy, PortMatch, RateLimit, Rule},
 };
 
 fn plan(policy: &str) -> Result<Plan, Vec<TopologyError>> {

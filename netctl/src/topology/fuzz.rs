@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::{Source, plan::Plan, validate::MAX_IFNAME_LEN};
+use super::{Source, error::MAX_IFNAME_LEN, plan::Plan};
 
 pub fn check(input: &[u8]) {
     let source = Source {

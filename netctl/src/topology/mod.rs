@@ -3,17 +3,21 @@
 //! [`validate`] turns a parsed file into a [`Plan`] of concrete names and addresses, or into
 //! every error it contains, before anything is touched.
 
+mod endpoints;
+mod error;
 pub mod fuzz;
 pub mod health;
 mod model;
 pub mod names;
 pub mod plan;
 pub mod policy;
+mod ports;
 pub mod run;
 mod services;
 mod validate;
 mod validate_run;
 
+pub use error::{TopologyError, ValidationErrors};
 pub use health::{HealthCheck, HealthSpec, Probe};
 pub use model::{
     DataplaneSpec, NatConfig, NetworkSpec, PlatformSpec, PortForwardSpec, PortSpec, ServiceSpec,
@@ -25,7 +29,6 @@ pub use plan::{
     Service,
 };
 pub use run::{Kind, Program, Run};
-pub use validate::{TopologyError, ValidationErrors};
 pub use validate_run::GATEWAY_UPSTREAM_ENV;
 
 use std::path::Path;

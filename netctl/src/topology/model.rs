@@ -3,7 +3,7 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::{health::HealthSpec, validate::TopologyError};
+use super::{error::TopologyError, health::HealthSpec};
 
 /// A whole topology file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -26,7 +26,7 @@ pub struct Topology {
     pub port_forwards: Vec<PortForwardSpec>,
     /// Network policy: allow/deny rules, default-deny destinations, rate limits.
     #[serde(default)]
-    pub policy: super::policy::PolicySpec,
+    pub policy: PolicySpec,
     #[serde(default)]
     pub metrics: MetricsSpec,
 }
@@ -225,6 +225,55 @@ pub struct PortForwardSpec {
     pub port: Option<u32>,
     /// `tcp` (default) or `udp`.
     pub protocol: Option<String>,
+}
+
+/// `[policy]` as written; the policy resolver turns it into the plan's `Policy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    #[serde(default)]
+    pub default_deny: Vec<String>,
+    #[serde(default = "yes")]
+    pub allow_host: bool,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSpec>,
+}
+
+impl Default for PolicySpec {
+    fn default() -> Self {
+        Self {
+            default_deny: Vec::new(),
+            allow_host: true,
+            rules: Vec::new(),
+            rate_limits: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub from: Option<Vec<String>>,
+    pub to: String,
+    pub ports: Option<Vec<PortSpec>>,
+    /// `allow` (default) or `deny`.
+    pub action: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Sources (services, "host", "world") this limit is for; omitted: any source without
+    /// a limit of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<String>>,
+    pub to: String,
+    pub rate: String,
+    pub burst: u32,
+    /// `source` (address, default) or `service` (all replicas of the source share).
+    pub per: Option<String>,
 }
 
 impl Topology {

@@ -1,7 +1,7 @@
 //! The validated, fully resolved form of a topology: every name and address netctl will
 //! create, computed once so that `up`, `down`, `status` and `flows` agree on them.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,7 @@ pub struct Plan {
     #[serde(default)]
     pub dataplane: Dataplane,
     #[serde(default)]
-    pub policy: super::policy::Policy,
+    pub policy: Policy,
     /// Where the controller serves Prometheus metrics (`None`: nowhere).
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -302,6 +302,88 @@ pub struct Endpoint {
     /// How to tell it serves (also for load balancing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+}
+
+/// A party to a connection, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    Service(String),
+    Host,
+    World,
+}
+
+impl Peer {
+    pub fn name(&self) -> &str {
+        match self {
+            Peer::Service(s) => s,
+            Peer::Host => "host",
+            Peer::World => "world",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// Which ports a rule covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortMatch {
+    Any,
+    /// `(port, protocol number)` pairs.
+    Ports(Vec<(u16, u8)>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// 1-based number in the file (`policy.rules[number - 1]`).
+    pub number: u16,
+    pub action: Action,
+    /// `None`: any source.
+    pub from: Option<BTreeSet<Peer>>,
+    pub to: Peer,
+    pub ports: PortMatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    Source,
+    Service,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// `None`: any source (that no other limit of `to` names).
+    pub from: Option<BTreeSet<Peer>>,
+    pub to: Peer,
+    /// Tokens per second, in thousandths.
+    pub rate_milli: u32,
+    pub burst: u32,
+    pub per: Per,
+}
+
+/// The validated policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub default_deny: BTreeSet<Peer>,
+    pub allow_host: bool,
+    pub rules: Vec<Rule>,
+    pub rate_limits: Vec<RateLimit>,
+}
+
+/// The resolved run, health check and ports of one service, which each of its endpoints
+/// carries.
+pub struct ResolvedRun {
+    pub run: Option<Run>,
+    pub health: Option<HealthCheck>,
+    /// The service's ports, with the kind's default port when it lists none.
+    pub ports: Vec<Port>,
 }
 
 impl Plan {

@@ -1,4 +1,4 @@
-//! The `[policy]` section: allow/deny rules between services, the host and the world,
+//! Resolves the `[policy]` section: allow/deny rules between services, the host and the world,
 //! destinations that deny by default, and per-source rate limits of new connections.
 //!
 //! ```toml
@@ -33,137 +33,20 @@
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
+use super::{
+    error::TopologyError,
+    model::{PortSpec, Topology},
+};
 
-use super::{model::Topology, validate::TopologyError};
+// The section's types are plain data: as written in `model`, resolved in `plan`. They keep
+// their old path here.
+pub use super::{
+    model::{PolicySpec, RateLimitSpec, RuleSpec},
+    plan::{Action, Peer, Per, Policy, PortMatch, RateLimit, Rule},
+};
 
 /// Largest port range one rule may name (each port becomes map entries).
 pub const MAX_RANGE: u32 = 1024;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySpec {
-    #[serde(default)]
-    pub default_deny: Vec<String>,
-    #[serde(default = "yes")]
-    pub allow_host: bool,
-    #[serde(default)]
-    pub rules: Vec<RuleSpec>,
-    #[serde(default)]
-    pub rate_limits: Vec<RateLimitSpec>,
-}
-
-impl Default for PolicySpec {
-    fn default() -> Self {
-        Self {
-            default_deny: Vec::new(),
-            allow_host: true,
-            rules: Vec::new(),
-            rate_limits: Vec::new(),
-        }
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleSpec {
-    pub from: Option<Vec<String>>,
-    pub to: String,
-    pub ports: Option<Vec<super::model::PortSpec>>,
-    /// `allow` (default) or `deny`.
-    pub action: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitSpec {
-    /// Sources (services, "host", "world") this limit is for; omitted: any source without
-    /// a limit of its own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<Vec<String>>,
-    pub to: String,
-    pub rate: String,
-    pub burst: u32,
-    /// `source` (address, default) or `service` (all replicas of the source share).
-    pub per: Option<String>,
-}
-
-/// A party to a connection, by name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Peer {
-    Service(String),
-    Host,
-    World,
-}
-
-impl Peer {
-    pub fn name(&self) -> &str {
-        match self {
-            Peer::Service(s) => s,
-            Peer::Host => "host",
-            Peer::World => "world",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Allow,
-    Deny,
-}
-
-/// Which ports a rule covers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PortMatch {
-    Any,
-    /// `(port, protocol number)` pairs.
-    Ports(Vec<(u16, u8)>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rule {
-    /// 1-based number in the file (`policy.rules[number - 1]`).
-    pub number: u16,
-    pub action: Action,
-    /// `None`: any source.
-    pub from: Option<BTreeSet<Peer>>,
-    pub to: Peer,
-    pub ports: PortMatch,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Per {
-    Source,
-    Service,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RateLimit {
-    /// `None`: any source (that no other limit of `to` names).
-    pub from: Option<BTreeSet<Peer>>,
-    pub to: Peer,
-    /// Tokens per second, in thousandths.
-    pub rate_milli: u32,
-    pub burst: u32,
-    pub per: Per,
-}
-
-/// The validated policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Policy {
-    pub default_deny: BTreeSet<Peer>,
-    pub allow_host: bool,
-    pub rules: Vec<Rule>,
-    pub rate_limits: Vec<RateLimit>,
-}
 
 /// A `from` list: `Some(None)` for any source (omitted, or naming "any"), `Some(Some(set))`
 /// for the named ones, `None` when it is wrong (the errors say why).
@@ -326,10 +209,9 @@ pub fn plan(spec: &PolicySpec, topology: &Topology, errors: &mut Vec<TopologyErr
 /// `5432`, `"53/udp"`, `"8000-8010/tcp"` -> `(port, protocol number)` pairs.
 fn ports(
     field: &str,
-    list: &[super::model::PortSpec],
+    list: &[PortSpec],
     errors: &mut Vec<TopologyError>,
 ) -> Option<Vec<(u16, u8)>> {
-    use super::model::PortSpec;
     let mut out = Vec::new();
     let mut ok = true;
     for (i, p) in list.iter().enumerate() {

@@ -10,90 +10,14 @@ use netctl_common::{
 };
 
 use super::{
-    model::{PortSpec, Topology},
+    error::{MAX_REPLICAS, MIN_CONNTRACK, TopologyError},
+    health::{HealthCheck, HealthSpec},
+    model::Topology,
     plan::{
         Algorithm, Dataplane, Endpoint, ManualBackend, Network, Port, PortForward, Proto, Service,
     },
-    validate::TopologyError,
+    ports::{parse_ports, parse_proto, port_number},
 };
-
-/// Smallest conntrack table `up` accepts (entries).
-pub const MIN_CONNTRACK: u32 = 1024;
-
-/// Parses `ports = [80, "53/udp"]`; every bad entry is reported with its index.
-pub(super) fn parse_ports(
-    field: &str,
-    specs: &[PortSpec],
-    errors: &mut Vec<TopologyError>,
-) -> Vec<Port> {
-    let mut out: Vec<Port> = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        let parsed = match spec {
-            PortSpec::Number(n) => port_number(&f, *n, errors).map(|port| Port {
-                port,
-                proto: Proto::Tcp,
-            }),
-            PortSpec::Text(text) => parse_port_text(&f, text, errors),
-        };
-        if let Some(p) = parsed {
-            if out.contains(&p) {
-                errors.push(TopologyError::DuplicatePort {
-                    field: f,
-                    port: p.to_string(),
-                });
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn parse_port_text(field: &str, text: &str, errors: &mut Vec<TopologyError>) -> Option<Port> {
-    let (num, proto) = text.split_once('/').unwrap_or((text, "tcp"));
-    let proto = match parse_proto(proto) {
-        Some(p) => p,
-        None => {
-            errors.push(TopologyError::BadPortSpec {
-                field: field.into(),
-                value: text.into(),
-            });
-            return None;
-        }
-    };
-    match num.trim().parse::<u32>() {
-        Ok(n) => port_number(field, n, errors).map(|port| Port { port, proto }),
-        Err(_) => {
-            errors.push(TopologyError::BadPortSpec {
-                field: field.into(),
-                value: text.into(),
-            });
-            None
-        }
-    }
-}
-
-fn parse_proto(text: &str) -> Option<Proto> {
-    match text.trim() {
-        "tcp" => Some(Proto::Tcp),
-        "udp" => Some(Proto::Udp),
-        _ => None,
-    }
-}
-
-fn port_number(field: &str, n: u32, errors: &mut Vec<TopologyError>) -> Option<u16> {
-    match u16::try_from(n) {
-        Ok(p) if p != 0 => Some(p),
-        _ => {
-            errors.push(TopologyError::BadPort {
-                field: field.into(),
-                value: n,
-            });
-            None
-        }
-    }
-}
 
 /// What [`plan`] resolves.
 pub(super) struct LbPlan {
@@ -103,12 +27,19 @@ pub(super) struct LbPlan {
     pub dataplane: Dataplane,
 }
 
+/// Resolves a `health` setting for the TCP ports given (the run resolver's work, handed in
+/// by the caller so that this section does not reach into another).
+pub(super) type HealthResolver =
+    fn(&str, &HealthSpec, &[u16], &mut Vec<TopologyError>) -> Option<HealthCheck>;
+
 /// VIPs (explicit ones first, then the next free addresses of the service CIDR, in file
-/// order), algorithms, port forwards and dataplane settings.
+/// order), algorithms, port forwards and dataplane settings. `resolve_health` checks the
+/// backends of services that list them by hand.
 pub(super) fn plan(
     topology: &Topology,
     networks: &[Network],
     endpoints: &[Endpoint],
+    resolve_health: HealthResolver,
     errors: &mut Vec<TopologyError>,
 ) -> LbPlan {
     let service_cidr = service_cidr(topology, networks, errors);
@@ -178,9 +109,10 @@ pub(super) fn plan(
                     .filter(|p| p.proto == Proto::Tcp)
                     .map(|p| p.port)
                     .collect();
-                let health = spec.health.as_ref().and_then(|h| {
-                    super::validate_run::health(&format!("{field}.health"), h, &tcp, errors)
-                });
+                let health = spec
+                    .health
+                    .as_ref()
+                    .and_then(|h| resolve_health(&format!("{field}.health"), h, &tcp, errors));
                 let field = format!("{field}.backends");
                 match parse_backends(&field, list, &ports, service_cidr, errors) {
                     Some(b) => (ports, b, health),
@@ -306,8 +238,7 @@ fn check_dataplane_limits(
 
 // A frontend's slot count is a u16 (slot 0 is the master); the topology's own limits stay
 // below it. Weights from a registry are scaled down to fit at run time.
-const _: () =
-    assert!(MAX_BACKENDS <= MAX_SLOTS && (super::validate::MAX_REPLICAS as usize) <= MAX_SLOTS);
+const _: () = assert!(MAX_BACKENDS <= MAX_SLOTS && (MAX_REPLICAS as usize) <= MAX_SLOTS);
 
 fn service_cidr(
     topology: &Topology,
@@ -435,7 +366,7 @@ fn port_forwards(
 }
 
 /// Most backends one service may list (as many as replicas).
-pub const MAX_BACKENDS: usize = super::validate::MAX_REPLICAS as usize;
+pub const MAX_BACKENDS: usize = MAX_REPLICAS as usize;
 
 /// `backends = ["10.0.2.10", "10.0.2.11:7000"]`; `None` when any entry is wrong (each
 /// reported with its index).

@@ -1079,7 +1079,7 @@ fn a_conntrack_table_too_small_is_an_error() {
     );
     plan(&format!(
         "{BASE}[dataplane]\nconntrack_max = {}\n",
-        services::MIN_CONNTRACK
+        error::MIN_CONNTRACK
     ))
     .expect("the minimum is enough");
 }

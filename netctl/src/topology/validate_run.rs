@@ -4,26 +4,18 @@
 use indexmap::IndexMap;
 
 use super::{
+    error::TopologyError,
     health::{
         DEFAULT_HTTP_PATH, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_TIMEOUT, HealthCheck,
         HealthSpec, MAX_INTERVAL, MAX_RETRIES, MIN_INTERVAL, MIN_TIMEOUT, Probe, parse_duration,
     },
     model::{ServiceSpec, Topology},
-    plan::{Port, Proto},
+    plan::{Port, Proto, ResolvedRun},
     run::{Kind, Program, Run},
-    validate::TopologyError,
 };
 
 /// Gateway variables that replace discovery through the registry by a fixed base URL.
 pub const GATEWAY_UPSTREAM_ENV: [&str; 2] = ["PRODUCT_URL", "ORDER_URL"];
-
-/// The resolved run, health check and ports of one service.
-pub struct Resolved {
-    pub run: Option<Run>,
-    pub health: Option<HealthCheck>,
-    /// The service's ports, with the kind's default port when it lists none.
-    pub ports: Vec<Port>,
-}
 
 /// Resolves `kind`/`command`/`env`/`health` of service `name`. `ports` are the service's
 /// valid ports (bad ones are reported elsewhere).
@@ -32,7 +24,7 @@ pub fn resolve(
     spec: &ServiceSpec,
     ports: Vec<Port>,
     errors: &mut Vec<TopologyError>,
-) -> Resolved {
+) -> ResolvedRun {
     let field = format!("services.{name}");
     let program = program(&field, spec, errors);
     check_env(&field, &spec.env, errors);
@@ -66,7 +58,7 @@ pub fn resolve(
         Some(h) => health(&format!("{field}.health"), h, &tcp, errors),
         None => kind.and_then(|k| tcp.first().map(|p| k.default_health(*p))),
     };
-    Resolved {
+    ResolvedRun {
         run: program.map(|program| Run {
             program,
             env: spec.env.clone(),

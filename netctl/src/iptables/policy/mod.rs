@@ -181,10 +181,7 @@ pub fn render(c: &Chains, input: &Input) -> Rendered {
         .services
         .iter()
         .flat_map(|s| {
-            let id = identity::of(
-                plan,
-                &crate::topology::policy::Peer::Service(s.name.clone()),
-            );
+            let id = identity::of(plan, &crate::topology::plan::Peer::Service(s.name.clone()));
             s.ports.iter().flat_map(move |p| {
                 s.backends
                     .iter()

@@ -6,7 +6,7 @@ use super::*;
 use crate::{
     net::iptables::parse_table,
     policy::compile,
-    topology::{Source, policy::Peer},
+    topology::{Source, plan::Peer},
 };
 
 fn plan(policy: &str) -> Plan {
@@ -213,7 +213,7 @@ fn expected_limit_chain(p: &Plan, c: &Chains, src: &Peer, dst: &Peer) -> Option<
     if l.from.is_some() {
         return Some(c.rlf(s, d));
     }
-    if l.per == crate::topology::policy::Per::Service {
+    if l.per == crate::topology::plan::Per::Service {
         return Some(c.rls(s, d));
     }
     let world_has_own = p
