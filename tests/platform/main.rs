@@ -3,6 +3,9 @@
 //! binary with real traffic (as root). Each module is one area; every test takes its own
 //! slot (prefix and subnets), so they run in parallel and after a crashed run.
 
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 #[macro_use]
 #[path = "../common/mod.rs"]
 mod common;
