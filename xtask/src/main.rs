@@ -218,14 +218,14 @@ fn soak(seconds: u64, cycles: Option<u64>) -> anyhow::Result<()> {
         Some(n) => {
             cmd.args([
                 "--test",
-                "operations",
-                "repeated_up_down_cycles_of_the_default_platform_leave_nothing",
+                "platform",
+                "operations::repeated_up_down_cycles_of_the_default_platform_leave_nothing",
             ])
             .env("NETCTL_CYCLES", n.to_string());
         }
         None => {
             // The steady-state watch of the probes: 3 minutes (the figure).
-            cmd.args(["--test", "soak"])
+            cmd.args(["--test", "platform", "soak::"])
                 .env("NETCTL_SOAK_SECS", seconds.to_string())
                 .env("NETCTL_STEADY_SECS", "180");
         }

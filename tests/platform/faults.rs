@@ -4,7 +4,7 @@
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{Platform, Slot, assert_success, block_on, snapshot::Snapshot};
 use netctl::net::netlink::Netlink;

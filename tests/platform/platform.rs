@@ -5,7 +5,7 @@
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use common::{
@@ -249,8 +249,9 @@ fn the_flat_example_comes_up_counts_flows_without_a_controller_and_goes_down_cle
     let slot = Slot::acquire();
     let before = Snapshot::take(&slot.prefix());
     {
-        let mut topology = netctl::topology::Topology::parse(include_str!("../examples/flat.toml"))
-            .expect("the flat example parses");
+        let mut topology =
+            netctl::topology::Topology::parse(include_str!("../../examples/flat.toml"))
+                .expect("the flat example parses");
         common::relocate(&mut topology, slot.block());
         common::run_nothing(&mut topology);
         let platform = Platform::from_topology(&slot, &topology);
