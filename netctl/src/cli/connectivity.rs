@@ -179,25 +179,7 @@ fn print(
         "(ok: passed as allowed; denied: dropped as the policy says; ?: UDP without an answer)",
     )?;
     if mismatches > 0 {
-        output::print_line("")?;
-        let mut t = output::table(&["from", "to", "via", "target", "expected", "seen", "cause"]);
-        for o in outcomes.iter().filter(|o| o.verdict == Verdict::Mismatch) {
-            let c = &o.check;
-            t.add_row(vec![
-                c.source.clone(),
-                c.destination.clone(),
-                format!("{:?}", c.via).to_lowercase(),
-                match c.kind {
-                    connectivity::Kind::Icmp => format!("icmp {}", c.target.ip()),
-                    kind => format!("{} {}", json!(kind).as_str().unwrap_or("?"), c.target),
-                },
-                if c.expected_allow { "allow" } else { "deny" }.into(),
-                seen_text(&o.seen),
-                o.cause.clone().unwrap_or_default(),
-            ]);
-        }
-        output::print_table(&t)?;
-        output::print_line(&format!("{mismatches} checks not as the policy says"))?;
+        print_mismatches(outcomes, mismatches)?;
     } else {
         output::print_line(&format!(
             "every check as the policy says{}",
@@ -208,6 +190,30 @@ fn print(
             }
         ))?;
     }
+    Ok(())
+}
+
+/// The checks that went otherwise than the policy says, with what was seen and why.
+fn print_mismatches(outcomes: &[Outcome], mismatches: usize) -> anyhow::Result<()> {
+    output::print_line("")?;
+    let mut t = output::table(&["from", "to", "via", "target", "expected", "seen", "cause"]);
+    for o in outcomes.iter().filter(|o| o.verdict == Verdict::Mismatch) {
+        let c = &o.check;
+        t.add_row(vec![
+            c.source.clone(),
+            c.destination.clone(),
+            format!("{:?}", c.via).to_lowercase(),
+            match c.kind {
+                connectivity::Kind::Icmp => format!("icmp {}", c.target.ip()),
+                kind => format!("{} {}", json!(kind).as_str().unwrap_or("?"), c.target),
+            },
+            if c.expected_allow { "allow" } else { "deny" }.into(),
+            seen_text(&o.seen),
+            o.cause.clone().unwrap_or_default(),
+        ]);
+    }
+    output::print_table(&t)?;
+    output::print_line(&format!("{mismatches} checks not as the policy says"))?;
     Ok(())
 }
 

@@ -100,52 +100,58 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     if args.json {
         output::print_json(&status)?;
     } else {
-        output::print_line(&format!(
-            "{} (instance {}): {}",
-            status.platform,
-            status.instance,
-            if healthy { "up" } else { "DEGRADED" }
-        ))?;
-        let mut t = output::table(&["kind", "name", "state", "detail"]);
-        for r in &status.resources {
-            let s = match (r.present, r.complete) {
-                (true, true) => "ok",
-                (true, false) => "partial",
-                (false, _) => "MISSING",
-            };
-            t.add_row(vec![
-                r.kind.to_string(),
-                r.name.clone(),
-                s.into(),
-                r.detail.clone(),
-            ]);
-        }
-        output::print_table(&t)?;
-        if let Some(d) = &status.host_firewall {
-            output::print_line(&format!(
-                "\nhost firewall: {}{}",
-                if d.blocked {
-                    "BLOCKS the platform's traffic: "
-                } else {
-                    ""
-                },
-                d.explain()
-            ))?;
-        }
-        if wanted > 0 {
-            output::print_line("")?;
-            if status.services.is_empty() {
-                output::print_line("services: unknown (the controller does not answer)")?;
-            } else {
-                print_services(&status.services)?;
-            }
-        }
+        print_status(&status, wanted)?;
     }
     Ok(if healthy {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The human form: the platform's state, its resources, the host firewall and services.
+fn print_status(status: &Status, wanted: usize) -> anyhow::Result<()> {
+    output::print_line(&format!(
+        "{} (instance {}): {}",
+        status.platform,
+        status.instance,
+        if status.healthy { "up" } else { "DEGRADED" }
+    ))?;
+    let mut t = output::table(&["kind", "name", "state", "detail"]);
+    for r in &status.resources {
+        let s = match (r.present, r.complete) {
+            (true, true) => "ok",
+            (true, false) => "partial",
+            (false, _) => "MISSING",
+        };
+        t.add_row(vec![
+            r.kind.to_string(),
+            r.name.clone(),
+            s.into(),
+            r.detail.clone(),
+        ]);
+    }
+    output::print_table(&t)?;
+    if let Some(d) = &status.host_firewall {
+        output::print_line(&format!(
+            "\nhost firewall: {}{}",
+            if d.blocked {
+                "BLOCKS the platform's traffic: "
+            } else {
+                ""
+            },
+            d.explain()
+        ))?;
+    }
+    if wanted > 0 {
+        output::print_line("")?;
+        if status.services.is_empty() {
+            output::print_line("services: unknown (the controller does not answer)")?;
+        } else {
+            print_services(&status.services)?;
+        }
+    }
+    Ok(())
 }
 
 fn print_services(services: &[ServiceStatus]) -> anyhow::Result<()> {
