@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use aya::maps::{Array, Map, MapData};
-use netctl::dataplane::{Pins, stats};
+use netctl::dataplane::ebpf::{Pins, stats};
 use netctl_common::maps::{CFG_F_SOCKET_LB, CFG_FLAGS, CONFIG};
 
 /// The counters a path check compares.

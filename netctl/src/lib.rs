@@ -2,8 +2,8 @@
 //!
 //! - [`topology`]: the topology file, validation and the resolved plan;
 //! - [`net`]: namespaces, links, routes, sysctls, NAT (Linux primitives);
-//! - [`dataplane`]: the embedded eBPF object, pins, attach, map readers;
-//! - [`iptables`]: the kube-proxy-style iptables dataplane, the baseline;
+//! - [`dataplane`]: the two dataplanes, [`dataplane::ebpf`] (the embedded object, pins,
+//!   attach, map readers) and [`dataplane::iptables`] (the kube-proxy-style baseline);
 //! - [`instance`]: what the controller and the supervisor share about one instance (paths,
 //!   logs, process identity, failpoints);
 //! - [`controller`]: `up`/`down` as a journaled reconcile of resources;
@@ -14,7 +14,6 @@ pub mod connectivity;
 pub mod controller;
 pub mod dataplane;
 pub mod instance;
-pub mod iptables;
 pub mod net;
 pub mod output;
 pub mod policy;

@@ -14,7 +14,7 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use common::packets::{self, TCP_ACK, TCP_SYN};
-use netctl::dataplane::loader;
+use netctl::dataplane::ebpf::loader;
 use netctl_common::{
     DropReason, FlowKey, FlowStats,
     flow::{IPPROTO_TCP, IPPROTO_UDP},

@@ -14,7 +14,7 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use common::packets;
-use netctl::dataplane::{
+use netctl::dataplane::ebpf::{
     lb::{Frontend, LbMaps},
     loader::{self, LoadOptions},
 };

@@ -16,7 +16,7 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use common::packets::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use netctl::dataplane::{
+use netctl::dataplane::ebpf::{
     clock::BootClock,
     conntrack::{self, CtMap},
     lb::{Frontend, LbMaps},

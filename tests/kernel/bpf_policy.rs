@@ -19,7 +19,7 @@ use common::packets::{
     TCP_SYN,
 };
 use netctl::{
-    dataplane::{
+    dataplane::ebpf::{
         lb::{Frontend, LbMaps},
         loader::{self, LoadOptions},
         policy::PolicyMaps,

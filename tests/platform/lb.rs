@@ -19,7 +19,7 @@ use common::{
     traffic::{HealthServer, NamedServer, Session, UdpNamedServer, greetings, udp_ask},
     wait_for,
 };
-use netctl::dataplane::{lb::LbMaps, pins::Pins};
+use netctl::dataplane::ebpf::{lb::LbMaps, pins::Pins};
 use netctl_common::{
     maps::CFG_F_SOCKET_LB,
     stats::{CNT_LB_SOCK, CNT_LB_TC},
@@ -476,16 +476,16 @@ fn rst_closed_connections_reusing_their_ports_never_stall() {
     let backends: Vec<Ipv4Addr> = (1..=3)
         .map(|i| web.platform.endpoint(&format!("web-{i}")).address)
         .collect();
-    let pins = netctl::dataplane::Pins::for_instance(&slot.instance());
-    let mut ct = netctl::dataplane::conntrack::open(&pins).expect("CT pinned");
+    let pins = netctl::dataplane::ebpf::Pins::for_instance(&slot.instance());
+    let mut ct = netctl::dataplane::ebpf::conntrack::open(&pins).expect("CT pinned");
     seed_leftovers(&mut ct, client, vip, &backends, PORTS);
 
     // A GC pass as slow as on a full table: its snapshot before the clients start, its
     // deletions while they reuse the tuples.
-    let plan = netctl::dataplane::conntrack::gc_plan(&ct).expect("gc snapshot");
+    let plan = netctl::dataplane::ebpf::conntrack::gc_plan(&ct).expect("gc snapshot");
     let gc = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
-        netctl::dataplane::conntrack::gc_sweep(&mut ct, plan)
+        netctl::dataplane::ebpf::conntrack::gc_sweep(&mut ct, plan)
     });
     let report = netctl::net::netns::run_in(&ns, move || {
         std::fs::write(
@@ -543,7 +543,7 @@ const LEFTOVERS: usize = 1_000;
 /// What an earlier round leaves in the table: the same client ports' closed connections
 /// to every backend, expired but not collected yet, and many unrelated expired pairs.
 fn seed_leftovers(
-    ct: &mut netctl::dataplane::conntrack::CtMap,
+    ct: &mut netctl::dataplane::ebpf::conntrack::CtMap,
     client: Ipv4Addr,
     vip: Ipv4Addr,
     backends: &[Ipv4Addr],
@@ -554,7 +554,7 @@ fn seed_leftovers(
         ct::{CT_F_CLOSING, CT_F_DNAT, CT_F_REPLIED, CT_F_REVERSE, CT_F_SNAT},
         flow::IPPROTO_TCP,
     };
-    let long_ago = netctl::dataplane::clock::BootClock::now()
+    let long_ago = netctl::dataplane::ebpf::clock::BootClock::now()
         .expect("clock")
         .boot_ns
         .saturating_sub(60_000_000_000);

@@ -249,7 +249,7 @@ fn the_topology_reads_from_the_kernel_and_its_dot_parses_with_graphviz() {
 /// Removes the entries of the slot's `LB_SERVICES` map whose key `drop` picks; how many.
 fn remove_frontends(slot: &Slot, drop: impl Fn(&netctl_common::ServiceKey) -> bool) -> usize {
     use aya::maps::{HashMap, Map, MapData};
-    let pins = netctl::dataplane::Pins::for_instance(&slot.instance());
+    let pins = netctl::dataplane::ebpf::Pins::for_instance(&slot.instance());
     let data = MapData::from_pin(pins.map(netctl_common::maps::LB_SERVICES)).unwrap();
     let mut map: HashMap<_, netctl_common::ServiceKey, netctl_common::ServiceValue> =
         HashMap::try_from(Map::HashMap(data)).unwrap();

@@ -35,7 +35,7 @@ socket_lb = false
 
 /// The kernel ids of the instance's pinned maps, by name.
 fn pinned_map_ids(slot: &Slot) -> std::collections::BTreeMap<String, u32> {
-    let pins = netctl::dataplane::Pins::for_instance(&slot.instance());
+    let pins = netctl::dataplane::ebpf::Pins::for_instance(&slot.instance());
     std::fs::read_dir(pins.maps_dir())
         .unwrap()
         .filter_map(Result::ok)
@@ -130,7 +130,7 @@ fn a_new_dataplane_build_replaces_the_programs_in_place_without_cutting_connecti
     // "A new build": the same programs in a different object file.
     let dir = tempfile::tempdir().unwrap();
     let object = dir.path().join("netctl.bpf.o");
-    let mut bytes = netctl::dataplane::EBPF_OBJECT.to_vec();
+    let mut bytes = netctl::dataplane::ebpf::EBPF_OBJECT.to_vec();
     bytes.extend_from_slice(b"\0netctl-test-build");
     std::fs::File::create(&object)
         .unwrap()
@@ -296,8 +296,8 @@ fn conntrack_pressure_is_visible_and_established_connections_survive_a_flood() {
     // or else removed here as an eviction would), the connection's next packet is
     // counted, and answered (by a backend, or reset), never silently dropped.
     let idle_port = idle.stream.local_addr().unwrap().port();
-    let pins = netctl::dataplane::Pins::for_instance(&slot.instance());
-    let mut ct_map = netctl::dataplane::conntrack::open(&pins).unwrap();
+    let pins = netctl::dataplane::ebpf::Pins::for_instance(&slot.instance());
+    let mut ct_map = netctl::dataplane::ebpf::conntrack::open(&pins).unwrap();
     let keys: Vec<_> = ct_map
         .keys()
         .filter_map(Result::ok)

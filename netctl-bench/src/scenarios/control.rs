@@ -26,8 +26,8 @@ use netctl::{
         desired::{BackendKey, Desired, DesiredFrontend, FrontendKey},
         writer::LbWriter,
     },
-    dataplane::{LoadOptions, lb::LbMaps, loader},
-    iptables::{Chains, IptablesWriter, base, rules::BaseSpec},
+    dataplane::ebpf::{LoadOptions, lb::LbMaps, loader},
+    dataplane::iptables::{Chains, IptablesWriter, base, rules::BaseSpec},
     topology::{Algorithm, Proto},
 };
 use serde::Serialize;

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use aya::programs::{TestRun, TestRunOptions};
 use netctl::{
     controller::lb::apply::Reconciler,
-    dataplane::{LoadOptions, lb::LbMaps, loader},
+    dataplane::ebpf::{LoadOptions, lb::LbMaps, loader},
 };
 use netctl_common::maps::PROG_TC_INGRESS;
 use serde::Serialize;

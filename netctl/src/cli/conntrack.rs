@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{flows::protocol_name, load_state};
 use crate::{
     controller::preflight,
-    dataplane::{Pins, conntrack},
+    dataplane::ebpf::{Pins, conntrack},
     output,
     topology::{DataplaneMode, Plan},
 };
@@ -49,7 +49,7 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             conntrack::connections(&map)?
         }
         // The kernel's own conntrack holds the NAT of iptables connections.
-        DataplaneMode::Iptables => crate::iptables::conntrack::connections(plan)?,
+        DataplaneMode::Iptables => crate::dataplane::iptables::conntrack::connections(plan)?,
     };
     let names = plan.names();
     let rows: Vec<Row> = conns

@@ -12,8 +12,8 @@ use super::load_state;
 use crate::{
     controller::preflight,
     controller::state::State,
-    dataplane::{Pins, conntrack, stats},
-    iptables::{Chains, policy as ipt_policy},
+    dataplane::ebpf::{Pins, conntrack, stats},
+    dataplane::iptables::{Chains, policy as ipt_policy},
     net::iptables,
     output,
     topology::DataplaneMode,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::load_state;
 use crate::{
     controller::preflight,
-    dataplane::{Pins, flows},
+    dataplane::ebpf::{Pins, flows},
     output,
     topology::Plan,
 };

@@ -19,7 +19,9 @@ use netctl_common::{
 use serde_json::{Value, json};
 
 use super::load_state;
-use crate::{controller::preflight, dataplane::Pins, output, policy::identity, topology::Plan};
+use crate::{
+    controller::preflight, dataplane::ebpf::Pins, output, policy::identity, topology::Plan,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

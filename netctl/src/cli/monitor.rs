@@ -11,7 +11,7 @@ use netctl_common::DropReason;
 use super::load_state;
 use crate::{
     controller::{api, daemon, preflight},
-    dataplane::{
+    dataplane::ebpf::{
         Pins,
         clock::BootClock,
         events::{self, EventView, LOST_BY_CLIENT, LOST_BY_DATAPLANE, LostView},

@@ -15,7 +15,7 @@ use crate::{
         api, daemon, preflight,
         state::{State, StateLock},
     },
-    dataplane::{Pins, policy::PolicyMaps},
+    dataplane::ebpf::{Pins, policy::PolicyMaps},
     net::iptables,
     output,
     topology::DataplaneMode,
@@ -62,14 +62,17 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             )
         }
         DataplaneMode::Iptables => {
-            let chains = crate::iptables::Chains::for_instance(&state.instance);
-            let installed = crate::iptables::policy::read(&chains, &iptables::save("filter")?)
-                .with_context(|| {
-                    format!(
-                        "no policy in the iptables rules of {} yet (is its controller running?)",
-                        state.instance
-                    )
-                })?;
+            let chains = crate::dataplane::iptables::Chains::for_instance(&state.instance);
+            let installed = crate::dataplane::iptables::policy::read(
+                &chains,
+                &iptables::save("filter")?,
+            )
+            .with_context(|| {
+                format!(
+                    "no policy in the iptables rules of {} yet (is its controller running?)",
+                    state.instance
+                )
+            })?;
             (
                 installed.generation,
                 installed.compiled,
@@ -251,9 +254,9 @@ fn installed_generation(state: &State) -> anyhow::Result<u32> {
     match state.plan.dataplane.mode {
         DataplaneMode::Ebpf => PolicyMaps::open(&Pins::for_instance(&state.instance))?.generation(),
         DataplaneMode::Iptables => {
-            let chains = crate::iptables::Chains::for_instance(&state.instance);
+            let chains = crate::dataplane::iptables::Chains::for_instance(&state.instance);
             Ok(
-                crate::iptables::policy::read(&chains, &iptables::save("filter")?)
+                crate::dataplane::iptables::policy::read(&chains, &iptables::save("filter")?)
                     .map_or(0, |i| i.generation),
             )
         }

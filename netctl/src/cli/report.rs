@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use super::load_state;
 use crate::{
     controller::preflight,
-    dataplane::{Pins, flows},
+    dataplane::ebpf::{Pins, flows},
     output, report,
 };
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::load_state;
 use crate::{
     controller::{api, preflight},
-    dataplane::{Pins, lb::LbMaps},
+    dataplane::ebpf::{Pins, lb::LbMaps},
     output,
     topology::{DataplaneMode, Plan, Proto},
 };
@@ -206,11 +206,11 @@ fn from_rules(
     only: Option<&str>,
 ) -> anyhow::Result<(Vec<FrontendRow>, Vec<BackendRow>)> {
     let plan = &state.plan;
-    let chains = crate::iptables::Chains::for_instance(&state.instance);
+    let chains = crate::dataplane::iptables::Chains::for_instance(&state.instance);
     let nat = crate::net::iptables::save("nat")?;
     let filter = crate::net::iptables::save("filter")?;
     let mut rows = Vec::new();
-    for fe in crate::iptables::rules::read_frontends(&chains, &nat, &filter) {
+    for fe in crate::dataplane::iptables::rules::read_frontends(&chains, &nat, &filter) {
         if only.is_some_and(|s| s != fe.service) {
             continue;
         }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::load_state;
 use crate::{
     controller::{host_facts::HostFacts, preflight},
-    dataplane::{Pins, lb::LbMaps},
+    dataplane::ebpf::{Pins, lb::LbMaps},
     net::{netlink::Netlink, netns, sysctl},
     output,
     topology::{DataplaneMode, Plan, Proto, plan::ENDPOINT_IFNAME},
@@ -118,10 +118,10 @@ fn live_frontends(plan: &Plan, instance: &str) -> anyhow::Result<Vec<LiveFronten
             })
             .collect(),
         DataplaneMode::Iptables => {
-            let chains = crate::iptables::Chains::for_instance(instance);
+            let chains = crate::dataplane::iptables::Chains::for_instance(instance);
             let nat = crate::net::iptables::save("nat")?;
             let filter = crate::net::iptables::save("filter")?;
-            crate::iptables::rules::read_frontends(&chains, &nat, &filter)
+            crate::dataplane::iptables::rules::read_frontends(&chains, &nat, &filter)
                 .into_iter()
                 .map(|fe| LiveFrontend {
                     service: fe.service,

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::component::{AgentCtx, ComponentFuture, StreamHandler};
 use crate::{
-    dataplane::{
+    dataplane::ebpf::{
         Pins,
         clock::BootClock,
         events::{self, LOST_BY_CLIENT, LOST_BY_DATAPLANE, LostView},

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    dataplane::loader,
+    dataplane::ebpf::loader,
     net::netlink::Netlink,
     topology::{DataplaneMode, Plan},
 };

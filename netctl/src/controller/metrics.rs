@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 
 use super::component::{AgentCtx, ComponentFuture};
 use crate::{
-    dataplane::{Pins, bpf_sys, conntrack, flows, stats},
+    dataplane::ebpf::{Pins, bpf_sys, conntrack, flows, stats},
     instance::StatusBoard,
     policy::identity,
     report,
@@ -337,12 +337,15 @@ fn iptables_metrics(m: &mut Metrics, plan: &Plan, instance: &str) -> anyhow::Res
             max,
         );
     }
-    match crate::iptables::conntrack::connections(plan) {
+    match crate::dataplane::iptables::conntrack::connections(plan) {
         Ok(conns) => service_connections(m, plan, &conns),
         Err(e) => tracing::debug!("{e:#}"),
     }
-    let chains = crate::iptables::Chains::for_instance(instance);
-    let d = crate::iptables::policy::drops(&chains, &crate::net::iptables::save_counted("filter")?);
+    let chains = crate::dataplane::iptables::Chains::for_instance(instance);
+    let d = crate::dataplane::iptables::policy::drops(
+        &chains,
+        &crate::net::iptables::save_counted("filter")?,
+    );
     for reason in [DropReason::PolicyDenied, DropReason::RateLimited] {
         m.counter(
             "netctl_drops_total",

@@ -13,8 +13,8 @@ use super::{
     host_facts::HostFacts,
 };
 use crate::{
-    dataplane::{Pins, policy::PolicyMaps},
-    iptables::{Chains, policy as ipt_policy},
+    dataplane::ebpf::{Pins, policy::PolicyMaps},
+    dataplane::iptables::{Chains, policy as ipt_policy},
     net::{iptables, netlink::Netlink},
     policy::{compile, identity},
     topology::{DataplaneMode, Plan},
@@ -112,7 +112,7 @@ async fn publish_failure(ctx: &AgentCtx, generation: u32, e: &anyhow::Error) {
 }
 
 /// The iptables dataplane's policy: the same compiled entries and identities, written as
-/// chains (see [`crate::iptables::policy`]), the whole policy one `iptables-restore`
+/// chains (see [`crate::dataplane::iptables::policy`]), the whole policy one `iptables-restore`
 /// transaction. A failed install is retried at the next rescan.
 async fn run_iptables(ctx: AgentCtx) -> anyhow::Result<()> {
     let chains = Chains::for_instance(&ctx.instance);

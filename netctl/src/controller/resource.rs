@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{daemon, host_facts::HostFacts, state::State};
 use crate::{
-    dataplane::{LoadOptions, Pins, SockProgram, TcProgram, loader},
+    dataplane::ebpf::{LoadOptions, Pins, SockProgram, TcProgram, loader},
+    dataplane::iptables::{Chains, base as ipt_base, rules::BaseSpec},
     instance::paths,
-    iptables::{Chains, base as ipt_base, rules::BaseSpec},
     net::{host_firewall, nat, netlink::Netlink, netns},
     supervisor,
     topology::{DataplaneMode, Plan, plan::ENDPOINT_IFNAME},

@@ -19,7 +19,7 @@ use super::{
     state::{HostChanges, State, StateLock},
 };
 use crate::{
-    dataplane::Pins,
+    dataplane::ebpf::Pins,
     instance::failpoint::ResourceFailpoint,
     net::{bpffs, netlink::Netlink, sysctl},
     topology::Plan,
@@ -192,7 +192,7 @@ async fn upgrade_in_place(
         return Ok(false);
     }
     tracing::info!("upgrading the dataplane in place to object {object}");
-    crate::dataplane::loader::upgrade(pins, *options)
+    crate::dataplane::ebpf::loader::upgrade(pins, *options)
         .context("upgrading the dataplane in place")?;
     rec.resource = want.clone();
     state.save()?;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{dataplane::flows::Flow, topology::Plan};
+use crate::{dataplane::ebpf::flows::Flow, topology::Plan};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {

@@ -22,7 +22,7 @@ use netctl_common::{
 
 use super::desired::{BackendKey, Desired, DesiredFrontend, FrontendKey};
 use crate::{
-    dataplane::{
+    dataplane::ebpf::{
         lb::{Frontend, FrontendView, LbMaps},
         maglev::{self, Candidate},
     },
@@ -527,7 +527,7 @@ mod tests {
     use netctl_common::{ServiceKey, lb::SVC_F_HOST_PORT};
 
     use super::*;
-    use crate::dataplane::loader::{self, LoadOptions};
+    use crate::dataplane::ebpf::loader::{self, LoadOptions};
 
     fn maps() -> Option<LbMaps> {
         if !nix::unistd::geteuid().is_root() {

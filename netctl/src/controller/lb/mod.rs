@@ -41,8 +41,8 @@ use super::{
 };
 use crate::{
     controller::host_facts::HostFacts,
-    dataplane::{Pins, conntrack, lb::LbMaps},
-    iptables::IptablesWriter,
+    dataplane::ebpf::{Pins, conntrack, lb::LbMaps},
+    dataplane::iptables::IptablesWriter,
     net::netlink::Netlink,
     topology::{DataplaneMode, Plan},
 };

@@ -9,7 +9,7 @@ use netctl_common::policy::{
 
 use super::owned;
 use crate::{
-    iptables::names::Chains,
+    dataplane::iptables::names::Chains,
     net::iptables::Table,
     policy::compile::{Compiled, EntryKey, EntryValue},
 };

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use netctl_common::DropReason;
 
 use super::owned;
-use crate::{iptables::names::Chains, net::iptables::Table};
+use crate::{dataplane::iptables::names::Chains, net::iptables::Table};
 
 /// Drops the policy's rules counted (`iptables-save -c`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

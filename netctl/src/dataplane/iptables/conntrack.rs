@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use anyhow::Context;
 use ipnet::Ipv4Net;
 
-use crate::{dataplane::conntrack::Connection, topology::Plan};
+use crate::{dataplane::ebpf::conntrack::Connection, topology::Plan};
 
 pub const PROC_FILE: &str = "/proc/net/nf_conntrack";
 
@@ -37,7 +37,7 @@ pub fn parse_line(line: &str, plan: &Plan) -> Option<Connection> {
     let expires: f64 = words.get(4)?.parse().ok()?;
     let state = match words.get(5) {
         Some(s) if proto == netctl_common::flow::IPPROTO_TCP && !s.contains('=') => tcp_state(s),
-        _ => crate::dataplane::conntrack::stateless(proto),
+        _ => crate::dataplane::ebpf::conntrack::stateless(proto),
     };
     let fields: Vec<(&str, &str)> = words.iter().filter_map(|w| w.split_once('=')).collect();
     let get = |name: &str, nth: usize| -> Option<&str> {
