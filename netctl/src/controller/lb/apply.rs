@@ -20,7 +20,8 @@ use netctl_common::{
     lb::{ALG_MAGLEV, BACKEND_ACTIVE, BACKEND_DRAINING, MAGLEV_M, MAGLEV_TABLES, MAX_SLOTS},
 };
 
-use super::desired::{BackendKey, Desired, DesiredFrontend, FrontendKey};
+use crate::dataplane::lb::{BackendKey, Desired, DesiredFrontend, FrontendKey};
+pub use crate::dataplane::lb::{Changes, Refs};
 use crate::{
     dataplane::ebpf::{
         lb::{Frontend, FrontendView, LbMaps},
@@ -50,36 +51,6 @@ pub struct Reconciler {
     /// How many Maglev tables there are to hand out (`MAGLEV_TABLES`; fewer in tests,
     /// where writing 64 tables of 16,381 cells one syscall each takes seconds).
     maglev_table_count: u32,
-}
-
-/// Live connections per backend id, as of one conntrack pass.
-#[derive(Debug, Clone)]
-pub struct Refs {
-    pub per_backend: HashMap<u32, usize>,
-    /// When the pass started.
-    pub taken: Instant,
-}
-
-/// What one pass changed, for logs and tests.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub frontends_written: usize,
-    pub frontends_removed: usize,
-    pub backends_written: usize,
-    pub backends_removed: usize,
-    /// What could not be written this pass (each tried again on the next one).
-    pub errors: Vec<String>,
-}
-
-impl Changes {
-    /// Whether the pass wrote or removed anything.
-    pub fn any(&self) -> bool {
-        self.frontends_written
-            + self.frontends_removed
-            + self.backends_written
-            + self.backends_removed
-            > 0
-    }
 }
 
 impl Reconciler {

@@ -2,14 +2,15 @@
 //! instances, their health and the drain requests. Pure: no I/O, unit-tested.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
 };
 
 use netctl_common::lb::SVC_F_HOST_PORT;
 
 use super::health::Probe;
-use crate::topology::{Algorithm, HealthCheck, Plan, Proto};
+pub use crate::dataplane::lb::{BackendKey, Desired, DesiredFrontend, FrontendKey};
+use crate::topology::{HealthCheck, Plan};
 
 /// One instance of a service (a replica), as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,51 +35,6 @@ impl Instance {
             check: self.health.clone(),
         }
     }
-}
-
-/// A backend as the dataplane addresses it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BackendKey {
-    pub addr: Ipv4Addr,
-    pub port: u16,
-    pub proto: Proto,
-}
-
-impl BackendKey {
-    /// Stable name for Maglev.
-    pub fn name(&self) -> String {
-        format!("{}:{}/{}", self.addr, self.port, self.proto.name())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FrontendKey {
-    pub addr: Ipv4Addr,
-    pub port: u16,
-    pub proto: Proto,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesiredFrontend {
-    pub key: FrontendKey,
-    pub service: String,
-    pub service_id: u32,
-    pub algorithm: Algorithm,
-    pub flags: u8,
-    /// Healthy, undrained backends with their weights, in a stable order.
-    pub backends: Vec<(BackendKey, u32)>,
-    /// A host port: the service frontend it forwards to.
-    pub target: Option<FrontendKey>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Desired {
-    pub frontends: BTreeMap<FrontendKey, DesiredFrontend>,
-    /// Backends of instances that failed their health check: out of the maps at once, so
-    /// UDP flows choose again.
-    pub dead: BTreeSet<BackendKey>,
-    /// Backends drained on request: no new connections, established ones continue.
-    pub drained: BTreeSet<BackendKey>,
 }
 
 /// Everything the desired state depends on.
@@ -212,7 +168,7 @@ pub fn instances_from_plan(plan: &Plan) -> Vec<Instance> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::Source;
+    use crate::topology::{Algorithm, Proto, Source};
 
     fn plan() -> Plan {
         Source {

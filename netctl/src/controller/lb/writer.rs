@@ -1,24 +1,8 @@
-//! The one seam between the load-balancing component and a dataplane: whatever programs
-//! the frontends (eBPF maps, iptables rules) takes the same [`Desired`] state, computed
-//! once by [`super::desired`], and writes only what changed.
+//! The eBPF dataplane's [`LbWriter`]: the [`Reconciler`] of the LB maps.
 
-use super::{
-    apply::{Changes, Reconciler, Refs},
-    desired::{BackendKey, Desired},
-};
-
-pub trait LbWriter: Send {
-    /// Brings the dataplane to `desired`. `refs` (live connections per backend id, from the
-    /// last conntrack pass) lets draining backends go once idle where the dataplane keeps
-    /// them (eBPF); others ignore it.
-    fn apply(&mut self, desired: &Desired, refs: Option<&Refs>) -> anyhow::Result<Changes>;
-
-    /// The dataplane's id of a backend, where it has ids.
-    fn backend_id(&self, key: &BackendKey) -> Option<u32>;
-
-    /// True while a removed backend still serves its established connections.
-    fn is_draining(&self, key: &BackendKey) -> bool;
-}
+use super::apply::Reconciler;
+pub use crate::dataplane::lb::LbWriter;
+use crate::dataplane::lb::{BackendKey, Changes, Desired, Refs};
 
 impl LbWriter for Reconciler {
     fn apply(&mut self, desired: &Desired, refs: Option<&Refs>) -> anyhow::Result<Changes> {

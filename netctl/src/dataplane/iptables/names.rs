@@ -5,7 +5,7 @@
 //! chains end in 10 characters of a hash of what they serve, as kube-proxy's do.
 
 use crate::{
-    controller::lb::desired::{BackendKey, FrontendKey},
+    dataplane::lb::{BackendKey, FrontendKey},
     topology::Proto,
 };
 

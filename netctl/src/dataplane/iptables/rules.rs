@@ -23,7 +23,7 @@ use ipnet::Ipv4Net;
 
 use super::names::Chains;
 use crate::{
-    controller::lb::desired::{BackendKey, FrontendKey},
+    dataplane::lb::{BackendKey, FrontendKey},
     net::iptables::Table,
     topology::{Algorithm, Proto},
 };

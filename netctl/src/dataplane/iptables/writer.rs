@@ -18,11 +18,7 @@ use super::{
     rules::{self, Frontend, View},
 };
 use crate::{
-    controller::lb::{
-        apply::{Changes, Refs},
-        desired::{BackendKey, Desired},
-        writer::LbWriter,
-    },
+    dataplane::lb::{BackendKey, Changes, Desired, LbWriter, Refs},
     net::iptables,
 };
 
@@ -109,7 +105,7 @@ pub fn view_of(desired: &Desired) -> View {
 fn shape(
     view: &View,
 ) -> (
-    Vec<(&crate::controller::lb::desired::FrontendKey, &str, bool)>,
+    Vec<(&crate::dataplane::lb::FrontendKey, &str, bool)>,
     Vec<String>,
 ) {
     let fes = view
@@ -250,7 +246,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        controller::lb::desired::FrontendKey,
+        dataplane::lb::FrontendKey,
         topology::{Algorithm, Proto},
     };
 
