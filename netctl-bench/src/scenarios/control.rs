@@ -21,13 +21,11 @@ use std::{
 
 use anyhow::Context;
 use netctl::{
-    controller::lb::{
-        apply::Reconciler,
-        desired::{BackendKey, Desired, DesiredFrontend, FrontendKey},
-        writer::LbWriter,
+    dataplane::{
+        ebpf::{LoadOptions, lb::LbMaps, lb_writer::Reconciler, loader},
+        iptables::{Chains, IptablesWriter, base, rules::BaseSpec},
+        lb::{BackendKey, Desired, DesiredFrontend, FrontendKey, LbWriter},
     },
-    dataplane::ebpf::{LoadOptions, lb::LbMaps, loader},
-    dataplane::iptables::{Chains, IptablesWriter, base, rules::BaseSpec},
     topology::{Algorithm, Proto},
 };
 use serde::Serialize;

@@ -17,7 +17,7 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 use anyhow::{Context, bail};
 use aya::programs::{TestRun, TestRunOptions};
 use netctl::{
-    controller::lb::apply::Reconciler,
+    dataplane::ebpf::lb_writer::Reconciler,
     dataplane::ebpf::{LoadOptions, lb::LbMaps, loader},
 };
 use netctl_common::maps::PROG_TC_INGRESS;

@@ -12,11 +12,9 @@
 //! API: `POST /v1/lb/drain` `{"service": "product", "instance": "product-2", "drain": true}`
 //! (false undoes it); `GET /v1/lb/drains`.
 
-pub mod apply;
 pub mod desired;
 pub mod health;
 pub mod registry;
-pub mod writer;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -30,10 +28,8 @@ use serde_json::{Value, json};
 use tokio::sync::RwLock;
 
 use self::{
-    apply::{Reconciler, Refs},
-    desired::{BackendKey, Desired, Inputs, Instance},
+    desired::{Inputs, Instance},
     health::{Checker, Health, Probe},
-    writer::LbWriter,
 };
 use super::{
     component::{AgentCtx, ApiError, ComponentFuture, Handler},
@@ -41,8 +37,11 @@ use super::{
 };
 use crate::{
     controller::host_facts::HostFacts,
-    dataplane::ebpf::{Pins, conntrack, lb::LbMaps},
-    dataplane::iptables::IptablesWriter,
+    dataplane::{
+        ebpf::{Pins, conntrack, lb::LbMaps, lb_writer::Reconciler},
+        iptables::IptablesWriter,
+        lb::{BackendKey, Desired, LbWriter, Refs},
+    },
     net::netlink::Netlink,
     topology::{DataplaneMode, Plan},
 };

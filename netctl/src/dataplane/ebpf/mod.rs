@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod events;
 pub mod flows;
 pub mod lb;
+pub mod lb_writer;
 pub mod loader;
 pub mod maglev;
 pub mod pins;

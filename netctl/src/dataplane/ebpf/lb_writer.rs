@@ -1,4 +1,5 @@
-//! Keeps the load-balancing maps equal to a [`Desired`] state, writing only what changed.
+//! The eBPF dataplane's [`LbWriter`]: keeps the load-balancing maps equal to a [`Desired`]
+//! state, writing only what changed.
 //!
 //! Backends get stable ids for as long as they are in the maps. A backend that leaves
 //! every frontend for a reason other than a failed health check is *draining*: it stays in
@@ -20,13 +21,12 @@ use netctl_common::{
     lb::{ALG_MAGLEV, BACKEND_ACTIVE, BACKEND_DRAINING, MAGLEV_M, MAGLEV_TABLES, MAX_SLOTS},
 };
 
-use crate::dataplane::lb::{BackendKey, Desired, DesiredFrontend, FrontendKey};
-pub use crate::dataplane::lb::{Changes, Refs};
+use super::{
+    lb::{Frontend, FrontendView, LbMaps},
+    maglev::{self, Candidate},
+};
 use crate::{
-    dataplane::ebpf::{
-        lb::{Frontend, FrontendView, LbMaps},
-        maglev::{self, Candidate},
-    },
+    dataplane::lb::{BackendKey, Changes, Desired, DesiredFrontend, FrontendKey, LbWriter, Refs},
     topology::{Algorithm, Proto},
 };
 
@@ -487,6 +487,20 @@ fn distinct(keys: impl Iterator<Item = BackendKey>) -> Vec<BackendKey> {
     v.sort_unstable();
     v.dedup();
     v
+}
+
+impl LbWriter for Reconciler {
+    fn apply(&mut self, desired: &Desired, refs: Option<&Refs>) -> anyhow::Result<Changes> {
+        Reconciler::apply(self, desired, refs)
+    }
+
+    fn backend_id(&self, key: &BackendKey) -> Option<u32> {
+        Reconciler::backend_id(self, key)
+    }
+
+    fn is_draining(&self, key: &BackendKey) -> bool {
+        Reconciler::is_draining(self, key)
+    }
 }
 
 /// Against the real maps of a loaded (unpinned) eBPF object: needs root; without it they
