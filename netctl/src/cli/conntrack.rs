@@ -6,12 +6,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::{flows::protocol_name, load_state};
-use crate::{
-    controller::preflight,
-    dataplane::ebpf::{Pins, conntrack},
-    output,
-    topology::{DataplaneMode, Plan},
-};
+use crate::{controller::preflight, dataplane::ebpf::conntrack, output, topology::Plan};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -43,14 +38,7 @@ pub fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no netctl platform is up");
     };
     let plan = &state.plan;
-    let conns = match plan.dataplane.mode {
-        DataplaneMode::Ebpf => {
-            let map = conntrack::open(&Pins::for_instance(&state.instance))?;
-            conntrack::connections(&map)?
-        }
-        // The kernel's own conntrack holds the NAT of iptables connections.
-        DataplaneMode::Iptables => crate::dataplane::iptables::conntrack::connections(plan)?,
-    };
+    let conns = crate::dataplane::open(plan, &state.instance).connections()?;
     let names = plan.names();
     let rows: Vec<Row> = conns
         .iter()

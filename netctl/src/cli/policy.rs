@@ -15,10 +15,8 @@ use crate::{
         api, daemon, preflight,
         state::{State, StateLock},
     },
-    dataplane::ebpf::{Pins, policy::PolicyMaps},
-    net::iptables,
+    dataplane::InstalledPolicy,
     output,
-    topology::DataplaneMode,
 };
 
 #[derive(clap::Args, Debug)]
@@ -52,34 +50,19 @@ fn show(as_json: bool, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
         bail!("no netctl platform is up");
     };
     let plan = &state.plan;
-    let (generation, compiled, identities) = match plan.dataplane.mode {
-        DataplaneMode::Ebpf => {
-            let installed = PolicyMaps::open(&Pins::for_instance(&state.instance))?.read()?;
-            (
-                installed.generation,
-                installed.compiled,
-                installed.identities,
+    let InstalledPolicy {
+        generation,
+        compiled,
+        identities,
+    } = crate::dataplane::open(plan, &state.instance)
+        .policy()?
+        .with_context(|| {
+            format!(
+                "no policy in the {} dataplane of {} yet (is its controller running?)",
+                plan.dataplane.mode.name(),
+                state.instance
             )
-        }
-        DataplaneMode::Iptables => {
-            let chains = crate::dataplane::iptables::Chains::for_instance(&state.instance);
-            let installed = crate::dataplane::iptables::policy::read(
-                &chains,
-                &iptables::save("filter")?,
-            )
-            .with_context(|| {
-                format!(
-                    "no policy in the iptables rules of {} yet (is its controller running?)",
-                    state.instance
-                )
-            })?;
-            (
-                installed.generation,
-                installed.compiled,
-                installed.identities,
-            )
-        }
-    };
+        })?;
     let names = plan.names();
     let rules: Vec<_> = compiled
         .entries
@@ -251,16 +234,7 @@ async fn wait_installed(state: &State, before: u32, asked_at_ms: u64) -> Result<
 
 /// The policy generation in force in the kernel (maps or iptables rules); 0 before any.
 fn installed_generation(state: &State) -> anyhow::Result<u32> {
-    match state.plan.dataplane.mode {
-        DataplaneMode::Ebpf => PolicyMaps::open(&Pins::for_instance(&state.instance))?.generation(),
-        DataplaneMode::Iptables => {
-            let chains = crate::dataplane::iptables::Chains::for_instance(&state.instance);
-            Ok(
-                crate::dataplane::iptables::policy::read(&chains, &iptables::save("filter")?)
-                    .map_or(0, |i| i.generation),
-            )
-        }
-    }
+    crate::dataplane::open(&state.plan, &state.instance).policy_generation()
 }
 
 fn restore(state: &mut State, previous: crate::topology::Plan) -> anyhow::Result<()> {

@@ -17,10 +17,10 @@ use serde::Serialize;
 use super::load_state;
 use crate::{
     controller::{host_facts::HostFacts, preflight},
-    dataplane::ebpf::{Pins, lb::LbMaps},
+    dataplane::ServedFrontend,
     net::{netlink::Netlink, netns, sysctl},
     output,
-    topology::{DataplaneMode, Plan, Proto, plan::ENDPOINT_IFNAME},
+    topology::{Plan, plan::ENDPOINT_IFNAME},
 };
 
 #[derive(clap::Args, Debug)]
@@ -39,16 +39,6 @@ struct Live {
     uplinks: Vec<(String, Vec<Ipv4Net>)>,
     bridges: Vec<BridgeLive>,
     port_forwards: Vec<PortForwardLive>,
-}
-
-/// A frontend as the dataplane serves it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-struct LiveFrontend {
-    service: String,
-    addr: Ipv4Addr,
-    port: u16,
-    proto: &'static str,
-    host_port: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,7 +80,7 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let Some(state) = load_state(prefix)? else {
         bail!("no netctl platform is up");
     };
-    let frontends = live_frontends(&state.plan, &state.instance)?;
+    let frontends = crate::dataplane::open(&state.plan, &state.instance).frontends()?;
     let live = gather(&state.plan, &frontends).await?;
     match args.format.as_str() {
         "dot" => output::print_line(&dot(&live))?,
@@ -100,44 +90,9 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The frontends (VIPs and host ports) the dataplane serves now: from the pinned LB maps,
-/// or read back from the instance's iptables chains.
-fn live_frontends(plan: &Plan, instance: &str) -> anyhow::Result<Vec<LiveFrontend>> {
-    Ok(match plan.dataplane.mode {
-        DataplaneMode::Ebpf => LbMaps::open(&Pins::for_instance(instance))?
-            .frontends()
-            .into_iter()
-            .map(|fe| LiveFrontend {
-                service: plan
-                    .service_by_id(fe.service_id)
-                    .map_or_else(|| format!("#{}", fe.service_id), |s| s.name.clone()),
-                addr: fe.addr,
-                port: fe.port,
-                proto: Proto::from_number(fe.proto).map_or("?", Proto::name),
-                host_port: fe.flags & netctl_common::lb::SVC_F_HOST_PORT != 0,
-            })
-            .collect(),
-        DataplaneMode::Iptables => {
-            let chains = crate::dataplane::iptables::Chains::for_instance(instance);
-            let nat = crate::net::iptables::save("nat")?;
-            let filter = crate::net::iptables::save("filter")?;
-            crate::dataplane::iptables::rules::read_frontends(&chains, &nat, &filter)
-                .into_iter()
-                .map(|fe| LiveFrontend {
-                    service: fe.service,
-                    addr: fe.addr,
-                    port: fe.port,
-                    proto: fe.proto.name(),
-                    host_port: fe.host_port,
-                })
-                .collect()
-        }
-    })
-}
-
 /// The plan's port forwards checked against the live host ports, then the live host ports
 /// the plan does not have.
-fn port_forwards(plan: &Plan, live: &[LiveFrontend]) -> Vec<PortForwardLive> {
+fn port_forwards(plan: &Plan, live: &[ServedFrontend]) -> Vec<PortForwardLive> {
     let served = |port: u16, proto: &str| {
         live.iter()
             .any(|f| f.host_port && f.port == port && f.proto == proto)
@@ -180,7 +135,7 @@ fn port_forwards(plan: &Plan, live: &[LiveFrontend]) -> Vec<PortForwardLive> {
 }
 
 /// The live VIPs of `service`, and the plan's frontends of it that the dataplane lacks.
-fn vips_of(plan: &Plan, service: &str, live: &[LiveFrontend]) -> (Vec<Ipv4Addr>, Vec<String>) {
+fn vips_of(plan: &Plan, service: &str, live: &[ServedFrontend]) -> (Vec<Ipv4Addr>, Vec<String>) {
     let mut vips: Vec<Ipv4Addr> = live
         .iter()
         .filter(|f| !f.host_port && f.service == service)
@@ -208,7 +163,7 @@ fn vips_of(plan: &Plan, service: &str, live: &[LiveFrontend]) -> (Vec<Ipv4Addr>,
     (vips, missing)
 }
 
-async fn gather(plan: &Plan, frontends: &[LiveFrontend]) -> anyhow::Result<Live> {
+async fn gather(plan: &Plan, frontends: &[ServedFrontend]) -> anyhow::Result<Live> {
     let host = Netlink::current()?;
     let links = host.links().await?;
     let facts = HostFacts::discover(&host, plan).await?;

@@ -6,3 +6,56 @@
 pub mod ebpf;
 pub mod iptables;
 pub mod lb;
+
+use std::net::Ipv4Addr;
+
+use crate::{
+    policy::compile::Compiled,
+    topology::{DataplaneMode, Plan},
+};
+pub use ebpf::conntrack::Connection;
+
+/// What the CLI reads back from the kernel, whichever dataplane an instance runs: the same
+/// types from both, so that a command opens the dataplane, asks and renders.
+pub trait Dataplane {
+    /// The frontends (VIPs and host ports) the kernel serves now.
+    fn frontends(&self) -> anyhow::Result<Vec<ServedFrontend>>;
+    /// The tracked connections (eBPF conntrack, or the kernel's for iptables).
+    fn connections(&self) -> anyhow::Result<Vec<Connection>>;
+    /// The policy in force; `None` where the dataplane holds none yet (iptables before the
+    /// controller wrote its chains; the eBPF maps always hold a generation, 0 at first).
+    fn policy(&self) -> anyhow::Result<Option<InstalledPolicy>>;
+    /// Only the generation of the policy in force (0 before any), which `policy apply`
+    /// polls for.
+    fn policy_generation(&self) -> anyhow::Result<u32> {
+        Ok(self.policy()?.map_or(0, |p| p.generation))
+    }
+}
+
+/// The dataplane `plan` runs, for `instance`: the one place that chooses by mode (as
+/// netavark's `get_supported_firewall_driver`).
+pub fn open<'a>(plan: &'a Plan, instance: &str) -> Box<dyn Dataplane + 'a> {
+    match plan.dataplane.mode {
+        DataplaneMode::Ebpf => Box::new(ebpf::view::EbpfView::new(plan, instance)),
+        DataplaneMode::Iptables => Box::new(iptables::view::IptablesView::new(plan, instance)),
+    }
+}
+
+/// A frontend as the kernel serves it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServedFrontend {
+    pub service: String,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: &'static str,
+    pub host_port: bool,
+}
+
+/// The policy as the kernel has it: its generation, the compiled entries and limits, and
+/// the address -> identity table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledPolicy {
+    pub generation: u32,
+    pub compiled: Compiled,
+    pub identities: Vec<(Ipv4Addr, u32)>,
+}

@@ -13,6 +13,7 @@ pub mod maglev;
 pub mod pins;
 pub mod policy;
 pub mod stats;
+pub mod view;
 
 pub use loader::{LoadOptions, SockProgram, TcProgram};
 pub use pins::Pins;

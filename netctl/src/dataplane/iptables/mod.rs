@@ -17,6 +17,7 @@ pub mod conntrack;
 pub mod names;
 pub mod policy;
 pub mod rules;
+pub mod view;
 pub mod writer;
 
 pub use names::Chains;

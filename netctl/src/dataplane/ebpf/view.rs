@@ -1,0 +1,58 @@
+//! [`Dataplane`] read from the pinned eBPF maps: they answer with no netctl process running.
+
+use super::{Pins, conntrack, lb::LbMaps, policy::PolicyMaps};
+use crate::{
+    dataplane::{Connection, Dataplane, InstalledPolicy, ServedFrontend},
+    topology::{Plan, Proto},
+};
+
+pub struct EbpfView<'a> {
+    plan: &'a Plan,
+    pins: Pins,
+}
+
+impl<'a> EbpfView<'a> {
+    pub fn new(plan: &'a Plan, instance: &str) -> Self {
+        EbpfView {
+            plan,
+            pins: Pins::for_instance(instance),
+        }
+    }
+}
+
+impl Dataplane for EbpfView<'_> {
+    fn frontends(&self) -> anyhow::Result<Vec<ServedFrontend>> {
+        Ok(LbMaps::open(&self.pins)?
+            .frontends()
+            .into_iter()
+            .map(|fe| ServedFrontend {
+                service: self
+                    .plan
+                    .service_by_id(fe.service_id)
+                    .map_or_else(|| format!("#{}", fe.service_id), |s| s.name.clone()),
+                addr: fe.addr,
+                port: fe.port,
+                proto: Proto::from_number(fe.proto).map_or("?", Proto::name),
+                host_port: fe.flags & netctl_common::lb::SVC_F_HOST_PORT != 0,
+            })
+            .collect())
+    }
+
+    fn connections(&self) -> anyhow::Result<Vec<Connection>> {
+        conntrack::connections(&conntrack::open(&self.pins)?)
+    }
+
+    fn policy(&self) -> anyhow::Result<Option<InstalledPolicy>> {
+        // The maps always hold a generation (0 until the controller installs the first).
+        let installed = PolicyMaps::open(&self.pins)?.read()?;
+        Ok(Some(InstalledPolicy {
+            generation: installed.generation,
+            compiled: installed.compiled,
+            identities: installed.identities,
+        }))
+    }
+
+    fn policy_generation(&self) -> anyhow::Result<u32> {
+        PolicyMaps::open(&self.pins)?.generation()
+    }
+}

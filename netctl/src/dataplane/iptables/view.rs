@@ -1,0 +1,54 @@
+//! [`Dataplane`] read back from the instance's iptables chains (and, for connections, the
+//! kernel's conntrack, which holds the NAT of iptables connections).
+
+use super::{Chains, conntrack, policy, rules};
+use crate::{
+    dataplane::{Connection, Dataplane, InstalledPolicy, ServedFrontend},
+    net::iptables,
+    topology::Plan,
+};
+
+pub struct IptablesView<'a> {
+    plan: &'a Plan,
+    chains: Chains,
+}
+
+impl<'a> IptablesView<'a> {
+    pub fn new(plan: &'a Plan, instance: &str) -> Self {
+        IptablesView {
+            plan,
+            chains: Chains::for_instance(instance),
+        }
+    }
+}
+
+impl Dataplane for IptablesView<'_> {
+    fn frontends(&self) -> anyhow::Result<Vec<ServedFrontend>> {
+        let nat = iptables::save("nat")?;
+        let filter = iptables::save("filter")?;
+        Ok(rules::read_frontends(&self.chains, &nat, &filter)
+            .into_iter()
+            .map(|fe| ServedFrontend {
+                service: fe.service,
+                addr: fe.addr,
+                port: fe.port,
+                proto: fe.proto.name(),
+                host_port: fe.host_port,
+            })
+            .collect())
+    }
+
+    fn connections(&self) -> anyhow::Result<Vec<Connection>> {
+        conntrack::connections(self.plan)
+    }
+
+    fn policy(&self) -> anyhow::Result<Option<InstalledPolicy>> {
+        Ok(
+            policy::read(&self.chains, &iptables::save("filter")?).map(|i| InstalledPolicy {
+                generation: i.generation,
+                compiled: i.compiled,
+                identities: i.identities,
+            }),
+        )
+    }
+}
