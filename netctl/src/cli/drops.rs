@@ -3,9 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use aya::maps::{HashMap, Map, MapData};
-use netctl_common::{DropReason, event::DropPairKey, maps::DROP_PAIRS};
+use netctl_common::DropReason;
 use serde_json::json;
 
 use super::load_state;
@@ -104,7 +102,14 @@ fn iptables_drops(state: &State, as_json: bool) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|r| (r.name(), d.by_reason.get(r.name()).copied().unwrap_or(0)))
         .collect();
-    let by_pair = iptables_pairs(state, &d);
+    // Pairs from the same save as the reasons, so that the two add up.
+    let names = state.plan.names();
+    let mut by_pair: Pairs = d
+        .by_pair
+        .iter()
+        .map(|((src, dst, reason), n)| (names.identity(*src), names.identity(*dst), *reason, *n))
+        .collect();
+    by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
     if as_json {
         output::print_json(&json!({
             "dataplane": "iptables",
@@ -140,38 +145,19 @@ pub type Pairs = Vec<(String, String, &'static str, u64)>;
 
 /// The dataplane's drop counters per identity pair, as `drops` shows them.
 pub fn pairs(state: &State) -> anyhow::Result<Pairs> {
-    if state.plan.dataplane.mode == DataplaneMode::Iptables {
-        let chains = Chains::for_instance(&state.instance);
-        let d = ipt_policy::drops(&chains, &iptables::save_counted("filter")?);
-        return Ok(iptables_pairs(state, &d));
-    }
-    let pins = Pins::for_instance(&state.instance);
-    let data = MapData::from_pin(pins.map(DROP_PAIRS)).context("opening DROP_PAIRS")?;
-    let pairs: HashMap<_, DropPairKey, u64> = HashMap::try_from(Map::LruHashMap(data))?;
     let names = state.plan.names();
-    let mut by_pair: Pairs = pairs
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, n)| {
+    let mut by_pair: Pairs = crate::dataplane::open(&state.plan, &state.instance)
+        .drop_pairs()?
+        .into_iter()
+        .map(|p| {
             (
-                names.identity(k.src_identity),
-                names.identity(k.dst_identity),
-                DropReason::from_u32(k.reason).map_or("?", DropReason::name),
-                n,
+                names.identity(p.src_identity),
+                names.identity(p.dst_identity),
+                p.reason,
+                p.packets,
             )
         })
         .collect();
     by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
     Ok(by_pair)
-}
-
-fn iptables_pairs(state: &State, d: &ipt_policy::Drops) -> Pairs {
-    let names = state.plan.names();
-    let mut by_pair: Pairs = d
-        .by_pair
-        .iter()
-        .map(|((src, dst, reason), n)| (names.identity(*src), names.identity(*dst), *reason, *n))
-        .collect();
-    by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
-    by_pair
 }

@@ -25,6 +25,9 @@ pub trait Dataplane {
     /// The policy in force; `None` where the dataplane holds none yet (iptables before the
     /// controller wrote its chains; the eBPF maps always hold a generation, 0 at first).
     fn policy(&self) -> anyhow::Result<Option<InstalledPolicy>>;
+    /// Packets dropped per (source identity, destination identity, reason); the iptables
+    /// dataplane gives `ID_ANY` as the source of drops by entries and limits for any source.
+    fn drop_pairs(&self) -> anyhow::Result<Vec<DropPair>>;
     /// Only the generation of the policy in force (0 before any), which `policy apply`
     /// polls for.
     fn policy_generation(&self) -> anyhow::Result<u32> {
@@ -39,6 +42,16 @@ pub fn open<'a>(plan: &'a Plan, instance: &str) -> Box<dyn Dataplane + 'a> {
         DataplaneMode::Ebpf => Box::new(ebpf::view::EbpfView::new(plan, instance)),
         DataplaneMode::Iptables => Box::new(iptables::view::IptablesView::new(plan, instance)),
     }
+}
+
+/// Packets one (source identity, destination identity) pair had dropped for one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropPair {
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// [`netctl_common::DropReason::name`].
+    pub reason: &'static str,
+    pub packets: u64,
 }
 
 /// A frontend as the kernel serves it.

@@ -1,8 +1,12 @@
 //! [`Dataplane`] read from the pinned eBPF maps: they answer with no netctl process running.
 
+use anyhow::Context;
+use aya::maps::{HashMap, Map, MapData};
+use netctl_common::{DropReason, event::DropPairKey, maps::DROP_PAIRS};
+
 use super::{Pins, conntrack, lb::LbMaps, policy::PolicyMaps};
 use crate::{
-    dataplane::{Connection, Dataplane, InstalledPolicy, ServedFrontend},
+    dataplane::{Connection, Dataplane, DropPair, InstalledPolicy, ServedFrontend},
     topology::{Plan, Proto},
 };
 
@@ -50,6 +54,21 @@ impl Dataplane for EbpfView<'_> {
             compiled: installed.compiled,
             identities: installed.identities,
         }))
+    }
+
+    fn drop_pairs(&self) -> anyhow::Result<Vec<DropPair>> {
+        let data = MapData::from_pin(self.pins.map(DROP_PAIRS)).context("opening DROP_PAIRS")?;
+        let pairs: HashMap<_, DropPairKey, u64> = HashMap::try_from(Map::LruHashMap(data))?;
+        Ok(pairs
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, packets)| DropPair {
+                src_identity: k.src_identity,
+                dst_identity: k.dst_identity,
+                reason: DropReason::from_u32(k.reason).map_or("?", DropReason::name),
+                packets,
+            })
+            .collect())
     }
 
     fn policy_generation(&self) -> anyhow::Result<u32> {

@@ -3,7 +3,7 @@
 
 use super::{Chains, conntrack, policy, rules};
 use crate::{
-    dataplane::{Connection, Dataplane, InstalledPolicy, ServedFrontend},
+    dataplane::{Connection, Dataplane, DropPair, InstalledPolicy, ServedFrontend},
     net::iptables,
     topology::Plan,
 };
@@ -50,5 +50,20 @@ impl Dataplane for IptablesView<'_> {
                 identities: i.identities,
             }),
         )
+    }
+
+    fn drop_pairs(&self) -> anyhow::Result<Vec<DropPair>> {
+        let d = policy::drops(&self.chains, &iptables::save_counted("filter")?);
+        Ok(d.by_pair
+            .iter()
+            .map(
+                |(&(src_identity, dst_identity, reason), &packets)| DropPair {
+                    src_identity,
+                    dst_identity,
+                    reason,
+                    packets,
+                },
+            )
+            .collect())
     }
 }
