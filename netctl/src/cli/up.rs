@@ -92,7 +92,8 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
                 }
             });
         }
-        up::become_controller(&plan).await?;
+        let instance = up::record_as_controller(&plan)?;
+        crate::controller::agent::run(&instance).await?;
     } else if let Some(timeout) = wait {
         wait_and_print(&plan, timeout, started).await?;
     }

@@ -297,8 +297,9 @@ async fn rollback(
     anyhow!(msg)
 }
 
-/// `up --foreground`: records this process as the instance's controller and runs it here.
-pub async fn become_controller(plan: &Plan) -> anyhow::Result<()> {
+/// `up --foreground`: records this process as the instance's controller (journal and pid
+/// file), for the caller to run the agent in it. Returns the instance.
+pub fn record_as_controller(plan: &Plan) -> anyhow::Result<String> {
     let instance = plan.instance();
     {
         let _lock = StateLock::acquire()?;
@@ -314,5 +315,5 @@ pub async fn become_controller(plan: &Plan) -> anyhow::Result<()> {
         daemon::write_pid_file(&instance)?;
         state.mark_done(&me)?;
     }
-    super::agent::run(&instance).await
+    Ok(instance)
 }
