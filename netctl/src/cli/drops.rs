@@ -103,13 +103,7 @@ fn iptables_drops(state: &State, as_json: bool) -> anyhow::Result<ExitCode> {
         .map(|r| (r.name(), d.by_reason.get(r.name()).copied().unwrap_or(0)))
         .collect();
     // Pairs from the same save as the reasons, so that the two add up.
-    let names = state.plan.names();
-    let mut by_pair: Pairs = d
-        .by_pair
-        .iter()
-        .map(|((src, dst, reason), n)| (names.identity(*src), names.identity(*dst), *reason, *n))
-        .collect();
-    by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
+    let by_pair = named(state, d.pairs());
     if as_json {
         output::print_json(&json!({
             "dataplane": "iptables",
@@ -145,9 +139,14 @@ pub type Pairs = Vec<(String, String, &'static str, u64)>;
 
 /// The dataplane's drop counters per identity pair, as `drops` shows them.
 pub fn pairs(state: &State) -> anyhow::Result<Pairs> {
+    let pairs = crate::dataplane::open(&state.plan, &state.instance).drop_pairs()?;
+    Ok(named(state, pairs))
+}
+
+/// Drop pairs with their identities by name, most packets first.
+fn named(state: &State, pairs: impl IntoIterator<Item = crate::dataplane::DropPair>) -> Pairs {
     let names = state.plan.names();
-    let mut by_pair: Pairs = crate::dataplane::open(&state.plan, &state.instance)
-        .drop_pairs()?
+    let mut by_pair: Pairs = pairs
         .into_iter()
         .map(|p| {
             (
@@ -159,5 +158,5 @@ pub fn pairs(state: &State) -> anyhow::Result<Pairs> {
         })
         .collect();
     by_pair.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.cmp(b)));
-    Ok(by_pair)
+    by_pair
 }

@@ -54,16 +54,6 @@ impl Dataplane for IptablesView<'_> {
 
     fn drop_pairs(&self) -> anyhow::Result<Vec<DropPair>> {
         let d = policy::drops(&self.chains, &iptables::save_counted("filter")?);
-        Ok(d.by_pair
-            .iter()
-            .map(
-                |(&(src_identity, dst_identity, reason), &packets)| DropPair {
-                    src_identity,
-                    dst_identity,
-                    reason,
-                    packets,
-                },
-            )
-            .collect())
+        Ok(d.pairs().collect())
     }
 }

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use netctl_common::DropReason;
 
 use super::owned;
-use crate::{dataplane::iptables::names::Chains, net::iptables::Table};
+use crate::{
+    dataplane::{DropPair, iptables::names::Chains},
+    net::iptables::Table,
+};
 
 /// Drops the policy's rules counted (`iptables-save -c`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -16,6 +19,20 @@ pub struct Drops {
     /// `(source identity, destination identity, reason) -> packets`; `ID_ANY` as the
     /// source of entries and limits for any source.
     pub by_pair: BTreeMap<(u32, u32, &'static str), u64>,
+}
+
+impl Drops {
+    /// The per-pair counters as the [`crate::dataplane::Dataplane`] seam gives them.
+    pub fn pairs(&self) -> impl Iterator<Item = DropPair> + '_ {
+        self.by_pair.iter().map(
+            |(&(src_identity, dst_identity, reason), &packets)| DropPair {
+                src_identity,
+                dst_identity,
+                reason,
+                packets,
+            },
+        )
+    }
 }
 
 /// Reads the drop counters from a filter table saved with counters.
