@@ -4,19 +4,26 @@
 //! - [`net`]: namespaces, links, routes, sysctls, NAT (Linux primitives);
 //! - [`dataplane`]: the two dataplanes, [`dataplane::ebpf`] (the embedded object, pins,
 //!   attach, map readers) and [`dataplane::iptables`] (the kube-proxy-style baseline);
-//! - [`instance`]: what the controller and the supervisor share about one instance (paths,
-//!   logs, process identity, failpoints);
-//! - [`controller`]: `up`/`down` as a journaled reconcile of resources;
+//! - [`instance`]: what the reconcile, the agent and the supervisor share about one
+//!   instance (paths, logs, process identity, the controller process and its API client,
+//!   failpoints);
+//! - [`supervisor`]: the processes that run in the namespaces;
+//! - [`reconcile`]: `up`/`down`, run once, as a journaled reconcile of resources;
+//! - [`agent`]: the long-running controller and its components (load balancing, policy,
+//!   events, metrics, supervision) behind its API;
 //! - [`cli`]: the `netctl` command line.
+//!
+//! Arrows run one way: cli -> reconcile | agent -> components -> dataplane, net, topology.
 
+pub mod agent;
 pub mod cli;
 pub mod connectivity;
-pub mod controller;
 pub mod dataplane;
 pub mod instance;
 pub mod net;
 pub mod output;
 pub mod policy;
+pub mod reconcile;
 pub mod report;
 pub mod services;
 pub mod supervisor;

@@ -390,7 +390,7 @@ pub fn wait_for(
 /// SIGKILLs the slot's controller and waits until it is gone; which process it was.
 pub fn kill_controller(slot: &Slot) -> netctl::instance::ProcessId {
     let controller =
-        netctl::controller::daemon::running(&slot.instance()).expect("controller running");
+        netctl::instance::daemon::running(&slot.instance()).expect("controller running");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(controller.pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -406,8 +406,11 @@ pub fn kill_controller(slot: &Slot) -> netctl::instance::ProcessId {
 
 /// The supervised processes of the slot's platform, from its controller.
 pub fn services(slot: &Slot) -> Vec<netctl::supervisor::ServiceStatus> {
-    let v = block_on(netctl::controller::api::get(&slot.instance(), "/v1/status"))
-        .expect("controller answers");
+    let v = block_on(netctl::instance::agent_client::get(
+        &slot.instance(),
+        "/v1/status",
+    ))
+    .expect("controller answers");
     netctl::supervisor::status::from_status(&v).expect("services on the status board")
 }
 

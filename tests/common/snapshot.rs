@@ -43,11 +43,11 @@ impl Snapshot {
         let own = netctl::topology::plan::instance_name(own_prefix);
         // Other platforms up right now: their instance names and prefixes. (A platform's
         // state file exists before its first object and goes after its last.)
-        let others: Vec<(String, String)> = netctl::controller::state::instances()
+        let others: Vec<(String, String)> = netctl::reconcile::state::instances()
             .into_iter()
             .filter(|i| *i != own)
             .filter_map(|i| {
-                let state = netctl::controller::state::State::load(&i).ok()??;
+                let state = netctl::reconcile::state::State::load(&i).ok()??;
                 Some((i, state.plan.prefix))
             })
             .collect();
@@ -76,7 +76,7 @@ impl Snapshot {
                 .into_iter()
                 .filter(keep)
                 .collect(),
-            state_files: netctl::controller::state::instances()
+            state_files: netctl::reconcile::state::instances()
                 .into_iter()
                 .filter(keep)
                 .collect(),

@@ -24,8 +24,8 @@ use common::{
     wait_for,
 };
 use netctl::{
-    controller::daemon,
     instance::ProcessId,
+    instance::daemon,
     supervisor::{ServiceState, record, stop},
     topology::{DEFAULT_TOPOLOGY, Topology},
 };

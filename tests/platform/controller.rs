@@ -13,8 +13,8 @@ use std::{
 
 use common::{NETCTL, Platform, Slot, assert_success, block_on, snapshot::Snapshot};
 use netctl::{
-    controller::{api, daemon},
     instance::ProcessId,
+    instance::{agent_client as api, daemon},
 };
 use nix::{
     sys::signal::{Signal, kill},

@@ -736,8 +736,11 @@ health = { check = "redis", interval = "300ms", timeout = "200ms", retries = 2 }
         common::traffic::probe(None, redis, 6379, Duration::from_secs(1)),
         common::traffic::Probe::Connected
     );
-    let lb = common::block_on(netctl::controller::api::get(&slot.instance(), "/v1/status"))
-        .expect("controller answers");
+    let lb = common::block_on(netctl::instance::agent_client::get(
+        &slot.instance(),
+        "/v1/status",
+    ))
+    .expect("controller answers");
     let backend = lb["components"]["lb"]["backends"]
         .as_array()
         .expect("lb backends")

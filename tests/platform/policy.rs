@@ -26,7 +26,7 @@ use common::{
     traffic::{NamedServer, Session, burst_connects, ping, probe},
 };
 use netctl::{
-    controller::daemon,
+    instance::daemon,
     net::netns,
     policy::model,
     topology::{DEFAULT_TOPOLOGY, Topology, policy::Peer},

@@ -28,7 +28,7 @@ use common::{
     load::{Counts, Load},
     service, services, wait_for,
 };
-use netctl::controller::daemon;
+use netctl::instance::daemon;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,

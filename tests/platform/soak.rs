@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::{Platform, Slot, http, load::Load, relocate, traffic::burst_connects_from_host};
 use netctl::{
-    controller::daemon,
+    instance::daemon,
     topology::{DEFAULT_TOPOLOGY, Topology},
 };
 use serde_json::Value;

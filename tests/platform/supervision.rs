@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{NETCTL, Platform, Slot, assert_success, block_on, snapshot::Snapshot};
 use netctl::{
-    controller::api,
+    instance::agent_client as api,
     supervisor::{ServiceState, ServiceStatus, status::from_status, stop},
     topology::Topology,
 };

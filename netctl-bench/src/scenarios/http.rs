@@ -380,8 +380,8 @@ fn check_local(url: &str) -> anyhow::Result<()> {
     if ip.is_loopback() {
         return Ok(());
     }
-    for instance in netctl::controller::state::instances() {
-        if let Ok(Some(state)) = netctl::controller::state::State::load(&instance) {
+    for instance in netctl::reconcile::state::instances() {
+        if let Ok(Some(state)) = netctl::reconcile::state::State::load(&instance) {
             let plan = &state.plan;
             if plan.endpoints.iter().any(|e| e.address == ip)
                 || plan.services.iter().any(|s| s.vip == ip)

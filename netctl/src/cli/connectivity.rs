@@ -8,8 +8,8 @@ use serde_json::json;
 use super::{drops, load_state};
 use crate::{
     connectivity::{self, Options, Outcome, Verdict, probe},
-    controller::{preflight, state::State},
     output,
+    reconcile::{preflight, state::State},
 };
 
 #[derive(clap::Args, Debug)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::{flows::protocol_name, load_state};
-use crate::{controller::preflight, dataplane::ebpf::conntrack, output, topology::Plan};
+use crate::{dataplane::ebpf::conntrack, output, reconcile::preflight, topology::Plan};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

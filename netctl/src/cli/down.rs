@@ -4,12 +4,12 @@ use std::process::ExitCode;
 
 use super::resolve_instance;
 use crate::{
-    controller::{
+    instance::paths,
+    output,
+    reconcile::{
         down::{self, DownReport},
         preflight,
     },
-    instance::paths,
-    output,
     topology::plan::instance_name,
 };
 

@@ -6,10 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use super::resolve_instance;
-use crate::{
-    controller::{api, preflight},
-    output,
-};
+use crate::{instance::agent_client as api, output, reconcile::preflight};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -37,7 +34,7 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     let Some(name) = resolve_instance(prefix)? else {
         bail!("no netctl platform is up");
     };
-    let state = crate::controller::state::State::load(&name)?
+    let state = crate::reconcile::state::State::load(&name)?
         .with_context(|| format!("instance {name} is not up"))?;
     if !state
         .plan

@@ -8,12 +8,12 @@ use serde_json::json;
 
 use super::load_state;
 use crate::{
-    controller::preflight,
-    controller::state::State,
     dataplane::ebpf::{Pins, conntrack, stats},
     dataplane::iptables::{Chains, policy as ipt_policy},
     net::iptables,
     output,
+    reconcile::preflight,
+    reconcile::state::State,
     topology::DataplaneMode,
 };
 

@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use super::load_state;
 use crate::{
-    controller::preflight,
     dataplane::ebpf::{Pins, flows},
     output,
+    reconcile::preflight,
     topology::Plan,
 };
 

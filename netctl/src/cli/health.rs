@@ -16,10 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::resolve_instance;
-use crate::{
-    controller::{api, preflight},
-    output,
-};
+use crate::{instance::agent_client as api, output, reconcile::preflight};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

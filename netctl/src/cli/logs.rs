@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 
 use super::{load_state, resolve_instance};
-use crate::{controller::preflight, instance::paths};
+use crate::{instance::paths, reconcile::preflight};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

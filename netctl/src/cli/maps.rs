@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::load_state;
 use crate::{
-    controller::preflight, dataplane::ebpf::Pins, output, policy::identity, topology::Plan,
+    dataplane::ebpf::Pins, output, policy::identity, reconcile::preflight, topology::Plan,
 };
 
 #[derive(clap::Args, Debug)]

@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    controller::state::{self, State},
+    reconcile::state::{self, State},
     topology::plan::instance_name,
 };
 
@@ -154,10 +154,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Logs(args) => logs::run(args, prefix).await,
         Command::Controller => {
-            crate::controller::preflight::require_root("controller")?;
+            crate::reconcile::preflight::require_root("controller")?;
             let instance = resolve_instance(prefix)?
                 .ok_or_else(|| anyhow::anyhow!("no netctl platform is up"))?;
-            crate::controller::agent::run(&instance).await?;
+            crate::agent::runtime::run(&instance).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -10,14 +10,15 @@ use netctl_common::DropReason;
 
 use super::load_state;
 use crate::{
-    controller::{api, daemon, preflight},
     dataplane::ebpf::{
         Pins,
         clock::BootClock,
         events::{self, EventView, LOST_BY_CLIENT, LOST_BY_DATAPLANE, LostView},
         stats::LostEvents,
     },
+    instance::{agent_client as api, daemon},
     output,
+    reconcile::preflight,
     topology::Plan,
 };
 

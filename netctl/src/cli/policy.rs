@@ -11,12 +11,13 @@ use serde_json::json;
 
 use super::{load_state, up::plan_from};
 use crate::{
-    controller::{
-        api, daemon, preflight,
+    dataplane::InstalledPolicy,
+    instance::{agent_client as api, daemon},
+    output,
+    reconcile::{
+        preflight,
         state::{State, StateLock},
     },
-    dataplane::InstalledPolicy,
-    output,
 };
 
 #[derive(clap::Args, Debug)]

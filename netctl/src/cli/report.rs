@@ -11,9 +11,10 @@ use anyhow::{Context, bail};
 
 use super::load_state;
 use crate::{
-    controller::preflight,
     dataplane::ebpf::{Pins, flows},
-    output, report,
+    output,
+    reconcile::preflight,
+    report,
 };
 
 #[derive(clap::Args, Debug)]

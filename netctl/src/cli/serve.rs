@@ -24,7 +24,7 @@ enum Service {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The services are the platform's: the supervisor starts them as root in their
     // namespaces (PostgreSQL alone runs as its own user).
-    crate::controller::preflight::require_root("serve")?;
+    crate::reconcile::preflight::require_root("serve")?;
     let kind = match args.service {
         Service::Registry => Kind::Registry,
         Service::Gateway => Kind::Gateway,

@@ -9,9 +9,10 @@ use serde_json::Value;
 
 use super::load_state;
 use crate::{
-    controller::{api, preflight},
     dataplane::ebpf::{Pins, lb::LbMaps},
+    instance::agent_client as api,
     output,
+    reconcile::preflight,
     topology::{DataplaneMode, Plan, Proto},
 };
 
@@ -144,7 +145,7 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
 
 /// The eBPF dataplane: frontends and backends from the pinned maps.
 fn from_maps(
-    state: &crate::controller::State,
+    state: &crate::reconcile::State,
     health: &HealthIndex,
     only: Option<&str>,
 ) -> anyhow::Result<(Vec<FrontendRow>, Vec<BackendRow>)> {
@@ -200,7 +201,7 @@ fn from_maps(
 /// The iptables dataplane: frontends read back from the instance's chains; draining
 /// backends (no longer in any chain) from the controller.
 fn from_rules(
-    state: &crate::controller::State,
+    state: &crate::reconcile::State,
     health: &HealthIndex,
     lb_status: &Value,
     only: Option<&str>,

@@ -7,9 +7,10 @@ use serde::Serialize;
 
 use super::load_state;
 use crate::{
-    controller::{api, preflight, resource::Ctx},
+    instance::agent_client as api,
     net::{host_firewall::Diagnosis, netlink::Netlink},
     output,
+    reconcile::{preflight, resource::Ctx},
     supervisor::{ServiceStatus, status::from_status},
 };
 

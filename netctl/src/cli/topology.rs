@@ -16,10 +16,11 @@ use serde::Serialize;
 
 use super::load_state;
 use crate::{
-    controller::{host_facts::HostFacts, preflight},
     dataplane::ServedFrontend,
+    dataplane::host_facts::HostFacts,
     net::{netlink::Netlink, netns, sysctl},
     output,
+    reconcile::preflight,
     topology::{Plan, plan::ENDPOINT_IFNAME},
 };
 

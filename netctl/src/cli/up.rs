@@ -10,11 +10,12 @@ use std::{
 use anyhow::bail;
 
 use crate::{
-    controller::{
-        api, preflight,
+    instance::agent_client as api,
+    output,
+    reconcile::{
+        preflight,
         up::{self, ControllerMode},
     },
-    output,
     supervisor::{ServiceStatus, status},
     topology::{DataplaneMode, Plan, Source},
 };
@@ -93,7 +94,7 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
             });
         }
         let instance = up::record_as_controller(&plan)?;
-        crate::controller::agent::run(&instance).await?;
+        crate::agent::runtime::run(&instance).await?;
     } else if let Some(timeout) = wait {
         wait_and_print(&plan, timeout, started).await?;
     }

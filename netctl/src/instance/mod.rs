@@ -1,15 +1,22 @@
 //! What everyone needs to know about one instance, and nothing else: where its files live
-//! ([`paths`]), how its logs are opened ([`logs`]), how its processes are told apart from
-//! a recycled pid ([`ProcessId`]), the board its controller's components publish their
-//! status on ([`StatusBoard`]), and its test hooks ([`failpoint`]).
+//! ([`paths`], [`private_file`]), how its logs are opened ([`logs`]), how its processes are
+//! told apart from a recycled pid ([`ProcessId`]), its controller process ([`daemon`]) and
+//! how to ask it ([`agent_client`]), the plan it runs with ([`recorded_plan`]), the board
+//! its controller's components publish their status on ([`StatusBoard`]), and its test
+//! hooks ([`failpoint`]).
 //!
-//! It exists so that the controller and the supervisor can share these without importing
-//! each other: it stands below both and imports neither (nor the command line).
+//! It exists so that the one-shot reconcile, the long-running agent and the supervisor can
+//! share these without importing each other: it stands below all three and imports none
+//! of them (nor the command line).
 
+pub mod agent_client;
+pub mod daemon;
 pub mod failpoint;
 pub mod logs;
 pub mod paths;
+pub mod private_file;
 mod process_id;
+pub mod recorded_plan;
 mod status_board;
 
 pub use process_id::ProcessId;

@@ -20,6 +20,16 @@ pub fn run_dir(instance: &str) -> PathBuf {
 }
 
 /// `/run/netctl/<instance>/controller.pid`
+/// The reconcile's journal: the plan the instance runs with and the resources made for it.
+pub fn state_file(instance: &str) -> PathBuf {
+    run_dir(instance).join("state.json")
+}
+
+/// Where the agent keeps one file per endpoint it serves.
+pub fn endpoints_dir(instance: &str) -> PathBuf {
+    run_dir(instance).join("endpoints")
+}
+
 pub fn controller_pid_file(instance: &str) -> PathBuf {
     run_dir(instance).join("controller.pid")
 }

@@ -18,21 +18,18 @@ use crate::{instance::StatusBoard, topology::Plan};
 
 /// What supervision follows and where it tells what it does: the controller, which runs it
 /// as its `services` component, hands these over.
-pub struct Supervision<S> {
+pub struct Supervision {
     pub instance: String,
-    /// The instance's current state (the controller's, which holds the plan): supervision
-    /// keeps the processes its plan says, and follows it when it changes.
-    pub state: watch::Receiver<Arc<S>>,
+    /// The plan the instance runs with: supervision keeps the processes it says, and
+    /// follows it when it changes.
+    pub plan: watch::Receiver<Arc<Plan>>,
     pub board: StatusBoard,
     /// Cancelled when the controller stops; the processes stay, for the next controller.
     pub shutdown: CancellationToken,
 }
 
-/// Supervises the processes of `supervision.state`'s plan until shutdown.
-pub async fn run<S>(mut supervision: Supervision<S>) -> anyhow::Result<()>
-where
-    S: AsRef<Plan> + Send + Sync + 'static,
-{
+/// Supervises the processes of `supervision.plan` until shutdown.
+pub async fn run(mut supervision: Supervision) -> anyhow::Result<()> {
     let exe = std::env::current_exe()
         .map_err(|e| anyhow::anyhow!("finding the netctl binary: {e}"))?
         .display()
@@ -48,7 +45,7 @@ where
     loop {
         tokio::select! {
             () = supervision.shutdown.cancelled() => break,
-            changed = supervision.state.changed() => {
+            changed = supervision.plan.changed() => {
                 if changed.is_err() {
                     break;
                 }
@@ -64,15 +61,14 @@ where
     Ok(())
 }
 
-async fn reconcile<S: AsRef<Plan>>(
-    supervision: &Supervision<S>,
+async fn reconcile(
+    supervision: &Supervision,
     ctx: &Arc<Ctx>,
     exe: &str,
     running: &mut HashMap<String, Handle>,
 ) {
-    let state = supervision.state.borrow().clone();
-    let plan: &Plan = (*state).as_ref();
-    let specs = super::specs::for_plan(plan, exe);
+    let plan = supervision.plan.borrow().clone();
+    let specs = super::specs::for_plan(&plan, exe);
     ctx.statuses
         .set_order(specs.iter().map(|s| s.name.clone()).collect());
     let desired: HashMap<&str, &ProcessSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();

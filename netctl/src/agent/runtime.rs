@@ -25,10 +25,8 @@ use tokio_util::sync::CancellationToken;
 use super::{
     api,
     component::{AgentCtx, Component, ComponentFuture, Routes},
-    daemon,
-    state::State,
 };
-use crate::instance::{StatusBoard, paths::controller_pid_file};
+use crate::instance::{StatusBoard, daemon, paths::controller_pid_file, recorded_plan};
 
 /// The components every controller runs.
 pub fn components() -> Vec<Component> {
@@ -46,7 +44,7 @@ pub fn components() -> Vec<Component> {
 fn supervision(ctx: AgentCtx) -> ComponentFuture {
     Box::pin(crate::supervisor::run(crate::supervisor::Supervision {
         instance: ctx.instance,
-        state: ctx.state,
+        plan: ctx.plan,
         board: ctx.board,
         shutdown: ctx.shutdown,
     }))
@@ -84,10 +82,10 @@ fn spawn_component(
 
 /// Runs the controller of `instance` until SIGTERM/SIGINT.
 pub async fn run(instance: &str) -> anyhow::Result<()> {
-    let state = State::load(instance)?
+    let plan = recorded_plan::load(instance)?
         .with_context(|| format!("instance {instance} is not up (no state file)"))?;
     daemon::write_pid_file(instance)?;
-    let (state_tx, state_rx) = watch::channel(Arc::new(state));
+    let (plan_tx, plan_rx) = watch::channel(Arc::new(plan));
     let shutdown = CancellationToken::new();
     let board = StatusBoard::default();
     board
@@ -103,7 +101,7 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
     let routes = Routes::default();
     let ctx = AgentCtx {
         instance: instance.to_string(),
-        state: state_rx,
+        plan: plan_rx,
         board: board.clone(),
         routes: routes.clone(),
         shutdown: shutdown.clone(),
@@ -133,10 +131,10 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match State::load(instance) {
-                Ok(Some(s)) => {
-                    tracing::info!("state reloaded");
-                    let _ = state_tx.send(Arc::new(s));
+            _ = hup.recv() => match recorded_plan::load(instance) {
+                Ok(Some(p)) => {
+                    tracing::info!("plan reloaded");
+                    let _ = plan_tx.send(Arc::new(p));
                 }
                 Ok(None) => break,
                 Err(e) => tracing::error!("reloading state: {e:#}"),

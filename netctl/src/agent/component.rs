@@ -9,15 +9,14 @@ use serde_json::Value;
 use tokio::sync::{RwLock, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::state::State;
-use crate::instance::StatusBoard;
+use crate::{instance::StatusBoard, topology::Plan};
 
 /// What every component gets.
 #[derive(Clone)]
 pub struct AgentCtx {
     pub instance: String,
-    /// The current state; changes when `up` reconciles and signals a reload.
-    pub state: watch::Receiver<Arc<State>>,
+    /// The plan the instance runs with; changes when `up` reconciles and signals a reload.
+    pub plan: watch::Receiver<Arc<Plan>>,
     pub board: StatusBoard,
     /// API endpoints components add for themselves.
     pub routes: Routes,

@@ -8,11 +8,12 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::{daemon, host_facts::HostFacts, state::State};
+use super::state::State;
 use crate::{
     dataplane::ebpf::{LoadOptions, Pins, SockProgram, TcProgram, loader},
+    dataplane::host_facts::HostFacts,
     dataplane::iptables::{Chains, base as ipt_base, rules::BaseSpec},
-    instance::paths,
+    instance::{daemon, paths},
     net::{host_firewall, nat, netlink::Netlink, netns},
     supervisor,
     topology::{DataplaneMode, Plan, plan::ENDPOINT_IFNAME},

@@ -31,12 +31,9 @@ use self::{
     desired::{Inputs, Instance},
     health::{Checker, Health, Probe},
 };
-use super::{
-    component::{AgentCtx, ApiError, ComponentFuture, Handler},
-    state::State,
-};
+use super::component::{AgentCtx, ApiError, ComponentFuture, Handler};
 use crate::{
-    controller::host_facts::HostFacts,
+    dataplane::host_facts::HostFacts,
     dataplane::{
         ebpf::{Pins, conntrack, lb::LbMaps, lb_writer::Reconciler},
         iptables::IptablesWriter,
@@ -103,9 +100,9 @@ impl Inventory {
 }
 
 async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
-    let mut state = ctx.state.clone();
-    let mut current: Arc<State> = state.borrow_and_update().clone();
-    let mut writer = match current.plan.dataplane.mode {
+    let mut plans = ctx.plan.clone();
+    let mut current: Arc<Plan> = plans.borrow_and_update().clone();
+    let mut writer = match current.dataplane.mode {
         DataplaneMode::Ebpf => {
             let pins = Pins::for_instance(&ctx.instance);
             let mut reconciler = Reconciler::adopt(LbMaps::open(&pins)?);
@@ -150,34 +147,32 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             () = ctx.shutdown.cancelled() => return Ok(()),
-            _ = state.changed() => {},
+            _ = plans.changed() => {},
             _ = ticker.tick() => {},
             () = registry.answered() => {},
             () = checker.changed() => {},
             Some(reader) = status_requests.recv() => readers.push(reader),
         }
         let mut dirty = false;
-        let latest = state.borrow_and_update().clone();
-        registry.tick(&latest.plan).await;
+        let latest = plans.borrow_and_update().clone();
+        registry.tick(&latest).await;
         if inventory.is_none()
             || !Arc::ptr_eq(&latest, &current)
             || registry.generation() != registry_seen
         {
             current = latest;
             registry_seen = registry.generation();
-            let inv = Inventory::of(&current.plan, &registry);
+            let inv = Inventory::of(&current, &registry);
             checker.set_probes(&inv.probes()).await;
             inventory = Some(inv);
             if let Writer::Ebpf(r) = &mut writer
-                && let Err(e) = r
-                    .maps()
-                    .set_config_flags(current.plan.dataplane.config_flags())
+                && let Err(e) = r.maps().set_config_flags(current.dataplane.config_flags())
             {
                 tracing::warn!("{e:#}");
             }
             dirty = true;
         }
-        let plan = &current.plan;
+        let plan = &*current;
         let Some(inv) = &inventory else { continue };
 
         if last_host_scan.elapsed() >= HOST_ADDRS_EVERY {

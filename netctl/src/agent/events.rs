@@ -45,7 +45,7 @@ pub fn component(ctx: AgentCtx) -> ComponentFuture {
 }
 
 async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
-    if ctx.state.borrow().plan.dataplane.mode == DataplaneMode::Iptables {
+    if ctx.plan.borrow().dataplane.mode == DataplaneMode::Iptables {
         // No ring buffer: the iptables dataplane logs its drops to the kernel log.
         ctx.shutdown.cancelled().await;
         return Ok(());
@@ -83,9 +83,9 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                     tracing::warn!(target: "netctl::drops", "the dataplane lost {more} events (ring buffer full)");
                     let _ = tx.send(Bytes::from(LostView::new(more, LOST_BY_DATAPLANE).line()));
                 }
-                let state = ctx.state.borrow().clone();
+                let plan = ctx.plan.borrow().clone();
                 ctx.board
-                    .publish("events", status(seen, dropped, lost_total, tx.receiver_count(), &new_flows, &state.plan))
+                    .publish("events", status(seen, dropped, lost_total, tx.receiver_count(), &new_flows, &plan))
                     .await;
                 published = Instant::now();
                 continue;
@@ -93,7 +93,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         };
         // The state, not a copy of its plan: the plan's name index is built once per
         // state and every event of every batch is named from it.
-        let state = ctx.state.borrow().clone();
+        let plan = ctx.plan.borrow().clone();
         let clock = BootClock::now()?;
         let now = Instant::now();
         // Named only when someone reads it: at thousands of new connections a second,
@@ -113,7 +113,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             if !(streamed || logged) {
                 continue;
             }
-            let view = events::decode(e, &state.plan, &clock);
+            let view = events::decode(e, &plan, &clock);
             if logged {
                 log_drop(&view);
             }
@@ -132,7 +132,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                         lost_total,
                         tx.receiver_count(),
                         &new_flows,
-                        &state.plan,
+                        &plan,
                     ),
                 )
                 .await;

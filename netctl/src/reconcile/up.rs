@@ -12,15 +12,13 @@
 use anyhow::{Context, anyhow, bail};
 
 use super::{
-    Resource, daemon,
-    host_facts::HostFacts,
-    preflight,
+    Resource, preflight,
     resource::Ctx,
     state::{HostChanges, State, StateLock},
 };
 use crate::{
-    dataplane::ebpf::Pins,
-    instance::failpoint::ResourceFailpoint,
+    dataplane::{ebpf::Pins, host_facts::HostFacts},
+    instance::{daemon, failpoint::ResourceFailpoint},
     net::{bpffs, netlink::Netlink, sysctl},
     topology::Plan,
 };

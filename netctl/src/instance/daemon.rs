@@ -15,18 +15,18 @@ use nix::{
     unistd::Pid,
 };
 
-use super::api;
-use crate::instance::{
-    ProcessId,
+use super::{
+    ProcessId, agent_client as api,
     logs::{open_private_log, restrict_logs},
     paths::{controller_log, controller_pid_file},
+    private_file::write_private,
 };
 
 /// Records the calling process as the controller of `instance`.
 pub fn write_pid_file(instance: &str) -> anyhow::Result<()> {
     let me = ProcessId::current().context("reading /proc/self/stat")?;
     // Written whole or not at all, 0600 in the 0700 state directory, like the state file.
-    super::state::write_private(
+    write_private(
         &controller_pid_file(instance),
         format!("{} {}\n", me.pid, me.start_time).as_bytes(),
     )

@@ -5,9 +5,8 @@
 //! `/run/netctl` itself.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{self, Write},
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    fs::{self, File},
+    io,
     path::{Path, PathBuf},
 };
 
@@ -17,7 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Resource;
 use crate::{
-    instance::paths::{RUN_ROOT, run_dir},
+    instance::{
+        paths::{self, RUN_ROOT, run_dir},
+        private_file::{ensure_run_root, remove_if_exists, write_private},
+    },
     topology::Plan,
 };
 
@@ -76,13 +78,6 @@ impl HostChanges {
     }
 }
 
-/// What the supervisor follows of the state.
-impl AsRef<Plan> for State {
-    fn as_ref(&self) -> &Plan {
-        &self.plan
-    }
-}
-
 impl State {
     pub fn new(plan: Plan) -> Self {
         Self {
@@ -94,7 +89,7 @@ impl State {
     }
 
     pub fn path(instance: &str) -> PathBuf {
-        run_dir(instance).join("state.json")
+        paths::state_file(instance)
     }
 
     /// The state of `instance`, or `None` when it is not up.
@@ -168,41 +163,6 @@ pub fn instances() -> Vec<String> {
     out
 }
 
-fn ensure_dir() -> anyhow::Result<()> {
-    fs::create_dir_all(RUN_ROOT).with_context(|| format!("creating {RUN_ROOT}"))?;
-    fs::set_permissions(RUN_ROOT, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting {RUN_ROOT} to root"))?;
-    Ok(())
-}
-
-/// Atomic write (temp file + rename) of a file only root can read.
-pub(super) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        ensure_dir()?;
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_data())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
-}
-
-fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
-    }
-}
-
 /// Exclusive lock for the length of an `up` or `down`: a `flock` on the state directory
 /// itself, so there is no lock file to leave behind. It is host-wide rather than per
 /// instance; both operations take about a second. The last `down` removes the directory
@@ -228,7 +188,7 @@ impl StateLock {
     fn acquire_in(dir: &Path) -> anyhow::Result<Self> {
         loop {
             if dir == Path::new(RUN_ROOT) {
-                ensure_dir()?;
+                ensure_run_root()?;
             } else {
                 fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }

@@ -32,14 +32,14 @@ pub fn component(ctx: AgentCtx) -> ComponentFuture {
 }
 
 async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
-    let mut state = ctx.state.clone();
+    let mut plan = ctx.plan.clone();
     loop {
-        let listen = state.borrow().plan.metrics_listen;
+        let listen = plan.borrow().metrics_listen;
         let Some(addr) = listen else {
             // Off: wait for a change of the topology.
             tokio::select! {
                 () = ctx.shutdown.cancelled() => return Ok(()),
-                r = state.changed() => { if r.is_err() { return Ok(()); } continue; }
+                r = plan.changed() => { if r.is_err() { return Ok(()); } continue; }
             }
         };
         let listener = TcpListener::bind(addr)
@@ -52,9 +52,9 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 () = ctx.shutdown.cancelled() => return Ok(()),
-                r = state.changed() => {
+                r = plan.changed() => {
                     if r.is_err() { return Ok(()); }
-                    if state.borrow().plan.metrics_listen != Some(addr) { break; }
+                    if plan.borrow().metrics_listen != Some(addr) { break; }
                 }
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
@@ -66,18 +66,18 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
 }
 
 fn serve(stream: tokio::net::TcpStream, ctx: &AgentCtx) {
-    let (state, board, instance) = (ctx.state.clone(), ctx.board.clone(), ctx.instance.clone());
+    let (plans, board, instance) = (ctx.plan.clone(), ctx.board.clone(), ctx.instance.clone());
     tokio::spawn(async move {
         let service = service_fn(move |req: Request<Incoming>| {
-            let (state, board, instance) = (state.clone(), board.clone(), instance.clone());
+            let (plans, board, instance) = (plans.clone(), board.clone(), instance.clone());
             async move {
                 if req.uri().path() != "/metrics" {
                     let mut r = Response::new(Full::new(Bytes::from_static(b"see /metrics\n")));
                     *r.status_mut() = StatusCode::NOT_FOUND;
                     return Ok::<_, Infallible>(r);
                 }
-                let state = state.borrow().clone();
-                let body = match render(&state.plan, &instance, &board).await {
+                let plan = plans.borrow().clone();
+                let body = match render(&plan, &instance, &board).await {
                     Ok(text) => text,
                     Err(e) => format!("# error: {e:#}\n"),
                 };

@@ -8,12 +8,10 @@ use anyhow::Context;
 use netctl_common::policy::ID_HOST;
 use serde_json::json;
 
-use super::{
-    component::{AgentCtx, ComponentFuture},
-    host_facts::HostFacts,
-};
+use super::component::{AgentCtx, ComponentFuture};
 use crate::{
     dataplane::ebpf::{Pins, policy::PolicyMaps},
+    dataplane::host_facts::HostFacts,
     dataplane::iptables::{Chains, policy as ipt_policy},
     net::{iptables, netlink::Netlink},
     policy::{compile, identity},
@@ -27,22 +25,22 @@ pub fn component(ctx: AgentCtx) -> ComponentFuture {
 }
 
 async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
-    if ctx.state.borrow().plan.dataplane.mode == DataplaneMode::Iptables {
+    if ctx.plan.borrow().dataplane.mode == DataplaneMode::Iptables {
         return run_iptables(ctx).await;
     }
     let mut maps = PolicyMaps::open(&Pins::for_instance(&ctx.instance))?;
     let netlink = Netlink::current()?;
-    let mut state = ctx.state.clone();
+    let mut plan = ctx.plan.clone();
     let mut installed: Option<Wanted> = None;
     let mut failed: Option<Wanted> = None;
     let mut ticker = tokio::time::interval(RESCAN);
     loop {
         let changed = tokio::select! {
             () = ctx.shutdown.cancelled() => return Ok(()),
-            _ = state.changed() => true,
+            _ = plan.changed() => true,
             _ = ticker.tick() => false,
         };
-        let plan = state.borrow().plan.clone();
+        let plan = (**plan.borrow()).clone();
         let wanted = wanted(&netlink, &plan).await;
         // A refused install is tried again when the state changes, not at every rescan
         // (the kernel refuses the same entries the same way).
@@ -117,7 +115,7 @@ async fn publish_failure(ctx: &AgentCtx, generation: u32, e: &anyhow::Error) {
 async fn run_iptables(ctx: AgentCtx) -> anyhow::Result<()> {
     let chains = Chains::for_instance(&ctx.instance);
     let netlink = Netlink::current()?;
-    let mut state = ctx.state.clone();
+    let mut plan = ctx.plan.clone();
     let mut generation = {
         let c = chains.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<u32> {
@@ -131,10 +129,10 @@ async fn run_iptables(ctx: AgentCtx) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             () = ctx.shutdown.cancelled() => return Ok(()),
-            _ = state.changed() => {},
+            _ = plan.changed() => {},
             _ = ticker.tick() => {},
         }
-        let plan = state.borrow().plan.clone();
+        let plan = (**plan.borrow()).clone();
         let (compiled, ids) = wanted(&netlink, &plan).await;
         if installed
             .as_ref()
