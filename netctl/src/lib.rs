@@ -19,6 +19,7 @@ pub mod agent;
 pub mod cli;
 pub mod connectivity;
 pub mod dataplane;
+pub mod endpoint;
 pub mod instance;
 pub mod net;
 pub mod output;

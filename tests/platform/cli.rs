@@ -120,6 +120,12 @@ fn commands_that_change_the_host_refuse_to_run_without_root() {
         (&["maps", "CT"], "maps"),
         (&["drain", "product/product-1"], "drain"),
         (&["drain", "--undo", "product/product-1"], "drain"),
+        (&["endpoints"], "endpoints"),
+        (&["endpoints", "rm", "c1"], "endpoints"),
+        (
+            &["endpoints", "add", "c1", "--netns", "x", "--network", "y"],
+            "endpoints",
+        ),
         (&["policy"], "policy"),
         (&["connectivity"], "connectivity"),
         (

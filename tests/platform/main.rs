@@ -13,6 +13,7 @@ mod common;
 mod app;
 mod cli;
 mod controller;
+mod endpoints;
 mod faults;
 mod iptables;
 mod lb;

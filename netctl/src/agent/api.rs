@@ -100,12 +100,18 @@ async fn route(req: Request<Incoming>, board: &StatusBoard, routes: &Routes) -> 
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         };
     }
-    let Some(handler) = routes.get(method.as_str(), &path).await else {
-        return if routes.has_path(&path).await {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        } else {
-            error(StatusCode::NOT_FOUND, "no such endpoint")
-        };
+    let (handler, id) = match routes.get(method.as_str(), &path).await {
+        Some(h) => (h, None),
+        None => match routes.get_with_id(method.as_str(), &path).await {
+            Some((h, id)) => (h, Some(id)),
+            None => {
+                return if routes.has_path(&path).await {
+                    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                } else {
+                    error(StatusCode::NOT_FOUND, "no such endpoint")
+                };
+            }
+        },
     };
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -114,7 +120,7 @@ async fn route(req: Request<Incoming>, board: &StatusBoard, routes: &Routes) -> 
         Ok(b) => b.to_bytes(),
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
     };
-    let value = if body.is_empty() {
+    let mut value = if body.is_empty() {
         serde_json::Value::Null
     } else {
         match serde_json::from_slice(&body) {
@@ -122,6 +128,15 @@ async fn route(req: Request<Incoming>, board: &StatusBoard, routes: &Routes) -> 
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}")),
         }
     };
+    // A route `PREFIX/{id}` gets the id as the body's `id`.
+    if let Some(id) = id {
+        match &mut value {
+            serde_json::Value::Object(o) => {
+                o.insert("id".into(), id.into());
+            }
+            _ => value = serde_json::json!({ "id": id }),
+        }
+    }
     match handler(value).await {
         Ok(v) => json(StatusCode::OK, &v),
         Err(e) => error(

@@ -9,18 +9,58 @@ use serde_json::Value;
 use tokio::sync::{RwLock, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{instance::StatusBoard, topology::Plan};
+use crate::{
+    endpoint::{Endpoint, store},
+    instance::StatusBoard,
+    topology::Plan,
+};
 
 /// What every component gets.
 #[derive(Clone)]
 pub struct AgentCtx {
     pub instance: String,
-    /// The plan the instance runs with; changes when `up` reconciles and signals a reload.
+    /// The plan the components follow: the recorded plan with the attached endpoints
+    /// added as instances of their services; changes when `up` reconciles and signals a
+    /// reload, and when an endpoint is attached or detached.
     pub plan: watch::Receiver<Arc<Plan>>,
+    /// The plan as the reconcile recorded it (the topology's endpoints only).
+    pub recorded: watch::Receiver<Arc<Plan>>,
+    /// The endpoints attached through the API.
+    pub attached: Attached,
     pub board: StatusBoard,
     /// API endpoints components add for themselves.
     pub routes: Routes,
     pub shutdown: CancellationToken,
+}
+
+/// The attached endpoints, shared by the component (which changes them) and the runtime
+/// (which adds them to the plan the other components follow).
+#[derive(Clone)]
+pub struct Attached(Arc<watch::Sender<Arc<Vec<Endpoint>>>>);
+
+impl Attached {
+    /// Starts from what the store holds, so that the first plan the components see
+    /// already has the endpoints a previous agent attached.
+    pub fn load(instance: &str) -> Self {
+        let recorded = store::load_all(instance).unwrap_or_else(|e| {
+            tracing::warn!("reading the attached endpoints: {e:#}");
+            Vec::new()
+        });
+        Self(Arc::new(watch::Sender::new(Arc::new(recorded))))
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<Endpoint>>> {
+        self.0.subscribe()
+    }
+
+    pub fn current(&self) -> Arc<Vec<Endpoint>> {
+        self.0.borrow().clone()
+    }
+
+    /// Replaces the list (the endpoints component alone does).
+    pub fn set(&self, list: Vec<Endpoint>) {
+        self.0.send_replace(Arc::new(list));
+    }
 }
 
 /// An API error: HTTP status and message (sent as `{"error": message}`).
@@ -70,9 +110,28 @@ impl Routes {
             .cloned()
     }
 
+    /// The handler of a route registered as `PREFIX/{id}` that `path` (`PREFIX/x`)
+    /// matches, with the last segment (`x`).
+    pub async fn get_with_id(&self, method: &str, path: &str) -> Option<(Handler, String)> {
+        let (prefix, id) = path.rsplit_once('/')?;
+        if id.is_empty() {
+            return None;
+        }
+        let handler = self.get(method, &format!("{prefix}/{{id}}")).await?;
+        Some((handler, id.to_string()))
+    }
+
     /// Whether any method is registered for `path` (405 rather than 404).
     pub async fn has_path(&self, path: &str) -> bool {
-        self.0.read().await.keys().any(|(_, p)| p == path) || self.1.read().await.contains_key(path)
+        let pattern = path
+            .rsplit_once('/')
+            .map(|(prefix, _)| format!("{prefix}/{{id}}"));
+        self.0
+            .read()
+            .await
+            .keys()
+            .any(|(_, p)| p == path || Some(p) == pattern.as_ref())
+            || self.1.read().await.contains_key(path)
     }
 
     /// A streaming `GET path`.

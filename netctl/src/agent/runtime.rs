@@ -24,14 +24,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     api,
-    component::{AgentCtx, Component, ComponentFuture, Routes},
+    component::{AgentCtx, Attached, Component, ComponentFuture, Routes},
 };
 use crate::instance::{StatusBoard, daemon, paths::controller_pid_file, recorded_plan};
+use crate::{endpoint::attached_plan, topology::Plan};
 
 /// The components every controller runs.
 pub fn components() -> Vec<Component> {
     vec![
         ("services", supervision),
+        ("endpoints", super::endpoints::component),
         ("lb", super::lb::component),
         ("policy", super::policy::component),
         ("events", super::events::component),
@@ -48,6 +50,37 @@ fn supervision(ctx: AgentCtx) -> ComponentFuture {
         board: ctx.board,
         shutdown: ctx.shutdown,
     }))
+}
+
+/// The plan the components follow: the recorded one with the attached endpoints added,
+/// made again whenever either changes.
+fn follow_attached(
+    mut recorded: watch::Receiver<Arc<Plan>>,
+    attached: Attached,
+) -> watch::Receiver<Arc<Plan>> {
+    let mut endpoints = attached.subscribe();
+    let merge = |r: &Plan, a: &[crate::endpoint::Endpoint]| Arc::new(attached_plan(r, a));
+    let first = merge(
+        &recorded.borrow_and_update(),
+        &endpoints.borrow_and_update(),
+    );
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = recorded.changed() => if r.is_err() { return },
+                r = endpoints.changed() => if r.is_err() { return },
+            }
+            let next = merge(
+                &recorded.borrow_and_update(),
+                &endpoints.borrow_and_update(),
+            );
+            if tx.send(next).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// A component that ran this long before failing restarts after the shortest delay.
@@ -85,7 +118,9 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
     let plan = recorded_plan::load(instance)?
         .with_context(|| format!("instance {instance} is not up (no state file)"))?;
     daemon::write_pid_file(instance)?;
-    let (plan_tx, plan_rx) = watch::channel(Arc::new(plan));
+    let (recorded_tx, recorded_rx) = watch::channel(Arc::new(plan));
+    let attached = Attached::load(instance);
+    let plan_rx = follow_attached(recorded_rx.clone(), attached.clone());
     let shutdown = CancellationToken::new();
     let board = StatusBoard::default();
     board
@@ -102,6 +137,8 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
     let ctx = AgentCtx {
         instance: instance.to_string(),
         plan: plan_rx,
+        recorded: recorded_rx,
+        attached,
         board: board.clone(),
         routes: routes.clone(),
         shutdown: shutdown.clone(),
@@ -134,7 +171,7 @@ pub async fn run(instance: &str) -> anyhow::Result<()> {
             _ = hup.recv() => match recorded_plan::load(instance) {
                 Ok(Some(p)) => {
                     tracing::info!("plan reloaded");
-                    let _ = plan_tx.send(Arc::new(p));
+                    let _ = recorded_tx.send(Arc::new(p));
                 }
                 Ok(None) => break,
                 Err(e) => tracing::error!("reloading state: {e:#}"),

@@ -6,6 +6,7 @@ mod conntrack;
 mod down;
 mod drain;
 mod drops;
+mod endpoints;
 mod flows;
 mod health;
 mod logs;
@@ -66,6 +67,9 @@ enum Command {
     Conntrack(conntrack::Args),
     /// The pinned eBPF maps; `maps NAME` dumps one as JSON.
     Maps(maps::Args),
+    /// Endpoints: the topology's namespaces and those attached on request; `endpoints add`
+    /// attaches a namespace (a container's) to a network, `endpoints rm` detaches it.
+    Endpoints(endpoints::Args),
     /// Stop new connections to one instance (`service/instance`); established ones finish.
     Drain(drain::Args),
     /// The compiled network policy as the kernel has it; `policy apply -f FILE` changes it.
@@ -143,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Conntrack(args) => conntrack::run(args, prefix),
         Command::Maps(args) => maps::run(args, prefix),
         Command::Drain(args) => drain::run(args, prefix).await,
+        Command::Endpoints(args) => endpoints::run(args, prefix).await,
         Command::Policy(args) => policy::run(args, prefix).await,
         Command::Drops(args) => drops::run(args, prefix),
         Command::Monitor(args) => monitor::run(args, prefix).await,
@@ -223,11 +228,20 @@ fn require_ebpf(state: &State, command: &str, instead: &str) -> anyhow::Result<(
 }
 
 /// The state of the instance a read-only command acts on.
+/// The state of the instance, its plan with the attached endpoints added as the agent's
+/// components have it, so that commands name them as they name the topology's (read
+/// only: a command that saves the state loads it itself).
 fn load_state(prefix: Option<&str>) -> anyhow::Result<Option<State>> {
-    match resolve_instance(prefix)? {
-        None => Ok(None),
-        Some(instance) => {
-            State::load(&instance).with_context(|| format!("reading the state of {instance}"))
+    let Some(instance) = resolve_instance(prefix)? else {
+        return Ok(None);
+    };
+    let state =
+        State::load(&instance).with_context(|| format!("reading the state of {instance}"))?;
+    Ok(state.map(|mut s| {
+        let attached = crate::endpoint::store::load_all(&instance).unwrap_or_default();
+        if !attached.is_empty() {
+            s.plan = crate::endpoint::attached_plan(&s.plan, &attached);
         }
-    }
+        s
+    }))
 }

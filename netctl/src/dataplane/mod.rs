@@ -19,7 +19,7 @@ pub use ebpf::conntrack::Connection;
 
 /// What the CLI reads back from the kernel, whichever dataplane an instance runs: the same
 /// types from both, so that a command opens the dataplane, asks and renders.
-pub trait Dataplane {
+pub trait Dataplane: Send + Sync {
     /// The frontends (VIPs and host ports) the kernel serves now.
     fn frontends(&self) -> anyhow::Result<Vec<ServedFrontend>>;
     /// The tracked connections (eBPF conntrack, or the kernel's for iptables).
@@ -35,6 +35,21 @@ pub trait Dataplane {
     fn policy_generation(&self) -> anyhow::Result<u32> {
         Ok(self.policy()?.map_or(0, |p| p.generation))
     }
+
+    /// Whether the policy in force gives `addr` the identity `identity` (what a new
+    /// endpoint waits for before it is served).
+    fn has_identity(&self, addr: Ipv4Addr, identity: u32) -> anyhow::Result<bool> {
+        Ok(self
+            .policy()?
+            .is_some_and(|p| p.identities.contains(&(addr, identity))))
+    }
+
+    /// Hooks an endpoint's host-side interface (a bridge port) into the dataplane: the
+    /// TC programs (eBPF), hairpin mode (iptables). Idempotent.
+    fn attach_endpoint(&self, host_ifname: &str) -> anyhow::Result<()>;
+    /// Undoes [`Self::attach_endpoint`]; succeeds when there is nothing to undo (the
+    /// interface may be gone already).
+    fn detach_endpoint(&self, host_ifname: &str) -> anyhow::Result<()>;
 }
 
 /// The dataplane `plan` runs, for `instance`: the one place that chooses by mode (as

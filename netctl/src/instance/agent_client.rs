@@ -31,6 +31,11 @@ pub async fn post(
     call(instance, Method::POST, path, Some(body)).await
 }
 
+/// `DELETE path`.
+pub async fn delete(instance: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    call(instance, Method::DELETE, path, None).await
+}
+
 async fn call(
     instance: &str,
     method: Method,

@@ -36,6 +36,8 @@ pub struct Link {
     pub kind: Option<String>,
     pub master: Option<u32>,
     pub up: bool,
+    /// The hardware address, `aa:bb:cc:dd:ee:ff` (`None` for links without one).
+    pub mac: Option<String>,
 }
 
 /// An IPv4 route of the main table.
@@ -71,8 +73,14 @@ impl Netlink {
     /// A connection whose socket lives in namespace `name`: the socket is opened on a thread
     /// that entered the namespace and then used from here.
     pub fn in_netns(name: &str) -> anyhow::Result<Self> {
+        Self::in_netns_file(netns::open(name)?, name)
+    }
+
+    /// A connection in the namespace `ns` (an open namespace file; `label` names it).
+    pub fn in_netns_file(ns: std::fs::File, label: &str) -> anyhow::Result<Self> {
+        let name = label;
         let runtime = tokio::runtime::Handle::current();
-        let (conn, handle) = netns::run_in(name, move || {
+        let (conn, handle) = netns::run_in_file(ns, name, move || {
             // Registering the socket with the reactor needs the runtime's context.
             let _guard = runtime.enter();
             let (conn, handle, _) =
@@ -301,9 +309,14 @@ fn to_link(msg: &LinkMessage) -> Link {
     let mut name = String::new();
     let mut kind = None;
     let mut master = None;
+    let mut mac = None;
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = n.clone(),
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => {
+                let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                mac = Some(hex.join(":"));
+            }
             LinkAttribute::Controller(m) => master = Some(*m),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
@@ -321,6 +334,7 @@ fn to_link(msg: &LinkMessage) -> Link {
         kind,
         master,
         up: msg.header.flags.contains(LinkFlags::Up),
+        mac,
     }
 }
 

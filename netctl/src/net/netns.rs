@@ -107,24 +107,44 @@ pub fn open(name: &str) -> anyhow::Result<File> {
     File::open(path(name)).with_context(|| format!("opening network namespace {name}"))
 }
 
+/// Opens a network namespace by its file: a runtime's `/var/run/netns/cni-...`,
+/// `/proc/PID/ns/net`, or a named one's `/run/netns/NAME`. Refuses files that are not a
+/// network namespace.
+pub fn open_path(file: &Path) -> anyhow::Result<File> {
+    let is_nsfs = statfs(file).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC);
+    if !is_nsfs {
+        bail!("{} is not a network namespace", file.display());
+    }
+    File::open(file).with_context(|| format!("opening network namespace {}", file.display()))
+}
+
 /// Runs `f` on a new thread that has entered namespace `name`.
 pub fn run_in<T, F>(name: &str, f: F) -> anyhow::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> anyhow::Result<T> + Send + 'static,
 {
-    let ns = open(name)?;
-    let label = name.to_string();
+    run_in_file(open(name)?, name, f)
+}
+
+/// Runs `f` on a new thread that has entered the namespace `ns` (`label` names it in
+/// errors).
+pub fn run_in_file<T, F>(ns: File, label: &str, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> anyhow::Result<T> + Send + 'static,
+{
+    let name = label.to_string();
     thread::Builder::new()
-        .name(format!("netns-{name}"))
+        .name("netns".into())
         .spawn(move || -> anyhow::Result<T> {
             setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("setns {}", path(&label).display()))?;
+                .with_context(|| format!("entering network namespace {name}"))?;
             f()
         })
         .context("spawning a namespace thread")?
         .join()
-        .map_err(|_| anyhow!("thread in namespace {name} panicked"))?
+        .map_err(|_| anyhow!("thread in namespace {label} panicked"))?
 }
 
 /// Makes `/run/netns` a shared mount point, as `ip netns add` does, so that namespaces

@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use super::state::State;
 use crate::{
+    dataplane,
     dataplane::ebpf::{LoadOptions, Pins, SockProgram, TcProgram, loader},
     dataplane::host_facts::HostFacts,
     dataplane::iptables::{Chains, base as ipt_base, rules::BaseSpec},
+    endpoint::{self, plumbing},
     instance::{daemon, paths},
     net::{host_firewall, nat, netlink::Netlink, netns},
     supervisor,
@@ -85,6 +87,10 @@ pub enum Resource {
     /// records name, and anything else in the platform's namespaces, with or without a
     /// controller.
     Services { instance: String },
+    /// The endpoints the controller attaches on request (`/v1/endpoints`): their records'
+    /// directory. Made before the controller, removed after it: removing it removes every
+    /// endpoint recorded there (veth and dataplane hooks), whoever asked for it.
+    AttachedEndpoints { instance: String },
     /// The background controller process (`netctl controller`).
     Controller { instance: String, prefix: String },
 }
@@ -145,6 +151,9 @@ impl Resource {
             bridges: plan.networks.iter().map(|n| n.bridge.clone()).collect(),
         });
         out.push(Resource::Services {
+            instance: plan.instance(),
+        });
+        out.push(Resource::AttachedEndpoints {
             instance: plan.instance(),
         });
         if with_controller {
@@ -214,6 +223,7 @@ impl Resource {
             Resource::Iptables { .. } => "iptables",
             Resource::HostForward { .. } => "host-firewall",
             Resource::Services { .. } => "services",
+            Resource::AttachedEndpoints { .. } => "endpoints",
             Resource::Controller { .. } => "controller",
         }
     }
@@ -237,9 +247,9 @@ impl Resource {
                 )
             }
             Resource::HostForward { instance, .. } => Chains::for_instance(instance).host_forward(),
-            Resource::Services { instance } | Resource::Controller { instance, .. } => {
-                instance.clone()
-            }
+            Resource::Services { instance }
+            | Resource::AttachedEndpoints { instance }
+            | Resource::Controller { instance, .. } => instance.clone(),
         }
     }
 
@@ -295,6 +305,10 @@ impl Resource {
                 let records = supervisor::record::all(instance);
                 let alive = records.iter().filter(|r| r.is_alive()).count();
                 format!("{alive} running, {} recorded", records.len())
+            }
+            Resource::AttachedEndpoints { instance } => {
+                let n = endpoint::store::load_all(instance).map_or(0, |l| l.len());
+                format!("{n} attached through the API")
             }
             Resource::Controller { instance, .. } => match daemon::running(instance) {
                 Some(id) => format!("pid {}", id.pid),
@@ -386,10 +400,28 @@ impl Resource {
                 let dir = paths::services_dir(instance);
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
             }
+            Resource::AttachedEndpoints { instance } => {
+                let dir = paths::endpoints_dir(instance);
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
+            }
             Resource::Controller { instance, prefix } => {
                 daemon::spawn(instance, prefix).await.map(drop)
             }
         }
+    }
+
+    /// Detaches every recorded endpoint of `instance` (the controller is stopped by now),
+    /// then forgets them all.
+    async fn delete_attached(ctx: &Ctx, instance: &str) -> anyhow::Result<()> {
+        let state = State::load(instance).ok().flatten();
+        for ep in endpoint::store::load_all(instance)? {
+            if let Some(state) = &state {
+                dataplane::open(&state.plan, instance).detach_endpoint(&ep.host_ifname)?;
+            }
+            endpoint::plumbing::delete(&ctx.host, &ep.host_ifname).await?;
+            endpoint::store::remove(instance, &ep.id)?;
+        }
+        endpoint::store::remove_all(instance)
     }
 
     fn create_iptables(&self) -> anyhow::Result<()> {
@@ -448,30 +480,21 @@ impl Resource {
         };
         netns::create(ns)?;
         let ns_file = netns::open(ns)?;
-        let bridge_index = ctx.host.index_of(bridge).await?;
-        let index = ctx
-            .host
-            .create_veth_into(
+        // The same plumbing as every endpoint the agent attaches.
+        plumbing::create(
+            &ctx.host,
+            &plumbing::Plumbing {
+                netns: &ns_file,
+                netns_label: ns,
+                ifname: ENDPOINT_IFNAME,
                 host_ifname,
-                ENDPOINT_IFNAME,
-                std::os::fd::AsFd::as_fd(&ns_file),
-            )
-            .await?;
-        ctx.host.attach_to_bridge(index, bridge_index).await?;
-
-        let inside = Netlink::in_netns(ns)?;
-        let lo = inside.index_of("lo").await?;
-        inside.set_up(lo).await?;
-        let eth = inside.index_of(ENDPOINT_IFNAME).await?;
-        inside
-            .add_address(eth, address.addr(), address.prefix_len())
-            .await?;
-        inside.set_up(eth).await?;
-        inside
-            .add_default_route(*gateway)
-            .await
-            .with_context(|| format!("in namespace {ns}"))?;
-        Ok(())
+                bridge,
+                address: *address,
+                gateway: *gateway,
+            },
+        )
+        .await
+        .map(drop)
     }
 
     /// Removes the resource; succeeds when it is already gone.
@@ -507,6 +530,7 @@ impl Resource {
                 let state = State::load(instance).ok().flatten();
                 supervisor::stop_all(instance, state.as_ref().map(|s| &s.plan)).await
             }
+            Resource::AttachedEndpoints { instance } => Self::delete_attached(ctx, instance).await,
             Resource::Controller { instance, .. } => {
                 daemon::stop(instance, CONTROLLER_GRACE).await.map(drop)
             }
@@ -541,6 +565,7 @@ impl Resource {
             }
             Resource::HostForward { .. } => self.with_host_forward(host_firewall::present)?,
             Resource::Services { instance } => paths::services_dir(instance).is_dir(),
+            Resource::AttachedEndpoints { instance } => paths::endpoints_dir(instance).is_dir(),
             Resource::Controller { instance, .. } => {
                 daemon::running(instance).is_some_and(|id| daemon::is_current(&id))
             }
@@ -618,7 +643,10 @@ impl Resource {
                 .root
                 .exists()
                 .then(|| format!("{} already exists", pins.root.display())),
-            Resource::TcHook { .. } | Resource::SockHook { .. } | Resource::Services { .. } => None,
+            Resource::TcHook { .. }
+            | Resource::SockHook { .. }
+            | Resource::Services { .. }
+            | Resource::AttachedEndpoints { .. } => None,
             Resource::HostForward { instance, .. } => {
                 let chain = Chains::for_instance(instance).host_forward();
                 crate::net::iptables::save("filter")?

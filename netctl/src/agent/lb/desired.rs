@@ -10,7 +10,10 @@ use netctl_common::lb::SVC_F_HOST_PORT;
 
 use super::health::Probe;
 pub use crate::dataplane::lb::{BackendKey, Desired, DesiredFrontend, FrontendKey};
-use crate::topology::{HealthCheck, Plan};
+use crate::{
+    endpoint::Endpoint,
+    topology::{HealthCheck, Plan},
+};
 
 /// One instance of a service (a replica), as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,6 +138,36 @@ pub fn compute(inputs: &Inputs) -> Desired {
 
 /// Instances straight from the topology: every replica of every service, and every
 /// backend a service lists by hand. Used until a registry says otherwise.
+/// The attached endpoints that are members of a service with a VIP, as its instances,
+/// but for addresses `known` has for that service already.
+pub fn instances_of_attached(
+    plan: &Plan,
+    attached: &[Endpoint],
+    known: &[Instance],
+) -> Vec<Instance> {
+    let mut out = Vec::new();
+    for ep in attached {
+        let Some(svc) = ep.service.as_deref().and_then(|s| plan.service(s)) else {
+            continue;
+        };
+        if known
+            .iter()
+            .any(|i| i.service == svc.name && i.addr == ep.address)
+        {
+            continue;
+        }
+        out.push(Instance {
+            service: svc.name.clone(),
+            name: ep.id.clone(),
+            addr: ep.address,
+            weight: 1,
+            target_port: None,
+            health: svc.backend_check(None),
+        });
+    }
+    out
+}
+
 pub fn instances_from_plan(plan: &Plan) -> Vec<Instance> {
     let check = |svc: &str| plan.service(svc).and_then(|s| s.backend_check(None));
     let mut out: Vec<Instance> = plan

@@ -39,6 +39,7 @@ use crate::{
         iptables::IptablesWriter,
         lb::{BackendKey, Desired, LbWriter, Refs},
     },
+    endpoint::Endpoint,
     net::netlink::Netlink,
     topology::{DataplaneMode, Plan},
 };
@@ -86,10 +87,13 @@ struct Inventory {
 }
 
 impl Inventory {
-    fn of(plan: &Plan, registry: &registry::Watch) -> Self {
-        Self {
-            instances: registry::instances(plan, registry.known()),
-        }
+    /// The registry's instances (the topology's until it answers), and every attached
+    /// endpoint that is a member of a service: a runtime's container labelled `product`
+    /// is a product backend whether or not it registers.
+    fn of(plan: &Plan, registry: &registry::Watch, attached: &[Endpoint]) -> Self {
+        let mut instances = registry::instances(plan, registry.known());
+        instances.extend(desired::instances_of_attached(plan, attached, &instances));
+        Self { instances }
     }
 
     /// Each health check once: instances of many services often share an address:port.
@@ -162,7 +166,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         {
             current = latest;
             registry_seen = registry.generation();
-            let inv = Inventory::of(&current, &registry);
+            let inv = Inventory::of(&current, &registry, &ctx.attached.current());
             checker.set_probes(&inv.probes()).await;
             inventory = Some(inv);
             if let Writer::Ebpf(r) = &mut writer

@@ -4,7 +4,7 @@ use anyhow::Context;
 use aya::maps::{HashMap, Map, MapData};
 use netctl_common::{DropReason, event::DropPairKey, maps::DROP_PAIRS};
 
-use super::{Pins, conntrack, lb::LbMaps, policy::PolicyMaps};
+use super::{Pins, TcProgram, conntrack, lb::LbMaps, loader, policy::PolicyMaps};
 use crate::{
     dataplane::{Connection, Dataplane, DropPair, InstalledPolicy, ServedFrontend},
     topology::{Plan, Proto},
@@ -25,6 +25,22 @@ impl<'a> EbpfView<'a> {
 }
 
 impl Dataplane for EbpfView<'_> {
+    fn attach_endpoint(&self, host_ifname: &str) -> anyhow::Result<()> {
+        for program in TcProgram::ENDPOINT {
+            if !loader::is_linked(&self.pins.tc_link(host_ifname, program)) {
+                loader::attach_tc(&self.pins, host_ifname, program)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn detach_endpoint(&self, host_ifname: &str) -> anyhow::Result<()> {
+        for program in TcProgram::ENDPOINT {
+            loader::unlink(&self.pins.tc_link(host_ifname, program))?;
+        }
+        Ok(())
+    }
+
     fn frontends(&self) -> anyhow::Result<Vec<ServedFrontend>> {
         Ok(LbMaps::open(&self.pins)?
             .frontends()

@@ -102,7 +102,7 @@ fn hairpin_file(port: &str) -> PathBuf {
         .join("hairpin_mode")
 }
 
-fn set_hairpin(port: &str, on: bool) -> anyhow::Result<()> {
+pub(crate) fn set_hairpin(port: &str, on: bool) -> anyhow::Result<()> {
     let path = hairpin_file(port);
     std::fs::write(&path, if on { "1" } else { "0" })
         .with_context(|| format!("writing {}", path.display()))

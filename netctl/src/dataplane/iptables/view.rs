@@ -1,7 +1,7 @@
 //! [`Dataplane`] read back from the instance's iptables chains (and, for connections, the
 //! kernel's conntrack, which holds the NAT of iptables connections).
 
-use super::{Chains, conntrack, policy, rules};
+use super::{Chains, base, conntrack, policy, rules};
 use crate::{
     dataplane::{Connection, Dataplane, DropPair, InstalledPolicy, ServedFrontend},
     net::iptables,
@@ -23,6 +23,24 @@ impl<'a> IptablesView<'a> {
 }
 
 impl Dataplane for IptablesView<'_> {
+    /// The chains hold the address table only when some rule needs it: with no entries
+    /// and no limits every address is served alike.
+    fn has_identity(&self, addr: std::net::Ipv4Addr, identity: u32) -> anyhow::Result<bool> {
+        Ok(self.policy()?.is_some_and(|p| {
+            p.identities.contains(&(addr, identity))
+                || (p.compiled.entries.is_empty() && p.compiled.rate_limits.is_empty())
+        }))
+    }
+
+    fn attach_endpoint(&self, host_ifname: &str) -> anyhow::Result<()> {
+        base::set_hairpin(host_ifname, true)
+    }
+
+    /// The bridge-port setting goes with the interface.
+    fn detach_endpoint(&self, _host_ifname: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     fn frontends(&self) -> anyhow::Result<Vec<ServedFrontend>> {
         let nat = iptables::save("nat")?;
         let filter = iptables::save("filter")?;
