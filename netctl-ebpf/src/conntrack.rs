@@ -30,26 +30,45 @@ pub fn lookup(key: &FlowKey, now: u64) -> Option<*mut CtEntry> {
     if !entry.is_expired(key.proto, now) {
         return Some(e);
     }
-    let peer_key = entry.peer_key(key);
-    if let Some(p) = CT.get_ptr_mut(peer_key) {
+    if let Some((peer_key, p)) = partner(key, &entry) {
         // SAFETY: as above.
         let peer = unsafe { *p };
-        if entry.is_partner(key, &peer_key, &peer) {
-            if !entry.pair_expired(Some(&peer), key.proto, now) {
-                return Some(e);
-            }
-            let _ = CT.remove(peer_key);
+        if !entry.pair_expired(Some(&peer), key.proto, now) {
+            return Some(e);
         }
+        let _ = CT.remove(&peer_key);
     }
     let _ = CT.remove(key);
     stats::count(CNT_CT_EXPIRED);
     None
 }
 
-/// The key of the other direction of the connection `key`/`e` belongs to.
+/// The other entry of the connection `key`/`entry` belongs to: the entry at its peer key,
+/// if that one points back (`CtEntry::is_partner`). Another entry can hold that key: a
+/// plain flow that reused the tuple after this connection's reverse entry went (evicted or
+/// expired). Every path that writes or removes the other direction goes through here, as
+/// the controller's garbage collector does, so that it never changes a stranger.
 #[inline(always)]
-pub fn peer_key(key: &FlowKey, e: &CtEntry) -> FlowKey {
-    e.peer_key(key)
+fn partner(key: &FlowKey, entry: &CtEntry) -> Option<(FlowKey, *mut CtEntry)> {
+    let peer_key = entry.peer_key(key);
+    let p = CT.get_ptr_mut(&peer_key)?;
+    // SAFETY: `p` points into a map value valid for this program run.
+    let peer = unsafe { *p };
+    if entry.is_partner(key, &peer_key, &peer) {
+        Some((peer_key, p))
+    } else {
+        None
+    }
+}
+
+/// Removes the connection `key`/`entry` belongs to: this entry and its partner (not a
+/// stranger at the partner's key).
+#[inline(always)]
+pub fn remove_pair(key: &FlowKey, entry: &CtEntry) {
+    if let Some((peer_key, _)) = partner(key, entry) {
+        let _ = CT.remove(&peer_key);
+    }
+    let _ = CT.remove(key);
 }
 
 /// Records a packet of this direction: last seen, TCP flags; a FIN or RST puts both
@@ -79,11 +98,10 @@ pub fn touch(key: &FlowKey, e: *mut CtEntry, pkt: &Packet, now: u64) {
     if own | new_tcp != 0 {
         or_flags(e, own, new_tcp);
     }
-    if peer_flags != 0 {
-        let peer = peer_key(key, &entry);
-        if let Some(p) = CT.get_ptr_mut(peer) {
-            or_flags(p, peer_flags, 0);
-        }
+    if peer_flags != 0
+        && let Some((_, p)) = partner(key, &entry)
+    {
+        or_flags(p, peer_flags, 0);
     }
 }
 
@@ -115,8 +133,4 @@ pub fn create(
     }
     stats::count(CNT_CT_CREATED);
     Ok(())
-}
-
-pub fn remove(key: &FlowKey) {
-    let _ = CT.remove(key);
 }
