@@ -72,7 +72,27 @@ pub struct CtEntry {
 }
 crate::assert_size!(CtEntry, 48);
 
+/// Byte offset in [`CtEntry`] of the aligned 32-bit word that holds `nat_port` (bytes
+/// 0-1), `flags` (byte 2) and `tcp_flags` (byte 3). BPF atomic instructions work on 32-
+/// and 64-bit words only, so the dataplane sets flags bits with one atomic OR on this
+/// word ([`CtEntry::flags_word_bits`]): several CPUs updating one connection at once never
+/// lose each other's bits, and OR-ing zeros leaves `nat_port` alone.
+pub const CT_FLAGS_WORD_OFFSET: usize = 20;
+const _: () = {
+    assert!(core::mem::offset_of!(CtEntry, nat_port) == CT_FLAGS_WORD_OFFSET);
+    assert!(core::mem::offset_of!(CtEntry, flags) == CT_FLAGS_WORD_OFFSET + 2);
+    assert!(core::mem::offset_of!(CtEntry, tcp_flags) == CT_FLAGS_WORD_OFFSET + 3);
+    assert!(CT_FLAGS_WORD_OFFSET.is_multiple_of(4));
+};
+
 impl CtEntry {
+    /// The value to OR into the word at [`CT_FLAGS_WORD_OFFSET`] to set `flags` bits and
+    /// `tcp_flags` bits (bytes in memory order, so it holds for either byte order).
+    #[inline(always)]
+    pub const fn flags_word_bits(flags: u8, tcp_flags: u8) -> u32 {
+        u32::from_ne_bytes([0, 0, flags, tcp_flags])
+    }
+
     /// Idle lifetime of this entry given its state and protocol.
     pub const fn timeout_ns(&self, proto: u8) -> u64 {
         if proto != crate::flow::IPPROTO_TCP {
@@ -202,6 +222,26 @@ mod tests {
         assert_eq!(offset_of!(CtEntry, dst_identity), 36);
         assert_eq!(offset_of!(CtEntry, policy_port), 40);
         assert_eq!(offset_of!(CtEntry, policy_gen), 44);
+    }
+
+    #[test]
+    fn the_flags_word_sets_flags_and_tcp_flags_and_keeps_the_port() {
+        let mut e = CtEntry {
+            nat_port: 0xBEEF,
+            flags: CT_F_DNAT,
+            tcp_flags: 0x02,
+            ..CtEntry::default()
+        };
+        let p = (&raw mut e).cast::<u8>();
+        // SAFETY: an aligned word inside `e` (offsets asserted above).
+        unsafe {
+            let w = p.add(CT_FLAGS_WORD_OFFSET).cast::<u32>();
+            *w |= CtEntry::flags_word_bits(CT_F_CLOSING, 0x01);
+        }
+        assert_eq!(
+            (e.nat_port, e.flags, e.tcp_flags),
+            (0xBEEF, CT_F_DNAT | CT_F_CLOSING, 0x03)
+        );
     }
 
     const CLIENT: [u8; 4] = [10, 1, 0, 10];

@@ -1,10 +1,12 @@
 //! The `CT` map: lookups with expiry, per-direction bookkeeping, and creation of the
 //! forward/reverse entry pair of a new connection. See `netctl_common::ct`.
 
+use core::intrinsics::{AtomicOrdering::Relaxed, atomic_or};
+
 use aya_ebpf::{macros::map, maps::LruHashMap};
 use netctl_common::{
     CtEntry, FlowKey,
-    ct::{CT_F_CLOSING, CT_F_REPLIED, CT_F_REVERSE},
+    ct::{CT_F_CLOSING, CT_F_REPLIED, CT_F_REVERSE, CT_FLAGS_WORD_OFFSET},
     maps,
     stats::{CNT_CT_CREATED, CNT_CT_EXPIRED},
 };
@@ -28,54 +30,90 @@ pub fn lookup(key: &FlowKey, now: u64) -> Option<*mut CtEntry> {
     if !entry.is_expired(key.proto, now) {
         return Some(e);
     }
-    let peer_key = entry.peer_key(key);
-    if let Some(p) = CT.get_ptr_mut(peer_key) {
+    if let Some((peer_key, p)) = partner(key, &entry) {
         // SAFETY: as above.
         let peer = unsafe { *p };
-        if entry.is_partner(key, &peer_key, &peer) {
-            if !entry.pair_expired(Some(&peer), key.proto, now) {
-                return Some(e);
-            }
-            let _ = CT.remove(peer_key);
+        if !entry.pair_expired(Some(&peer), key.proto, now) {
+            return Some(e);
         }
+        let _ = CT.remove(&peer_key);
     }
     let _ = CT.remove(key);
     stats::count(CNT_CT_EXPIRED);
     None
 }
 
-/// The key of the other direction of the connection `key`/`e` belongs to.
+/// The other entry of the connection `key`/`entry` belongs to: the entry at its peer key,
+/// if that one points back (`CtEntry::is_partner`). Another entry can hold that key: a
+/// plain flow that reused the tuple after this connection's reverse entry went (evicted or
+/// expired). Every path that writes or removes the other direction goes through here, as
+/// the controller's garbage collector does, so that it never changes a stranger.
 #[inline(always)]
-pub fn peer_key(key: &FlowKey, e: &CtEntry) -> FlowKey {
-    e.peer_key(key)
+fn partner(key: &FlowKey, entry: &CtEntry) -> Option<(FlowKey, *mut CtEntry)> {
+    let peer_key = entry.peer_key(key);
+    let p = CT.get_ptr_mut(&peer_key)?;
+    // SAFETY: `p` points into a map value valid for this program run.
+    let peer = unsafe { *p };
+    if entry.is_partner(key, &peer_key, &peer) {
+        Some((peer_key, p))
+    } else {
+        None
+    }
+}
+
+/// Removes the connection `key`/`entry` belongs to: this entry and its partner (not a
+/// stranger at the partner's key).
+#[inline(always)]
+pub fn remove_pair(key: &FlowKey, entry: &CtEntry) {
+    if let Some((peer_key, _)) = partner(key, entry) {
+        let _ = CT.remove(&peer_key);
+    }
+    let _ = CT.remove(key);
 }
 
 /// Records a packet of this direction: last seen, TCP flags; a FIN or RST puts both
 /// directions in the short closing timeout, the first reply marks both established.
+/// Flag bits are set with atomic ORs ([`or_flags`]): the two directions of a connection
+/// are handled by different CPUs at once, and a plain read-modify-write of one lost the
+/// other's bit (a CLOSING lost kept a closed connection 6 h instead of 10 s).
 #[inline(always)]
 pub fn touch(key: &FlowKey, e: *mut CtEntry, pkt: &Packet, now: u64) {
-    // SAFETY: `e` points into a map value valid for this program run; concurrent updates
-    // of these fields race benignly (last writer wins on a timestamp or a flag).
-    let entry = unsafe { &mut *e };
-    entry.last_seen_ns = now;
+    // SAFETY: `e` points into a map value valid for this program run. The copy only
+    // decides what to set: bits are never cleared in place, so a bit it shows is set, and
+    // one it misses is OR-ed again, which changes nothing.
+    let entry = unsafe { *e };
+    // SAFETY: as above; a timestamp races benignly (the latest writer wins).
+    unsafe { (*e).last_seen_ns = now };
+    let mut own = 0;
     let mut peer_flags = 0;
-    if pkt.tcp_flags & !entry.tcp_flags != 0 {
-        entry.tcp_flags |= pkt.tcp_flags;
-    }
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & CT_F_CLOSING == 0 {
-        entry.flags |= CT_F_CLOSING;
+        own |= CT_F_CLOSING;
         peer_flags |= CT_F_CLOSING;
     }
     if entry.flags & CT_F_REVERSE != 0 && entry.flags & CT_F_REPLIED == 0 {
-        entry.flags |= CT_F_REPLIED;
+        own |= CT_F_REPLIED;
         peer_flags |= CT_F_REPLIED;
     }
-    if peer_flags != 0 {
-        let peer = peer_key(key, entry);
-        if let Some(p) = CT.get_ptr_mut(peer) {
-            // SAFETY: as above.
-            unsafe { (*p).flags |= peer_flags };
-        }
+    let new_tcp = pkt.tcp_flags & !entry.tcp_flags;
+    if own | new_tcp != 0 {
+        or_flags(e, own, new_tcp);
+    }
+    if peer_flags != 0
+        && let Some((_, p)) = partner(key, &entry)
+    {
+        or_flags(p, peer_flags, 0);
+    }
+}
+
+/// Sets `flags` and `tcp_flags` bits of the entry at `e` with one BPF atomic OR on the
+/// aligned word that holds both (`CT_FLAGS_WORD_OFFSET`; eBPF atomics are 32 or 64 bits).
+#[inline(always)]
+fn or_flags(e: *mut CtEntry, flags: u8, tcp_flags: u8) {
+    // SAFETY: `e` points into a map value valid for this program run; the word lies
+    // inside it and is 4-byte aligned (offsets asserted in `netctl_common::ct`).
+    unsafe {
+        let word = e.cast::<u8>().add(CT_FLAGS_WORD_OFFSET).cast::<u32>();
+        atomic_or::<u32, u32, { Relaxed }>(word, CtEntry::flags_word_bits(flags, tcp_flags));
     }
 }
 
@@ -95,8 +133,4 @@ pub fn create(
     }
     stats::count(CNT_CT_CREATED);
     Ok(())
-}
-
-pub fn remove(key: &FlowKey) {
-    let _ = CT.remove(key);
 }

@@ -47,8 +47,7 @@ pub fn from_endpoint(ctx: &TcContext, pkt: &mut Packet, at: At) -> Result<FlowKe
         if stale_udp_backend(&key, &entry) || reopened(pkt, &entry) {
             // The backend this UDP flow was pinned to is gone, or a closed TCP
             // connection's tuple is reused: a new connection, choose again.
-            conntrack::remove(&conntrack::peer_key(&key, &entry));
-            conntrack::remove(&key);
+            conntrack::remove_pair(&key, &entry);
         } else {
             recheck(&key, e, &entry, generation)?;
             conntrack::touch(&key, e, pkt, at.now);
@@ -187,8 +186,7 @@ fn recheck(key: &FlowKey, e: *mut CtEntry, entry: &CtEntry, generation: u32) -> 
         }
         return Ok(());
     }
-    conntrack::remove(&conntrack::peer_key(key, entry));
-    conntrack::remove(key);
+    conntrack::remove_pair(key, entry);
     Err(Drop {
         reason: DropReason::PolicyRevoked,
         src_identity: src,

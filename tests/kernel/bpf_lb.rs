@@ -35,22 +35,22 @@ use netctl_common::{
     stats::{CNT_CT_EXPIRED, CNT_CT_MISS_ESTABLISHED},
 };
 
-const TC_ACT_OK: u32 = 0;
+pub(crate) const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 10);
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 5);
-const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 20);
+pub(crate) const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 10);
+pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 5);
+pub(crate) const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 20);
 const BACKEND_2: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 21);
 const BACKEND_3: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 22);
 const THREE: [(u32, Ipv4Addr, u16); 3] = [(1, BACKEND, 80), (2, BACKEND_2, 80), (3, BACKEND_3, 80)];
 
-struct Dp {
-    ebpf: Ebpf,
-    lb: LbMaps,
-    ct: CtMap,
+pub(crate) struct Dp {
+    pub(crate) ebpf: Ebpf,
+    pub(crate) lb: LbMaps,
+    pub(crate) ct: CtMap,
 }
 
-fn load() -> Dp {
+pub(crate) fn load() -> Dp {
     let mut ebpf = loader::load(None, LoadOptions::default()).expect("object loads");
     let lb = LbMaps::take_from(&mut ebpf).expect("lb maps");
     let ct = match ebpf.take_map(CT).expect("CT") {
@@ -60,7 +60,7 @@ fn load() -> Dp {
     Dp { ebpf, lb, ct }
 }
 
-fn key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> FlowKey {
+pub(crate) fn key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> FlowKey {
     FlowKey::new(src.octets(), dst.octets(), sport, dport, proto)
 }
 
@@ -69,7 +69,7 @@ fn now_ns() -> u64 {
 }
 
 impl Dp {
-    fn service(
+    pub(crate) fn service(
         &mut self,
         vip: Ipv4Addr,
         port: u16,
@@ -119,7 +119,7 @@ impl Dp {
     }
 
     /// Runs the endpoint ingress program; returns the verdict and the frame as it left.
-    fn ingress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+    pub(crate) fn ingress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog = loader::classifier(&mut self.ebpf, PROG_TC_INGRESS).unwrap();
         let mut out = vec![0u8; frame.len() + 64];
         let r = prog
@@ -133,7 +133,7 @@ impl Dp {
         (r.return_value, out)
     }
 
-    fn ct(&self) -> StdHashMap<FlowKey, CtEntry> {
+    pub(crate) fn ct(&self) -> StdHashMap<FlowKey, CtEntry> {
         self.ct.iter().map(|r| r.unwrap()).collect()
     }
 

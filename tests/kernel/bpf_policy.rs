@@ -11,7 +11,7 @@ use std::{net::Ipv4Addr, os::fd::AsFd, time::Instant};
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{TestRun, TestRunOptions},
 };
 use common::packets::{
@@ -28,11 +28,12 @@ use netctl::{
     topology::{Plan, Source},
 };
 use netctl_common::{
-    Backend, DropReason,
+    Backend, CtEntry, DropReason, FlowKey,
     event::{EVENT_DROP, Event},
+    flow::IPPROTO_TCP,
     lb::{ALG_ROUND_ROBIN, BACKEND_ACTIVE},
     maps::{
-        CONFIG, COUNTERS, DROPS, EVENTS, IDENTITIES, MARK_PROBE, POLICY, PROG_TC_EGRESS,
+        CONFIG, COUNTERS, CT, DROPS, EVENTS, IDENTITIES, MARK_PROBE, POLICY, PROG_TC_EGRESS,
         PROG_TC_INGRESS, RATE_LIMITS,
     },
     stats::CNT_PROBE_EXEMPT,
@@ -452,6 +453,44 @@ fn a_policy_change_keeps_allowed_connections_and_cuts_revoked_ones() {
         TC_ACT_SHOT,
         "and new ones denied"
     );
+}
+
+/// A revoked connection is removed with its own partner, never with a stranger that holds
+/// the partner's key (a plain flow that reused the tuple after the reverse entry went).
+#[test]
+fn a_revoked_connection_removes_only_its_own_partner() {
+    require_root!();
+    let mut dp = load(TOPOLOGY);
+    let (web, db) = (dp.addr("web"), dp.addr("db"));
+    assert_eq!(dp.syn(db, 41001, web, 80), TC_ACT_OK);
+    let rev = FlowKey::new(web.octets(), db.octets(), 80, 41001, IPPROTO_TCP);
+    let stranger = CtEntry {
+        created_ns: 1,
+        last_seen_ns: u64::MAX / 2,
+        ..CtEntry::default()
+    };
+    {
+        let mut ct: HashMap<_, FlowKey, CtEntry> =
+            HashMap::try_from(dp.ebpf.map_mut(CT).unwrap()).unwrap();
+        ct.insert(rev, stranger, 0).unwrap();
+    }
+    let changed = TOPOLOGY.replace(
+        r#"default_deny = ["db", "world", "cache"]"#,
+        r#"default_deny = ["db", "world", "cache", "web"]"#,
+    );
+    assert_eq!(dp.reinstall(&changed), 2);
+    let data = packets::tcp(db, 41001, web, 80, TCP_ACK, 10);
+    assert_eq!(dp.run(PROG_TC_INGRESS, &data), TC_ACT_SHOT, "revoked");
+    let ct: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(dp.ebpf.map(CT).unwrap()).unwrap();
+    assert!(
+        ct.get(
+            &FlowKey::new(db.octets(), web.octets(), 41001, 80, IPPROTO_TCP),
+            0
+        )
+        .is_err(),
+        "the revoked connection is gone"
+    );
+    assert_eq!(ct.get(&rev, 0).ok(), Some(stranger), "the stranger stays");
 }
 
 #[test]

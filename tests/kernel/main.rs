@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bpf_conntrack;
 mod bpf_flows;
 mod bpf_fuzz;
 mod bpf_lb;
