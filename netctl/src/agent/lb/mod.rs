@@ -15,6 +15,7 @@
 pub mod desired;
 pub mod health;
 pub mod registry;
+pub mod registry_list;
 
 use std::{
     collections::{HashMap, HashSet},

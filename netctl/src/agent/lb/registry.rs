@@ -11,11 +11,11 @@ use std::{
 
 use tokio::task::JoinHandle;
 
-use super::desired::Instance;
-use crate::{
-    services::registry::{client::RegistryClient, model},
-    topology::{Kind, Plan},
+use super::{
+    desired::Instance,
+    registry_list::{self as model, RegistryClient},
 };
+use crate::topology::{Kind, Plan};
 
 const POLL_EVERY: Duration = Duration::from_millis(500);
 
@@ -236,11 +236,7 @@ ports = [6379]
             address: addr.parse().expect("address"),
             port: 5000,
             metadata,
-            ttl_secs: 10,
-            registered_at_ms: 0,
-            last_heartbeat_ms: 0,
             alive,
-            expires_in_ms: 0,
         }
     }
 
