@@ -36,7 +36,7 @@ pub fn lookup(key: &FlowKey, now: u64) -> Option<*mut CtEntry> {
         if !entry.pair_expired(Some(&peer), key.proto, now) {
             return Some(e);
         }
-        let _ = CT.remove(&peer_key);
+        let _ = CT.remove(peer_key);
     }
     let _ = CT.remove(key);
     stats::count(CNT_CT_EXPIRED);
@@ -51,7 +51,7 @@ pub fn lookup(key: &FlowKey, now: u64) -> Option<*mut CtEntry> {
 #[inline(always)]
 fn partner(key: &FlowKey, entry: &CtEntry) -> Option<(FlowKey, *mut CtEntry)> {
     let peer_key = entry.peer_key(key);
-    let p = CT.get_ptr_mut(&peer_key)?;
+    let p = CT.get_ptr_mut(peer_key)?;
     // SAFETY: `p` points into a map value valid for this program run.
     let peer = unsafe { *p };
     if entry.is_partner(key, &peer_key, &peer) {
@@ -66,7 +66,7 @@ fn partner(key: &FlowKey, entry: &CtEntry) -> Option<(FlowKey, *mut CtEntry)> {
 #[inline(always)]
 pub fn remove_pair(key: &FlowKey, entry: &CtEntry) {
     if let Some((peer_key, _)) = partner(key, entry) {
-        let _ = CT.remove(&peer_key);
+        let _ = CT.remove(peer_key);
     }
     let _ = CT.remove(key);
 }
