@@ -17,7 +17,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 
@@ -25,7 +24,7 @@ use super::component::{AgentCtx, ApiError, Attached, ComponentFuture, Handler};
 use crate::{
     dataplane,
     endpoint::{
-        Endpoint, EndpointError, EndpointRequest, Owner,
+        Endpoint, EndpointError, EndpointRequest, EndpointSummary, Owner,
         plumbing::{self, Plumbing},
         resolve, store,
     },
@@ -38,18 +37,6 @@ const SERVED_WITHIN: Duration = Duration::from_secs(8);
 
 pub fn component(ctx: AgentCtx) -> ComponentFuture {
     Box::pin(run(ctx))
-}
-
-/// One endpoint in a list: the topology's are described from the plan.
-#[derive(Serialize)]
-struct Listed<'a> {
-    id: &'a str,
-    network: &'a str,
-    address: std::net::Ipv4Addr,
-    host_ifname: &'a str,
-    service: Option<&'a str>,
-    owner: Owner,
-    netns: String,
 }
 
 async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
@@ -251,28 +238,29 @@ impl Api {
         Ok(ep)
     }
 
-    fn list(&self) -> Value {
+    /// The topology's endpoints (described from the plan), then the attached ones.
+    fn list(&self) -> Vec<EndpointSummary> {
         let plan = self.recorded.borrow().clone();
         let attached = self.attached.current();
-        let topology = plan.endpoints.iter().map(|e| Listed {
-            id: &e.name,
-            network: &e.network,
+        let topology = plan.endpoints.iter().map(|e| EndpointSummary {
+            id: e.name.clone(),
+            network: e.network.clone(),
             address: e.address,
-            host_ifname: &e.host_ifname,
-            service: Some(&e.service),
+            host_ifname: e.host_ifname.clone(),
+            service: Some(e.service.clone()),
             owner: Owner::Topology,
-            netns: crate::net::netns::path(&e.netns).display().to_string(),
+            netns: crate::net::netns::path(&e.netns),
         });
-        let others = attached.iter().map(|e| Listed {
-            id: &e.id,
-            network: &e.network,
+        let others = attached.iter().map(|e| EndpointSummary {
+            id: e.id.clone(),
+            network: e.network.clone(),
             address: e.address,
-            host_ifname: &e.host_ifname,
-            service: e.service.as_deref(),
+            host_ifname: e.host_ifname.clone(),
+            service: e.service.clone(),
             owner: e.owner.clone(),
-            netns: e.netns.display().to_string(),
+            netns: e.netns.clone(),
         });
-        json!(topology.chain(others).collect::<Vec<_>>())
+        topology.chain(others).collect()
     }
 
     fn get(&self, id: &str) -> Result<Value, ApiError> {
@@ -280,9 +268,10 @@ impl Api {
         if let Some(ep) = attached.iter().find(|e| e.id == id) {
             return Ok(json!(ep));
         }
-        let list = self.list();
-        list.as_array()
-            .and_then(|l| l.iter().find(|e| e["id"] == id).cloned())
+        self.list()
+            .into_iter()
+            .find(|e| e.id == id)
+            .map(|e| json!(e))
             .ok_or_else(|| refused(&EndpointError::NotFound(id.to_string())))
     }
 }
@@ -310,7 +299,7 @@ async fn register_routes(ctx: &AgentCtx, api: Api) {
         let api = api.clone();
         Arc::new(move |_| {
             let api = api.clone();
-            Box::pin(async move { Ok(api.list()) })
+            Box::pin(async move { Ok(json!(api.list())) })
         })
     };
     let get: Handler = {

@@ -6,13 +6,13 @@ use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use anyhow::Context;
 use netctl_common::policy::ID_HOST;
-use serde_json::json;
 
 use super::component::{AgentCtx, ComponentFuture};
 use crate::{
     dataplane::ebpf::{Pins, policy::PolicyMaps},
     dataplane::host_facts::HostFacts,
     dataplane::iptables::{Chains, policy as ipt_policy},
+    instance::agent_status::PolicyStatus,
     net::{iptables, netlink::Netlink},
     policy::{compile, identity},
     topology::{DataplaneMode, Plan},
@@ -66,11 +66,12 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         ctx.board
             .publish(
                 "policy",
-                json!({
-                    "generation": generation,
-                    "entries": compiled.entries.len(),
-                    "identities": list.len(),
-                    "rate_limits": compiled.rate_limits.len(),
+                status_value(&PolicyStatus {
+                    generation: Some(generation),
+                    entries: Some(compiled.entries.len()),
+                    identities: Some(list.len()),
+                    rate_limits: Some(compiled.rate_limits.len()),
+                    ..PolicyStatus::default()
                 }),
             )
             .await;
@@ -100,10 +101,11 @@ async fn publish_failure(ctx: &AgentCtx, generation: u32, e: &anyhow::Error) {
     ctx.board
         .publish(
             "policy",
-            json!({
-                "generation": generation,
-                "error": format!("{e:#}"),
-                "failed_at_ms": failed_at_ms,
+            status_value(&PolicyStatus {
+                generation: Some(generation),
+                error: Some(format!("{e:#}")),
+                failed_at_ms: Some(failed_at_ms),
+                ..PolicyStatus::default()
             }),
         )
         .await;
@@ -178,12 +180,13 @@ async fn run_iptables(ctx: AgentCtx) -> anyhow::Result<()> {
         ctx.board
             .publish(
                 "policy",
-                json!({
-                    "generation": generation,
-                    "entries": compiled.entries.len(),
-                    "identities": list.len(),
-                    "rate_limits": compiled.rate_limits.len(),
-                    "iptables_rules": rules,
+                status_value(&PolicyStatus {
+                    generation: Some(generation),
+                    entries: Some(compiled.entries.len()),
+                    identities: Some(list.len()),
+                    rate_limits: Some(compiled.rate_limits.len()),
+                    iptables_rules: Some(rules),
+                    ..PolicyStatus::default()
                 }),
             )
             .await;
@@ -205,4 +208,9 @@ async fn host_addresses(netlink: &Netlink, plan: &Plan) -> Vec<Ipv4Addr> {
         }
     }
     out
+}
+
+/// A status part as the board holds it (serializing these plain structs cannot fail).
+fn status_value(status: &PolicyStatus) -> serde_json::Value {
+    serde_json::to_value(status).unwrap_or_default()
 }

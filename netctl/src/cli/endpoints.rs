@@ -10,7 +10,7 @@ use clap::Subcommand;
 
 use super::resolve_instance;
 use crate::{
-    endpoint::{Endpoint, EndpointRequest, Owner},
+    endpoint::{Endpoint, EndpointRequest, EndpointSummary, Owner},
     instance::agent_client as api,
     output,
     reconcile::preflight,
@@ -66,21 +66,22 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     match args.action {
         None => {
             let list = api::get(&instance, "/v1/endpoints").await.context(ask)?;
+            let list: Vec<EndpointSummary> = serde_json::from_value(list)
+                .context("the controller's answer is not a list of endpoints")?;
             if args.json {
                 return output::print_json(&list).map(|()| ExitCode::SUCCESS);
             }
             let mut t = output::table(&[
                 "ENDPOINT", "NETWORK", "ADDRESS", "SERVICE", "OWNER", "HOST IF",
             ]);
-            for e in list.as_array().into_iter().flatten() {
-                let text = |k: &str| e[k].as_str().unwrap_or("-").to_string();
+            for e in list {
                 t.add_row(vec![
-                    text("id"),
-                    text("network"),
-                    text("address"),
-                    text("service"),
-                    e["owner"]["kind"].as_str().unwrap_or("-").to_string(),
-                    text("host_ifname"),
+                    e.id,
+                    e.network,
+                    e.address.to_string(),
+                    e.service.unwrap_or_else(|| "-".into()),
+                    e.owner.kind().to_string(),
+                    e.host_ifname,
                 ]);
             }
             output::print_table(&t)?;

@@ -16,7 +16,14 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::resolve_instance;
-use crate::{instance::agent_client as api, output, reconcile::preflight};
+use crate::{
+    instance::{
+        agent_client as api,
+        agent_status::{self, BackendState, LbStatus},
+    },
+    output,
+    reconcile::preflight,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -73,61 +80,55 @@ pub async fn fetch(instance: &str) -> anyhow::Result<Vec<InstanceHealth>> {
     let status = api::get(instance, "/v1/status")
         .await
         .context("asking the controller (health checks run there; `netctl up` restarts it)")?;
-    Ok(rows(&status))
+    rows(&status)
 }
 
-fn rows(status: &Value) -> Vec<InstanceHealth> {
+fn rows(status: &Value) -> anyhow::Result<Vec<InstanceHealth>> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let restarts = restarts(status);
+    let backends = match agent_status::component::<LbStatus>(status, "lb") {
+        Some(lb) => lb?.backends,
+        None => Vec::new(),
+    };
     let mut by_instance: BTreeMap<(String, String), InstanceHealth> = BTreeMap::new();
-    for b in status["components"]["lb"]["backends"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let service = b["service"].as_str().unwrap_or("").to_string();
-        let instance = b["instance"].as_str().unwrap_or("").to_string();
-        let h = &b["health"];
-        let up = h["up"].as_bool().unwrap_or(false);
+    for b in backends {
+        let h = b.health.as_ref();
+        let up = h.is_some_and(|h| h.up);
         let entry = by_instance
-            .entry((service.clone(), instance.clone()))
+            .entry((b.service.clone(), b.instance.clone()))
             .or_insert_with(|| InstanceHealth {
-                restarts: restarts.get(&instance).copied(),
-                service,
-                instance: instance.clone(),
-                address: format!("{}:{}", b["addr"].as_str().unwrap_or(""), b["port"]),
+                restarts: restarts.get(&b.instance).copied(),
+                service: b.service.clone(),
+                instance: b.instance.clone(),
+                address: format!("{}:{}", b.addr, b.port),
                 up,
-                status: if h.is_null() {
-                    "unchecked".into()
-                } else if up {
-                    "UP".into()
-                } else {
-                    "DOWN".into()
+                status: match h {
+                    None => "unchecked".into(),
+                    Some(h) if h.up => "UP".into(),
+                    Some(_) => "DOWN".into(),
                 },
-                latency_ms: h["latency_ms"].as_f64(),
-                last_error: h["last_error"].as_str().map(str::to_string),
-                for_s: h["since"].as_f64().map(|s| (now - s).max(0.0)),
-                lb: b["state"].as_str().unwrap_or("").to_string(),
+                latency_ms: h.and_then(|h| h.latency_ms),
+                last_error: h.and_then(|h| h.last_error.clone()),
+                for_s: h.map(|h| (now - h.since).max(0.0)),
+                lb: b.state.name().to_string(),
             });
         // Several ports: the instance is only as active as its least active port.
-        if b["state"] != "active" {
-            entry.lb = b["state"].as_str().unwrap_or("").to_string();
+        if b.state != BackendState::Active {
+            entry.lb = b.state.name().to_string();
         }
     }
-    by_instance.into_values().collect()
+    Ok(by_instance.into_values().collect())
 }
 
-/// Restart counts published by the process supervisor, by instance, if it runs.
 /// Restarts per endpoint, from the supervisor's part of the controller's status (the
 /// `services` component: a list of processes).
 fn restarts(status: &Value) -> BTreeMap<String, u64> {
-    status["components"]["services"]
-        .as_array()
+    crate::supervisor::status::from_status(status)
         .into_iter()
         .flatten()
-        .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["restarts"].as_u64()?)))
+        .map(|s| (s.name, u64::from(s.restarts)))
         .collect()
 }
 
@@ -230,18 +231,34 @@ mod tests {
 
     #[test]
     fn restarts_come_from_the_supervisor_component() {
+        use crate::supervisor::status::{ServiceState, ServiceStatus};
+        let process = |name: &str, restarts: u32| ServiceStatus {
+            name: name.to_string(),
+            service: name.split('-').next().unwrap_or(name).to_string(),
+            netns: format!("nc-{name}"),
+            address: "10.0.2.10".parse().expect("literal address"),
+            port: Some(5000),
+            program: "product".to_string(),
+            state: ServiceState::Healthy,
+            pid: Some(42),
+            restarts,
+            since_ms: 0,
+            check: None,
+            health: None,
+            last_error: None,
+            url: None,
+            log: String::new(),
+        };
         let status = json!({"components": {
-            "services": [
-                {"name": "product-1", "restarts": 2},
-                {"name": "edge", "restarts": 0},
-                {"name": "broken"}
-            ],
+            "services": [process("product-1", 2), process("edge", 0)],
             "lb": {"backends": []}
         }});
         let r = restarts(&status);
         assert_eq!(r.get("product-1"), Some(&2));
         assert_eq!(r.get("edge"), Some(&0));
         assert_eq!(r.len(), 2);
+        // A status without the supervisor's part (an agent that has not started it) has
+        // no restarts to show, rather than an error.
         assert!(restarts(&json!({})).is_empty());
     }
 }

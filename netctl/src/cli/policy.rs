@@ -12,7 +12,11 @@ use serde_json::json;
 use super::{load_state, up::plan_from};
 use crate::{
     dataplane::InstalledPolicy,
-    instance::{agent_client as api, daemon},
+    instance::{
+        agent_client as api,
+        agent_status::{self, PolicyStatus},
+        daemon,
+    },
     output,
     reconcile::{
         preflight,
@@ -215,16 +219,13 @@ async fn wait_installed(state: &State, before: u32, asked_at_ms: u64) -> Result<
         {
             return Ok(generation);
         }
-        if let Ok(status) = api::get(&state.instance, "/v1/status").await {
-            let policy = &status["components"]["policy"];
+        if let Ok(status) = api::get(&state.instance, "/v1/status").await
+            && let Some(Ok(policy)) = agent_status::component::<PolicyStatus>(&status, "policy")
             // An error without a time is the component's own end: it installs nothing more.
-            if let Some(error) = policy["error"].as_str()
-                && policy["failed_at_ms"]
-                    .as_u64()
-                    .is_none_or(|at| at >= asked_at_ms)
-            {
-                return Err(Refused(error.to_string()));
-            }
+            && let Some(error) = policy.error
+            && policy.failed_at_ms.is_none_or(|at| at >= asked_at_ms)
+        {
+            return Err(Refused(error));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(TimedOut);

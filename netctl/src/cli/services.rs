@@ -5,12 +5,14 @@
 use std::{collections::HashMap, net::Ipv4Addr, process::ExitCode};
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::load_state;
 use crate::{
     dataplane::ebpf::{Pins, lb::LbMaps},
-    instance::agent_client as api,
+    instance::{
+        agent_client as api,
+        agent_status::{self, BackendState, BackendStatus, Health, LbStatus},
+    },
     output,
     reconcile::preflight,
     topology::{DataplaneMode, Plan, Proto},
@@ -48,7 +50,7 @@ struct BackendRow {
     /// iptables: the share of new connections its `statistic` rule gives it.
     #[serde(skip_serializing_if = "Option::is_none")]
     share: Option<f64>,
-    health: Value,
+    health: Option<Health>,
 }
 
 pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -58,10 +60,18 @@ pub async fn run(args: Args, prefix: Option<&str>) -> anyhow::Result<ExitCode> {
     };
     let plan = &state.plan;
     // Health is only known to a running controller; the maps or rules alone still answer.
-    let lb_status = api::get(&state.instance, "/v1/status")
-        .await
-        .map(|s| s["components"]["lb"]["backends"].clone())
-        .unwrap_or(Value::Null);
+    let lb_status: Vec<BackendStatus> = match api::get(&state.instance, "/v1/status").await {
+        Ok(s) => match agent_status::component::<LbStatus>(&s, "lb") {
+            Some(Ok(lb)) => lb.backends,
+            // A failed load balancer publishes its error instead; the maps still answer.
+            Some(Err(e)) => {
+                tracing::warn!("{e:#}");
+                Vec::new()
+            }
+            None => Vec::new(),
+        },
+        Err(_) => Vec::new(),
+    };
     let health = HealthIndex::of(&lb_status);
     let (rows, draining) = match plan.dataplane.mode {
         DataplaneMode::Ebpf => from_maps(&state, &health, args.service.as_deref())?,
@@ -203,7 +213,7 @@ fn from_maps(
 fn from_rules(
     state: &crate::reconcile::State,
     health: &HealthIndex,
-    lb_status: &Value,
+    lb_status: &[BackendStatus],
     only: Option<&str>,
 ) -> anyhow::Result<(Vec<FrontendRow>, Vec<BackendRow>)> {
     let plan = &state.plan;
@@ -240,15 +250,12 @@ fn from_rules(
         });
     }
     let draining = lb_status
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|b| b["state"] == "draining")
-        .filter(|b| only.is_none_or(|s| b["service"] == s))
-        .filter_map(|b| {
-            let addr: Ipv4Addr = b["addr"].as_str()?.parse().ok()?;
-            let port = u16::try_from(b["port"].as_u64()?).ok()?;
-            Some(BackendRow {
+        .iter()
+        .filter(|b| b.state == BackendState::Draining)
+        .filter(|b| only.is_none_or(|s| b.service == s))
+        .map(|b| {
+            let (addr, port) = (b.addr, b.port);
+            BackendRow {
                 id: 0,
                 addr,
                 port,
@@ -257,7 +264,7 @@ fn from_rules(
                 weight: 0,
                 share: None,
                 health: health.get(addr, port),
-            })
+            }
         })
         .collect();
     Ok((rows, draining))
@@ -291,39 +298,31 @@ fn draining_rows(
 
 /// Health by backend address:port, from the controller's status (indexed once: a platform
 /// of 10,000 services has 30,000 backends).
-struct HealthIndex(HashMap<(String, u64), Value>);
+struct HealthIndex(HashMap<(Ipv4Addr, u16), Option<Health>>);
 
 impl HealthIndex {
-    fn of(lb_status: &Value) -> Self {
+    fn of(lb_status: &[BackendStatus]) -> Self {
         let mut map = HashMap::new();
-        for b in lb_status.as_array().into_iter().flatten() {
-            if let (Some(addr), Some(port)) = (b["addr"].as_str(), b["port"].as_u64()) {
-                map.entry((addr.to_string(), port))
-                    .or_insert_with(|| b["health"].clone());
-            }
+        for b in lb_status {
+            map.entry((b.addr, b.port))
+                .or_insert_with(|| b.health.clone());
         }
         Self(map)
     }
 
-    fn get(&self, addr: Ipv4Addr, port: u16) -> Value {
-        self.0
-            .get(&(addr.to_string(), u64::from(port)))
-            .cloned()
-            .unwrap_or(Value::Null)
+    fn get(&self, addr: Ipv4Addr, port: u16) -> Option<Health> {
+        self.0.get(&(addr, port)).cloned().flatten()
     }
 }
 
-fn health_text(h: &Value) -> String {
-    if h.is_null() {
-        return "unknown".into();
-    }
-    if h["up"].as_bool() == Some(true) {
-        match h["latency_ms"].as_f64() {
+fn health_text(h: &Option<Health>) -> String {
+    match h {
+        None => "unknown".into(),
+        Some(h) if h.up => match h.latency_ms {
             Some(ms) => format!("up ({ms:.1} ms)"),
             None => "up".into(),
-        }
-    } else {
-        format!("DOWN ({})", h["last_error"].as_str().unwrap_or("failing"))
+        },
+        Some(h) => format!("DOWN ({})", h.last_error.as_deref().unwrap_or("failing")),
     }
 }
 

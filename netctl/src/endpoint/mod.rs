@@ -19,4 +19,6 @@ pub mod model;
 pub mod plumbing;
 pub mod store;
 
-pub use model::{Endpoint, EndpointError, EndpointRequest, Owner, attached_plan, resolve};
+pub use model::{
+    Endpoint, EndpointError, EndpointRequest, EndpointSummary, Owner, attached_plan, resolve,
+};

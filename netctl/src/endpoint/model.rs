@@ -90,6 +90,31 @@ pub struct Endpoint {
     pub owner: Owner,
 }
 
+/// One endpoint of a list (`GET /v1/endpoints`): the topology's instances and the
+/// attached ones alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSummary {
+    pub id: String,
+    pub network: String,
+    pub address: Ipv4Addr,
+    pub host_ifname: String,
+    pub service: Option<String>,
+    pub owner: Owner,
+    pub netns: PathBuf,
+}
+
+impl Owner {
+    /// `topology`, `api`, `cni` or `docker`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Owner::Topology => "topology",
+            Owner::Api => "api",
+            Owner::Cni { .. } => "cni",
+            Owner::Docker { .. } => "docker",
+        }
+    }
+}
+
 /// Why a request cannot be served; each maps to an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {

@@ -1,7 +1,7 @@
 //! What everyone needs to know about one instance, and nothing else: where its files live
 //! ([`paths`], [`private_file`]), how its logs are opened ([`logs`]), how its processes are
 //! told apart from a recycled pid ([`ProcessId`]), its controller process ([`daemon`]) and
-//! how to ask it ([`agent_client`]), the plan it runs with ([`recorded_plan`]), the board
+//! how to ask it ([`agent_client`]) and read its answers ([`agent_status`]), the plan it runs with ([`recorded_plan`]), the board
 //! its controller's components publish their status on ([`StatusBoard`]), and its test
 //! hooks ([`failpoint`]).
 //!
@@ -10,6 +10,7 @@
 //! of them (nor the command line).
 
 pub mod agent_client;
+pub mod agent_status;
 pub mod daemon;
 pub mod failpoint;
 pub mod logs;

@@ -12,7 +12,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde::Serialize;
 use tokio::{
     sync::{Notify, RwLock},
     task::JoinHandle,
@@ -28,19 +27,7 @@ pub struct Probe {
     pub check: Option<HealthCheck>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Health {
-    pub up: bool,
-    /// Latency of the last successful check, milliseconds.
-    pub latency_ms: Option<f64>,
-    pub failures: u32,
-    pub last_error: Option<String>,
-    /// Unix seconds of the last change between up and down.
-    pub since: f64,
-    pub checks: u64,
-    /// The check, as `netctl health` shows it (`http :5000/health`).
-    pub check: Option<String>,
-}
+pub use crate::instance::agent_status::Health;
 
 /// Runs one task per probe and keeps the latest results.
 #[derive(Default)]

@@ -41,6 +41,7 @@ use crate::{
         lb::{BackendKey, Desired, LbWriter, Refs},
     },
     endpoint::Endpoint,
+    instance::agent_status::{BackendState, BackendStatus, LbStatus},
     net::netlink::Netlink,
     topology::{DataplaneMode, Plan},
 };
@@ -287,8 +288,9 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 &last_drains,
                 &gc_summary,
             );
-            status["registry"] = registry.status();
-            status["errors"] = json!(apply_errors.current);
+            status.registry = registry.status();
+            status.errors = json!(apply_errors.current);
+            let status = serde_json::to_value(&status).unwrap_or_default();
             for reader in readers.drain(..) {
                 // A reader that gave up has dropped its end: nothing to do.
                 let _ = reader.send(status.clone());
@@ -410,7 +412,7 @@ fn status(
     writer: &dyn LbWriter,
     drains: &HashSet<(String, String)>,
     gc: &Value,
-) -> Value {
+) -> LbStatus {
     let in_lb: HashSet<BackendKey> = desired
         .frontends
         .values()
@@ -433,32 +435,34 @@ fn status(
                 let state = if drains.contains(&(svc.name.clone(), inst.name.clone()))
                     || writer.is_draining(&key)
                 {
-                    "draining"
+                    BackendState::Draining
                 } else if in_lb.contains(&key) {
-                    "active"
+                    BackendState::Active
                 } else if health.is_some_and(|h| !h.up) {
-                    "down"
+                    BackendState::Down
                 } else {
-                    "unchecked"
+                    BackendState::Unchecked
                 };
-                backends.push(json!({
-                    "service": svc.name,
-                    "instance": inst.name,
-                    "addr": inst.addr,
-                    "port": key.port,
-                    "proto": port.proto.name(),
-                    "weight": inst.weight,
-                    "state": state,
-                    "backend_id": writer.backend_id(&key),
-                    "health": health,
-                }));
+                backends.push(BackendStatus {
+                    service: svc.name.clone(),
+                    instance: inst.name.clone(),
+                    addr: inst.addr,
+                    port: key.port,
+                    proto: port.proto.name().to_string(),
+                    weight: inst.weight,
+                    state,
+                    backend_id: writer.backend_id(&key),
+                    health: health.cloned(),
+                });
             }
         }
     }
-    json!({
-        "dataplane": plan.dataplane.mode.name(),
-        "socket_lb": plan.dataplane.socket_lb && plan.dataplane.mode == DataplaneMode::Ebpf,
-        "backends": backends,
-        "conntrack": gc,
-    })
+    LbStatus {
+        dataplane: plan.dataplane.mode.name().to_string(),
+        socket_lb: plan.dataplane.socket_lb && plan.dataplane.mode == DataplaneMode::Ebpf,
+        backends,
+        conntrack: gc.clone(),
+        registry: Value::Null,
+        errors: Value::Null,
+    }
 }
