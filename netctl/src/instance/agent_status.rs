@@ -57,6 +57,9 @@ pub struct BackendStatus {
     pub backend_id: Option<u32>,
     /// None: not checked yet.
     pub health: Option<Health>,
+    /// Where it came from: `topology`, `registry` or `endpoint`.
+    #[serde(default)]
+    pub source: String,
 }
 
 /// Where a backend stands in the load balancer.
@@ -153,6 +156,7 @@ mod tests {
             state: BackendState::Draining,
             backend_id: Some(7),
             health: None,
+            source: "registry".into(),
         };
         let v = serde_json::to_value(&b).expect("serializes");
         assert_eq!(v["state"], "draining");

@@ -10,10 +10,7 @@ use netctl_common::lb::SVC_F_HOST_PORT;
 
 use super::health::Probe;
 pub use crate::dataplane::lb::{BackendKey, Desired, DesiredFrontend, FrontendKey};
-use crate::{
-    endpoint::Endpoint,
-    topology::{HealthCheck, Plan},
-};
+use crate::topology::{HealthCheck, Plan};
 
 /// One instance of a service (a replica), as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,6 +25,8 @@ pub struct Instance {
     pub target_port: Option<u16>,
     /// How it is checked (the service's `health`); `None`: nothing to check (always up).
     pub health: Option<HealthCheck>,
+    /// The source that named it (`sources::BackendSource::name`).
+    pub source: &'static str,
 }
 
 impl Instance {
@@ -136,71 +135,10 @@ pub fn compute(inputs: &Inputs) -> Desired {
     out
 }
 
-/// Instances straight from the topology: every replica of every service, and every
-/// backend a service lists by hand. Used until a registry says otherwise.
-/// The attached endpoints that are members of a service with a VIP, as its instances,
-/// but for addresses `known` has for that service already.
-pub fn instances_of_attached(
-    plan: &Plan,
-    attached: &[Endpoint],
-    known: &[Instance],
-) -> Vec<Instance> {
-    let mut out = Vec::new();
-    for ep in attached {
-        let Some(svc) = ep.service.as_deref().and_then(|s| plan.service(s)) else {
-            continue;
-        };
-        if known
-            .iter()
-            .any(|i| i.service == svc.name && i.addr == ep.address)
-        {
-            continue;
-        }
-        out.push(Instance {
-            service: svc.name.clone(),
-            name: ep.id.clone(),
-            addr: ep.address,
-            weight: 1,
-            target_port: None,
-            health: svc.backend_check(None),
-        });
-    }
-    out
-}
-
-pub fn instances_from_plan(plan: &Plan) -> Vec<Instance> {
-    let check = |svc: &str| plan.service(svc).and_then(|s| s.backend_check(None));
-    let mut out: Vec<Instance> = plan
-        .endpoints
-        .iter()
-        .map(|e| Instance {
-            service: e.service.clone(),
-            name: e.name.clone(),
-            addr: e.address,
-            weight: 1,
-            target_port: None,
-            health: check(&e.service),
-        })
-        .collect();
-    for svc in plan.services.iter().filter(|s| !s.backends.is_empty()) {
-        for b in &svc.backends {
-            out.push(Instance {
-                service: svc.name.clone(),
-                name: b.to_string(),
-                addr: b.addr,
-                weight: 1,
-                target_port: b.port,
-                // A listed port replaces the service's one port (TCP or UDP).
-                health: svc.backend_check(b.port),
-            });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::lb::sources::{Topology, inventory};
     use crate::topology::{Algorithm, Proto, Source};
 
     fn plan() -> Plan {
@@ -232,7 +170,7 @@ service = "web"
     #[test]
     fn every_port_of_every_service_is_a_frontend_over_its_healthy_replicas() {
         let plan = plan();
-        let instances = instances_from_plan(&plan);
+        let instances = inventory(&plan, &[&Topology]);
         let down = Ipv4Addr::new(10, 9, 0, 11);
         let health = |i: &Instance| Some(i.addr != down);
         let drains = HashSet::new();
@@ -284,7 +222,7 @@ service = "web"
     #[test]
     fn drained_and_unchecked_instances_get_no_new_connections() {
         let plan = plan();
-        let instances = instances_from_plan(&plan);
+        let instances = inventory(&plan, &[&Topology]);
         let health = |i: &Instance| (i.addr != Ipv4Addr::new(10, 9, 0, 12)).then_some(true);
         let drains: HashSet<(String, String)> = [("web".to_string(), "web-1".to_string())].into();
         let d = compute(&Inputs {
@@ -328,7 +266,7 @@ backends = ["10.9.0.10:80", "10.9.0.11"]
         }
         .plan(None)
         .expect("valid");
-        let instances = instances_from_plan(&plan);
+        let instances = inventory(&plan, &[&Topology]);
         let ext: Vec<&Instance> = instances.iter().filter(|i| i.service == "ext").collect();
         assert_eq!(ext.len(), 2);
         assert_eq!(

@@ -16,6 +16,7 @@ pub mod desired;
 pub mod health;
 pub mod registry;
 pub mod registry_list;
+pub mod sources;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -31,6 +32,7 @@ use tokio::sync::RwLock;
 use self::{
     desired::{Inputs, Instance},
     health::{Checker, Health, Probe},
+    sources::BackendSource,
 };
 use super::component::{AgentCtx, ApiError, ComponentFuture, Handler};
 use crate::{
@@ -93,9 +95,14 @@ impl Inventory {
     /// endpoint that is a member of a service: a runtime's container labelled `product`
     /// is a product backend whether or not it registers.
     fn of(plan: &Plan, registry: &registry::Watch, attached: &[Endpoint]) -> Self {
-        let mut instances = registry::instances(plan, registry.known());
-        instances.extend(desired::instances_of_attached(plan, attached, &instances));
-        Self { instances }
+        let sources: [&dyn BackendSource; 3] = [
+            &sources::Topology,
+            &sources::Registry(registry.known()),
+            &sources::Endpoints(attached),
+        ];
+        Self {
+            instances: sources::inventory(plan, &sources),
+        }
     }
 
     /// Each health check once: instances of many services often share an address:port.
@@ -453,6 +460,7 @@ fn status(
                     state,
                     backend_id: writer.backend_id(&key),
                     health: health.cloned(),
+                    source: inst.source.to_string(),
                 });
             }
         }
