@@ -19,7 +19,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netctl::topology::{DEFAULT_TOPOLOGY, Topology};
+use netctl::topology::{DEFAULT_TOPOLOGY, Topology, TopologyBuilder};
 use nix::fcntl::{Flock, FlockArg};
 
 pub const NETCTL: &str = env!("CARGO_BIN_EXE_netctl");
@@ -183,6 +183,14 @@ impl<'a> Platform<'a> {
         Self::from_topology(slot, &topology)
     }
 
+    /// A topology built for the test with [`TopologyBuilder`] (moved into the slot's
+    /// subnets like `from_toml`).
+    pub fn build(slot: &'a Slot, builder: TopologyBuilder) -> Platform<'a> {
+        let mut topology = builder.build();
+        relocate(&mut topology, slot.block());
+        Self::from_topology(slot, &topology)
+    }
+
     /// Uses `topology` with the slot's prefix, its host ports (`slot.host_port(i)`) and no
     /// uplink unless the topology names one: tests never hook the machine's real uplink.
     pub fn from_topology(slot: &'a Slot, topology: &Topology) -> Platform<'a> {
@@ -209,6 +217,14 @@ impl<'a> Platform<'a> {
     /// Replaces the topology (moved into the slot like `from_toml`) and runs `up` again.
     pub fn update_toml(&mut self, text: &str) {
         let mut topology = Topology::parse(text).expect("test topology parses");
+        relocate(&mut topology, self.slot.block());
+        self.plan = write_topology(self.slot, &topology, &self.file);
+        self.up_ok();
+    }
+
+    /// Replaces the topology with a built one (moved into the slot) and runs `up` again.
+    pub fn update(&mut self, builder: TopologyBuilder) {
+        let mut topology = builder.build();
         relocate(&mut topology, self.slot.block());
         self.plan = write_topology(self.slot, &topology, &self.file);
         self.up_ok();

@@ -20,40 +20,25 @@ use common::{
 use netctl::{
     endpoint::Endpoint,
     net::{netlink::Netlink, netns},
+    topology::TopologyBuilder,
 };
 use serde_json::Value;
 
 const PORT: u16 = 7000;
 const DB_PORT: u16 = 7100;
 
-fn topology(mode: &str) -> String {
-    format!(
-        r#"
-[networks.front]
-subnet = "10.0.1.0/24"
-[networks.back]
-subnet = "10.0.2.0/24"
-[services.client]
-network = "front"
-address = "10.0.1.10"
-[services.web]
-network = "back"
-address = "10.0.2.10"
-ports = [{PORT}]
-[services.db]
-network = "back"
-address = "10.0.2.20"
-ports = [{DB_PORT}]
-[policy]
-default_deny = ["db"]
-[[policy.rules]]
-from = ["web"]
-to = "db"
-ports = [{DB_PORT}]
-[dataplane]
-mode = "{mode}"
-"#
-    )
+fn topology(mode: &str) -> TopologyBuilder {
+    TopologyBuilder::new()
+        .network("front", "10.0.1.0/24")
+        .network("back", "10.0.2.0/24")
+        .service("client", |s| s.network("front").address("10.0.1.10"))
+        .service("web", |s| s.network("back").address("10.0.2.10").tcp(PORT))
+        .service("db", |s| {
+            s.network("back").address("10.0.2.20").tcp(DB_PORT)
+        })
+        .default_deny(&["db"])
+        .allow(&["web"], "db", &[&DB_PORT.to_string()])
+        .mode(mode)
 }
 
 /// A namespace made outside netctl (as a container runtime makes one), removed on drop.
@@ -135,7 +120,7 @@ fn attach_serve_restart_detach(mode: &str) {
     let slot = Slot::acquire();
     let before = Snapshot::take(&slot.prefix());
     {
-        let platform = Platform::from_toml(&slot, &topology(mode));
+        let platform = Platform::build(&slot, topology(mode));
         platform.up_ok();
         let web = platform.endpoint("web");
         let _web_server = NamedServer::start(&web.netns, web.address, PORT, "web");
@@ -313,7 +298,7 @@ fn an_attached_namespace_is_served_like_an_instance_on_iptables() {
 fn bad_endpoint_requests_are_refused_and_make_nothing() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::from_toml(&slot, &topology("ebpf"));
+    let platform = Platform::build(&slot, topology("ebpf"));
     platform.up_ok();
     let c1 = Foreign::create(&slot, "c1");
     let web = platform.endpoint("web").address;

@@ -19,7 +19,10 @@ use common::{
     traffic::{HealthServer, NamedServer, Session, UdpNamedServer, greetings, udp_ask},
     wait_for,
 };
-use netctl::dataplane::ebpf::{lb::LbMaps, pins::Pins};
+use netctl::{
+    dataplane::ebpf::{lb::LbMaps, pins::Pins},
+    topology::{HealthSpec, ServiceBuilder, TopologyBuilder},
+};
 use netctl_common::{
     maps::CFG_F_SOCKET_LB,
     stats::{CNT_LB_SOCK, CNT_LB_TC},
@@ -30,26 +33,28 @@ const WEB_TCP: u16 = 7000;
 const WEB_UDP: u16 = 7001;
 
 /// A client tier and three web replicas on another tier (routed through the host).
-fn topology(algorithm: &str, socket_lb: bool) -> String {
-    format!(
-        r#"
-[networks.front]
-subnet = "10.0.1.0/24"
-[networks.back]
-subnet = "10.0.2.0/24"
-[services.client]
-network = "front"
-address = "10.0.1.10"
-[services.web]
-network = "back"
-address = "10.0.2.10"
-replicas = 3
-ports = [{WEB_TCP}, "{WEB_UDP}/udp"]
-lb = "{algorithm}"
-[dataplane]
-socket_lb = {socket_lb}
-"#
-    )
+fn two_tiers() -> TopologyBuilder {
+    TopologyBuilder::new()
+        .network("front", "10.0.1.0/24")
+        .network("back", "10.0.2.0/24")
+        .service("client", |s| s.network("front").address("10.0.1.10"))
+}
+
+/// Three `web` replicas from `address` on `network`, TCP `WEB_TCP` and UDP `WEB_UDP`.
+fn web_replicas(s: ServiceBuilder, network: &str, address: &str) -> ServiceBuilder {
+    s.network(network)
+        .address(address)
+        .replicas(3)
+        .tcp(WEB_TCP)
+        .udp(WEB_UDP)
+}
+
+fn topology(algorithm: &str, socket_lb: bool) -> TopologyBuilder {
+    two_tiers()
+        .service("web", |s| {
+            web_replicas(s, "back", "10.0.2.10").lb(algorithm)
+        })
+        .socket_lb(socket_lb)
 }
 
 struct Web<'a> {
@@ -60,13 +65,13 @@ struct Web<'a> {
 
 impl<'a> Web<'a> {
     fn up(slot: &'a Slot, algorithm: &str, socket_lb: bool) -> Web<'a> {
-        Self::up_toml(slot, &topology(algorithm, socket_lb))
+        Self::up_with(slot, topology(algorithm, socket_lb))
     }
 
     /// Any topology with a client and three `web` replicas: a named TCP and UDP server in
     /// each replica, and all three active in the maps.
-    fn up_toml(slot: &'a Slot, text: &str) -> Web<'a> {
-        let platform = Platform::from_toml(slot, text);
+    fn up_with(slot: &'a Slot, topology: TopologyBuilder) -> Web<'a> {
+        let platform = Platform::build(slot, topology);
         platform.up_ok();
         let mut servers = Vec::new();
         let mut udp = Vec::new();
@@ -183,7 +188,7 @@ fn the_tc_path_spreads_new_connections_over_every_backend_with_each_algorithm() 
     let mut web = Web::up(&slot, "round-robin", false);
     for algorithm in ["round-robin", "random", "maglev"] {
         // Changing the algorithm is a map update (`up` again), no program reload.
-        web.platform.update_toml(&topology(algorithm, false));
+        web.platform.update(topology(algorithm, false));
         std::thread::sleep(Duration::from_millis(500));
         let out = slot.netctl(&["services", "--json", "--service", "web"]);
         let v: Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -360,8 +365,7 @@ fn udp_through_a_vip_on_both_paths_answers_from_the_vip() {
     let slot = Slot::acquire();
     let mut web = Web::up(&slot, "round-robin", false);
     for socket_lb in [false, true] {
-        web.platform
-            .update_toml(&topology("round-robin", socket_lb));
+        web.platform.update(topology("round-robin", socket_lb));
         wait_socket_lb(&slot, socket_lb);
         let (tc_before, sock_before) = (counter(&slot, CNT_LB_TC), counter(&slot, CNT_LB_SOCK));
         let answers = udp_ask(&web.client_ns(), web.vip(), WEB_UDP, 6);
@@ -395,24 +399,16 @@ fn a_host_port_reaches_the_edge_from_localhost_and_from_outside() {
     require_root!();
     let slot = Slot::acquire();
     let internet = Internet::create(&slot);
-    let text = format!(
-        r#"
-[platform]
-uplinks = ["{uplink}"]
-[networks.front]
-subnet = "10.0.1.0/24"
-[services.edge]
-network = "front"
-address = "10.0.1.10"
-ports = [80]
-[[port_forwards]]
-host_port = 8080
-service = "edge"
-port = 80
-"#,
-        uplink = internet.name
+    let platform = Platform::build(
+        &slot,
+        TopologyBuilder::new()
+            .uplinks(&[&internet.name])
+            .network("front", "10.0.1.0/24")
+            .service("edge", |s| {
+                s.network("front").address("10.0.1.10").ports(&["80"])
+            })
+            .port_forward(8080, "edge", 80),
     );
-    let platform = Platform::from_toml(&slot, &text);
     platform.up_ok();
     let edge = platform.endpoint("edge");
     let _server = NamedServer::start(&edge.netns, edge.address, 80, "edge");
@@ -625,29 +621,27 @@ fn set_zero_linger(s: &TcpStream) -> std::io::Result<()> {
 }
 
 /// A client tier and three web replicas with an HTTP health check of their own, fast.
-const HTTP_CHECKED: &str = r#"
-[networks.front]
-subnet = "10.0.1.0/24"
-[networks.back]
-subnet = "10.0.2.0/24"
-[services.client]
-network = "front"
-address = "10.0.1.10"
-[services.web]
-network = "back"
-address = "10.0.2.10"
-replicas = 3
-ports = [7000]
-health = { check = "http", path = "/health", interval = "200ms", timeout = "150ms", retries = 2 }
-[dataplane]
-socket_lb = false
-"#;
+fn http_checked() -> TopologyBuilder {
+    two_tiers()
+        .service("web", |s| {
+            s.network("back")
+                .address("10.0.2.10")
+                .replicas(3)
+                .ports(&["7000"])
+                .health(
+                    HealthSpec::check("http")
+                        .path("/health")
+                        .every("200ms", "150ms", 2),
+                )
+        })
+        .socket_lb(false)
+}
 
 #[test]
 fn a_backend_whose_http_check_fails_leaves_the_maps_although_its_port_is_open() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::from_toml(&slot, HTTP_CHECKED);
+    let platform = Platform::build(&slot, http_checked());
     platform.up_ok();
     let servers: Vec<HealthServer> = (1..=3)
         .map(|i| {
@@ -699,16 +693,15 @@ fn a_backend_whose_http_check_fails_leaves_the_maps_although_its_port_is_open() 
 fn a_stopped_redis_is_reported_down_although_it_accepts_connections() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::from_toml(
+    let platform = Platform::build(
         &slot,
-        r#"
-[networks.db]
-subnet = "10.0.3.0/24"
-[services.redis]
-network = "db"
-kind = "redis"
-health = { check = "redis", interval = "300ms", timeout = "200ms", retries = 2 }
-"#,
+        TopologyBuilder::new()
+            .network("db", "10.0.3.0/24")
+            .service("redis", |s| {
+                s.network("db")
+                    .kind("redis")
+                    .health(HealthSpec::check("redis").every("300ms", "200ms", 2))
+            }),
     );
     platform.up_ok();
     let redis = platform.endpoint("redis").address;
@@ -814,24 +807,13 @@ fn a_replica_reaches_its_own_vip_on_the_tc_path() {
 fn the_tc_path_works_between_namespaces_on_one_bridge() {
     require_root!();
     let slot = Slot::acquire();
-    let web = Web::up_toml(
+    let web = Web::up_with(
         &slot,
-        &format!(
-            r#"
-[networks.flat]
-subnet = "10.0.1.0/24"
-[services.client]
-network = "flat"
-address = "10.0.1.5"
-[services.web]
-network = "flat"
-address = "10.0.1.10"
-replicas = 3
-ports = [{WEB_TCP}, "{WEB_UDP}/udp"]
-[dataplane]
-socket_lb = false
-"#
-        ),
+        TopologyBuilder::new()
+            .network("flat", "10.0.1.0/24")
+            .service("client", |s| s.network("flat").address("10.0.1.5"))
+            .service("web", |s| web_replicas(s, "flat", "10.0.1.10"))
+            .socket_lb(false),
     );
     let counts = spread(&greetings(&web.client_ns(), web.vip(), WEB_TCP, 30));
     assert_eq!(counts.len(), 3, "{counts:?}");
@@ -967,28 +949,13 @@ fn a_host_process_connects_to_a_vip_through_socket_lb() {
 fn registering_and_deregistering_in_the_registry_reaches_the_maps_within_a_second() {
     require_root!();
     let slot = Slot::acquire();
-    let web = Web::up_toml(
+    let web = Web::up_with(
         &slot,
-        &format!(
-            r#"
-[networks.front]
-subnet = "10.0.1.0/24"
-[networks.back]
-subnet = "10.0.2.0/24"
-[services.client]
-network = "front"
-address = "10.0.1.10"
-[services.registry]
-network = "back"
-address = "10.0.2.5"
-kind = "registry"
-[services.web]
-network = "back"
-address = "10.0.2.10"
-replicas = 3
-ports = [{WEB_TCP}, "{WEB_UDP}/udp"]
-"#
-        ),
+        two_tiers()
+            .service("registry", |s| {
+                s.network("back").address("10.0.2.5").kind("registry")
+            })
+            .service("web", |s| web_replicas(s, "back", "10.0.2.10")),
     );
     let registry = web.platform.endpoint("registry").address;
     let addr = |i: usize| web.platform.endpoint(&format!("web-{i}")).address;

@@ -3,6 +3,7 @@
 //! [`validate`] turns a parsed file into a [`Plan`] of concrete names and addresses, or into
 //! every error it contains, before anything is touched.
 
+pub mod builder;
 mod endpoints;
 mod error;
 pub mod fuzz;
@@ -17,6 +18,7 @@ mod services;
 mod validate;
 mod validate_run;
 
+pub use builder::{ServiceBuilder, TopologyBuilder};
 pub use error::{TopologyError, ValidationErrors};
 pub use health::{HealthCheck, HealthSpec, Probe};
 pub use model::{
