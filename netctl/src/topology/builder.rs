@@ -22,10 +22,12 @@
 //! ```
 
 use super::{
+    Plan, ValidationErrors,
     health::HealthSpec,
     model::{
         NetworkSpec, PortForwardSpec, PortSpec, RateLimitSpec, RuleSpec, ServiceSpec, Topology,
     },
+    validate,
 };
 
 /// Builds a [`Topology`] as a file would hold it; everything not set keeps the file's
@@ -114,6 +116,14 @@ impl TopologyBuilder {
             per: None,
         });
         self
+    }
+
+    /// Validates it into a plan, as `up` would a file.
+    pub fn plan(&self) -> Result<Plan, ValidationErrors> {
+        validate::validate(&self.0).map_err(|errors| ValidationErrors {
+            source_name: "<built topology>".to_string(),
+            errors,
+        })
     }
 
     pub fn build(self) -> Topology {

@@ -139,32 +139,23 @@ pub fn compute(inputs: &Inputs) -> Desired {
 mod tests {
     use super::*;
     use crate::agent::lb::sources::{Topology, inventory};
-    use crate::topology::{Algorithm, Proto, Source};
+    use crate::topology::{Algorithm, Proto, TopologyBuilder};
 
     fn plan() -> Plan {
-        Source {
-            name: "t".into(),
-            text: r#"
-[networks.app]
-subnet = "10.9.0.0/24"
-[services.web]
-network = "app"
-address = "10.9.0.10"
-replicas = 3
-ports = [80, "53/udp"]
-lb = "maglev"
-[services.db]
-network = "app"
-address = "10.9.0.50"
-ports = [5432]
-[[port_forwards]]
-host_port = 8080
-service = "web"
-"#
-            .into(),
-        }
-        .plan(None)
-        .expect("valid")
+        TopologyBuilder::new()
+            .network("app", "10.9.0.0/24")
+            .service("web", |s| {
+                s.network("app")
+                    .address("10.9.0.10")
+                    .replicas(3)
+                    .tcp(80)
+                    .udp(53)
+                    .lb("maglev")
+            })
+            .service("db", |s| s.network("app").address("10.9.0.50").tcp(5432))
+            .port_forward(8080, "web", 80)
+            .plan()
+            .expect("valid")
     }
 
     #[test]
@@ -249,23 +240,14 @@ service = "web"
 
     #[test]
     fn listed_backends_are_instances_with_their_target_ports() {
-        let plan = Source {
-            name: "t".into(),
-            text: r#"
-[networks.app]
-subnet = "10.9.0.0/24"
-[services.web]
-network = "app"
-address = "10.9.0.10"
-ports = [80]
-[services.ext]
-ports = [7000]
-backends = ["10.9.0.10:80", "10.9.0.11"]
-"#
-            .into(),
-        }
-        .plan(None)
-        .expect("valid");
+        let plan = TopologyBuilder::new()
+            .network("app", "10.9.0.0/24")
+            .service("web", |s| s.network("app").address("10.9.0.10").tcp(80))
+            .service("ext", |s| {
+                s.tcp(7000).backends(&["10.9.0.10:80", "10.9.0.11"])
+            })
+            .plan()
+            .expect("valid");
         let instances = inventory(&plan, &[&Topology]);
         let ext: Vec<&Instance> = instances.iter().filter(|i| i.service == "ext").collect();
         assert_eq!(ext.len(), 2);

@@ -220,28 +220,19 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::topology::Source;
+    use crate::topology::TopologyBuilder;
 
     fn plan() -> Plan {
-        Source {
-            text: r#"
-[networks.back]
-subnet = "10.1.0.0/24"
-[services.product]
-network = "back"
-address = "10.1.0.10"
-replicas = 2
-ports = [5000]
-[services.redis]
-network = "back"
-address = "10.1.0.20"
-ports = [6379]
-"#
-            .into(),
-            name: "t".into(),
-        }
-        .plan(None)
-        .expect("valid topology")
+        TopologyBuilder::new()
+            .network("back", "10.1.0.0/24")
+            .service("product", |s| {
+                s.network("back").address("10.1.0.10").replicas(2).tcp(5000)
+            })
+            .service("redis", |s| {
+                s.network("back").address("10.1.0.20").tcp(6379)
+            })
+            .plan()
+            .expect("valid topology")
     }
 
     fn reg(
