@@ -4,7 +4,7 @@
 //! (eBPF maps, iptables rules) to it, writing only what changed.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     time::Instant,
 };
@@ -86,6 +86,24 @@ impl Changes {
     }
 }
 
+/// What one garbage-collection pass of a dataplane's own connection table found.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct GcReport {
+    pub entries: usize,
+    pub expired: usize,
+    /// Expired in the snapshot but renewed before their turn to go (a new connection on
+    /// the same tuple, or a late packet): kept.
+    pub renewed: usize,
+    /// Live entries per backend id (for draining backends).
+    pub per_backend: HashMap<u32, usize>,
+}
+
+/// One garbage-collection pass, to run off the async threads (a full table is a lot of
+/// syscalls).
+pub type GcJob = Box<dyn FnOnce() -> anyhow::Result<GcReport> + Send>;
+
+/// What the load-balancing component writes through; each dataplane implements it and
+/// `dataplane::open_lb_writer` picks one, so the component never asks which it has.
 pub trait LbWriter: Send {
     /// Brings the dataplane to `desired`. `refs` (live connections per backend id, from the
     /// last conntrack pass) lets draining backends go once idle where the dataplane keeps
@@ -97,4 +115,26 @@ pub trait LbWriter: Send {
 
     /// True while a removed backend still serves its established connections.
     fn is_draining(&self, key: &BackendKey) -> bool;
+
+    /// True while some backend drains (a conntrack pass may let it go).
+    fn any_draining(&self) -> bool {
+        false
+    }
+
+    /// Addresses of the backends the dataplane served when this writer adopted it: a
+    /// replaced controller keeps them until their first health check says otherwise.
+    fn serving_addrs(&self) -> HashSet<Ipv4Addr> {
+        HashSet::new()
+    }
+
+    /// The plan's dataplane flags (socket LB, flow events), where the kernel reads them.
+    fn set_config_flags(&mut self, _flags: u32) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// A pass over the dataplane's connection table, where the dataplane keeps its own
+    /// (eBPF); `None` where the kernel's conntrack ages entries itself (iptables).
+    fn conntrack_gc(&self) -> Option<GcJob> {
+        None
+    }
 }

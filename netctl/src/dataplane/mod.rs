@@ -61,6 +61,17 @@ pub fn open<'a>(plan: &'a Plan, instance: &str) -> Box<dyn Dataplane + 'a> {
     }
 }
 
+/// The load balancer's writer for `instance`'s dataplane, adopting what the kernel holds
+/// (the other place that chooses by mode: writes, where [`open`] reads).
+pub fn open_lb_writer(plan: &Plan, instance: &str) -> anyhow::Result<Box<dyn lb::LbWriter>> {
+    Ok(match plan.dataplane.mode {
+        DataplaneMode::Ebpf => Box::new(ebpf::lb_writer::Reconciler::for_instance(
+            ebpf::Pins::for_instance(instance),
+        )?),
+        DataplaneMode::Iptables => Box::new(iptables::IptablesWriter::new(instance)),
+    })
+}
+
 /// Packets one (source identity, destination identity) pair had dropped for one reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DropPair {

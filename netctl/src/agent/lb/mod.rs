@@ -36,11 +36,10 @@ use self::{
 };
 use super::component::{AgentCtx, ApiError, ComponentFuture, Handler};
 use crate::{
-    dataplane::host_facts::HostFacts,
     dataplane::{
-        ebpf::{Pins, conntrack, lb::LbMaps, lb_writer::Reconciler},
-        iptables::IptablesWriter,
-        lb::{BackendKey, Desired, LbWriter, Refs},
+        self,
+        host_facts::HostFacts,
+        lb::{BackendKey, Desired, GcReport, LbWriter, Refs},
     },
     endpoint::Endpoint,
     instance::agent_status::{BackendState, BackendStatus, LbStatus},
@@ -60,29 +59,6 @@ pub fn component(ctx: AgentCtx) -> ComponentFuture {
 }
 
 type Drains = Arc<RwLock<HashSet<(String, String)>>>;
-
-/// The dataplane this controller writes: fixed for its life (a new dataplane gets a new
-/// controller, see `Resource::depends_on`).
-enum Writer {
-    Ebpf(Box<Reconciler>),
-    Iptables(IptablesWriter),
-}
-
-impl Writer {
-    fn lb(&mut self) -> &mut dyn LbWriter {
-        match self {
-            Writer::Ebpf(r) => r.as_mut(),
-            Writer::Iptables(w) => w,
-        }
-    }
-
-    fn lb_ref(&self) -> &dyn LbWriter {
-        match self {
-            Writer::Ebpf(r) => r.as_ref(),
-            Writer::Iptables(w) => w,
-        }
-    }
-}
 
 /// Every instance and health check, computed once per plan and registry answer (not per
 /// tick: a platform of 10,000 services has 30,000 instances).
@@ -115,23 +91,12 @@ impl Inventory {
 async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     let mut plans = ctx.plan.clone();
     let mut current: Arc<Plan> = plans.borrow_and_update().clone();
-    let mut writer = match current.dataplane.mode {
-        DataplaneMode::Ebpf => {
-            let pins = Pins::for_instance(&ctx.instance);
-            let mut reconciler = Reconciler::adopt(LbMaps::open(&pins)?);
-            reconciler
-                .maps()
-                .set_host_netns_cookie(crate::net::netns::current_cookie()?)?;
-            Writer::Ebpf(Box::new(reconciler))
-        }
-        DataplaneMode::Iptables => Writer::Iptables(IptablesWriter::new(&ctx.instance)),
-    };
+    // The dataplane this controller writes is fixed for its life (a new dataplane gets a
+    // new controller, see `Resource::depends_on`).
+    let mut writer = dataplane::open_lb_writer(&current, &ctx.instance)?;
     // What served before this controller started keeps serving until its first health
     // check says otherwise: a replaced controller must not empty the maps meanwhile.
-    let adopted: HashSet<Ipv4Addr> = match &writer {
-        Writer::Ebpf(r) => r.serving_addrs(),
-        Writer::Iptables(_) => HashSet::new(),
-    };
+    let adopted: HashSet<Ipv4Addr> = writer.serving_addrs();
     let mut registry = registry::Watch::default();
     let mut registry_seen = 0;
     let mut checker = Checker::default();
@@ -141,9 +106,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
 
     let mut inventory: Option<Inventory> = None;
     let mut refs: Option<Refs> = None;
-    let mut gc_task: Option<
-        tokio::task::JoinHandle<anyhow::Result<(conntrack::GcReport, Instant)>>,
-    > = None;
+    let mut gc_task: Option<tokio::task::JoinHandle<anyhow::Result<(GcReport, Instant)>>> = None;
     let mut last_gc = Instant::now() - GC_EVERY;
     let mut host_addrs: Vec<Ipv4Addr> = Vec::new();
     let mut last_host_scan = Instant::now() - HOST_ADDRS_EVERY;
@@ -178,9 +141,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             let inv = Inventory::of(&current, &registry, &ctx.attached.current());
             checker.set_probes(&inv.probes()).await;
             inventory = Some(inv);
-            if let Writer::Ebpf(r) = &mut writer
-                && let Err(e) = r.maps().set_config_flags(current.dataplane.config_flags())
-            {
+            if let Err(e) = writer.set_config_flags(current.dataplane.config_flags()) {
                 tracing::warn!("{e:#}");
             }
             dirty = true;
@@ -232,19 +193,20 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                         taken,
                     });
                     // Draining backends may be idle now.
-                    dirty |= matches!(&writer, Writer::Ebpf(r) if r.any_draining());
+                    dirty |= writer.any_draining();
                 }
                 Ok(Err(e)) => tracing::warn!("conntrack GC: {e:#}"),
                 Err(e) => tracing::warn!("conntrack GC task: {e}"),
             }
         }
-        if matches!(writer, Writer::Ebpf(_)) && gc_task.is_none() && last_gc.elapsed() >= GC_EVERY {
+        if gc_task.is_none()
+            && last_gc.elapsed() >= GC_EVERY
+            && let Some(job) = writer.conntrack_gc()
+        {
             last_gc = Instant::now();
-            let pins = Pins::for_instance(&ctx.instance);
             gc_task = Some(tokio::task::spawn_blocking(move || {
                 let taken = Instant::now();
-                let mut map = conntrack::open(&pins)?;
-                Ok((conntrack::gc(&mut map)?, taken))
+                Ok((job()?, taken))
             }));
         }
 
@@ -264,7 +226,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             });
             // A pass that could not write everything is logged and tried again soon; it
             // never ends the component (the maps would freeze with dead backends in them).
-            let errors = match writer.lb().apply(&desired, refs.as_ref()) {
+            let errors = match writer.apply(&desired, refs.as_ref()) {
                 Ok(changes) => {
                     if changes.any() {
                         tracing::info!(
@@ -291,7 +253,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 &inv.instances,
                 &results,
                 &desired,
-                writer.lb_ref(),
+                writer.as_ref(),
                 &last_drains,
                 &gc_summary,
             );

@@ -166,17 +166,7 @@ pub fn stateless(proto: u8) -> &'static str {
     }
 }
 
-/// What one garbage-collection pass found.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct GcReport {
-    pub entries: usize,
-    pub expired: usize,
-    /// Expired in the snapshot but renewed before their turn to go (a new connection on
-    /// the same tuple, or a late packet): kept.
-    pub renewed: usize,
-    /// Live entries per backend id (for draining backends).
-    pub per_backend: StdHashMap<u32, usize>,
-}
+pub use crate::dataplane::lb::GcReport;
 
 /// The first half of a pass: what a snapshot of the map says is expired.
 #[derive(Debug, Default)]

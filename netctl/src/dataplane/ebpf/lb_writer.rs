@@ -13,6 +13,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
@@ -22,11 +23,14 @@ use netctl_common::{
 };
 
 use super::{
+    Pins, conntrack,
     lb::{Frontend, FrontendView, LbMaps},
     maglev::{self, Candidate},
 };
 use crate::{
-    dataplane::lb::{BackendKey, Changes, Desired, DesiredFrontend, FrontendKey, LbWriter, Refs},
+    dataplane::lb::{
+        BackendKey, Changes, Desired, DesiredFrontend, FrontendKey, GcJob, LbWriter, Refs,
+    },
     topology::{Algorithm, Proto},
 };
 
@@ -51,9 +55,21 @@ pub struct Reconciler {
     /// How many Maglev tables there are to hand out (`MAGLEV_TABLES`; fewer in tests,
     /// where writing 64 tables of 16,381 cells one syscall each takes seconds).
     maglev_table_count: u32,
+    /// The instance's pins, for conntrack passes; `None` for maps not pinned (tests).
+    pins: Option<Pins>,
 }
 
 impl Reconciler {
+    /// The writer of an instance's pinned maps, adopting what they hold, with the host's
+    /// network namespace cookie set (socket LB tells host sockets by it).
+    pub fn for_instance(pins: Pins) -> anyhow::Result<Self> {
+        let mut r = Self::adopt(LbMaps::open(&pins)?);
+        r.maps
+            .set_host_netns_cookie(crate::net::netns::current_cookie()?)?;
+        r.pins = Some(pins);
+        Ok(r)
+    }
+
     /// Adopts what the maps already hold (after a controller restart nothing is rewritten
     /// that is still right).
     pub fn adopt(maps: LbMaps) -> Self {
@@ -69,6 +85,7 @@ impl Reconciler {
             retry: HashSet::new(),
             maglev_table_count: MAGLEV_TABLES,
             maps,
+            pins: None,
         };
         for (id, b) in r.maps.backends() {
             let Some(proto) = Proto::from_number(b.proto) else {
@@ -116,13 +133,13 @@ impl Reconciler {
 
     /// Addresses of the backends that frontends use now (not draining): after a controller
     /// restart, what was serving before it.
-    pub fn serving_addrs(&self) -> std::collections::HashSet<std::net::Ipv4Addr> {
+    pub fn serving_addrs(&self) -> HashSet<Ipv4Addr> {
         self.frontends
             .values()
             .flat_map(|fe| fe.slots.iter())
             .filter_map(|id| self.backends.get(id))
             .filter(|b| b.state != BACKEND_DRAINING)
-            .map(|b| std::net::Ipv4Addr::from(b.addr))
+            .map(|b| Ipv4Addr::from(b.addr))
             .collect()
     }
 
@@ -500,6 +517,26 @@ impl LbWriter for Reconciler {
 
     fn is_draining(&self, key: &BackendKey) -> bool {
         Reconciler::is_draining(self, key)
+    }
+
+    fn any_draining(&self) -> bool {
+        Reconciler::any_draining(self)
+    }
+
+    fn serving_addrs(&self) -> HashSet<Ipv4Addr> {
+        Reconciler::serving_addrs(self)
+    }
+
+    fn set_config_flags(&mut self, flags: u32) -> anyhow::Result<()> {
+        self.maps.set_config_flags(flags)
+    }
+
+    fn conntrack_gc(&self) -> Option<GcJob> {
+        let pins = self.pins.clone()?;
+        Some(Box::new(move || {
+            let mut map = conntrack::open(&pins)?;
+            conntrack::gc(&mut map)
+        }))
     }
 }
 
