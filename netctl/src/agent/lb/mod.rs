@@ -105,12 +105,8 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
     let netlink = Netlink::current()?;
 
     let mut inventory: Option<Inventory> = None;
-    let mut refs: Option<Refs> = None;
-    let mut gc_task: Option<tokio::task::JoinHandle<anyhow::Result<(GcReport, Instant)>>> = None;
-    let mut last_gc = Instant::now() - GC_EVERY;
-    let mut host_addrs: Vec<Ipv4Addr> = Vec::new();
-    let mut last_host_scan = Instant::now() - HOST_ADDRS_EVERY;
-    let mut gc_summary = json!(null);
+    let mut conntrack = ConntrackPasses::default();
+    let mut host_addrs = HostAddrs::default();
     let mut last_health: HashMap<Probe, bool> = HashMap::new();
     let mut last_drains: HashSet<(String, String)> = HashSet::new();
     let mut last_apply = Instant::now();
@@ -149,19 +145,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
         let plan = &*current;
         let Some(inv) = &inventory else { continue };
 
-        if last_host_scan.elapsed() >= HOST_ADDRS_EVERY {
-            last_host_scan = Instant::now();
-            let addrs = port_forward_addrs(&netlink, plan)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!("finding the uplinks' addresses: {e:#}");
-                    vec![Ipv4Addr::LOCALHOST]
-                });
-            if addrs != host_addrs {
-                host_addrs = addrs;
-                dirty = true;
-            }
-        }
+        dirty |= host_addrs.refresh(&netlink, plan).await;
 
         let results = checker.results().await;
         let health: HashMap<Probe, bool> = results.iter().map(|(p, h)| (p.clone(), h.up)).collect();
@@ -175,40 +159,9 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
             dirty = true;
         }
 
-        // Conntrack GC off the async threads (eBPF only: in iptables mode the kernel's
-        // conntrack ages its entries itself); a full table is a lot of syscalls.
-        if let Some(task) = &gc_task
-            && task.is_finished()
-            && let Some(task) = gc_task.take()
-        {
-            match task.await {
-                Ok(Ok((report, taken))) => {
-                    gc_summary = json!({
-                        "entries": report.entries,
-                        "expired_last_pass": report.expired,
-                        "renewed_last_pass": report.renewed,
-                    });
-                    refs = Some(Refs {
-                        per_backend: report.per_backend,
-                        taken,
-                    });
-                    // Draining backends may be idle now.
-                    dirty |= writer.any_draining();
-                }
-                Ok(Err(e)) => tracing::warn!("conntrack GC: {e:#}"),
-                Err(e) => tracing::warn!("conntrack GC task: {e}"),
-            }
-        }
-        if gc_task.is_none()
-            && last_gc.elapsed() >= GC_EVERY
-            && let Some(job) = writer.conntrack_gc()
-        {
-            last_gc = Instant::now();
-            gc_task = Some(tokio::task::spawn_blocking(move || {
-                let taken = Instant::now();
-                Ok((job()?, taken))
-            }));
-        }
+        // Draining backends may be idle after a pass.
+        dirty |= conntrack.collect().await && writer.any_draining();
+        conntrack.start_if_due(writer.as_ref());
 
         if dirty || last_apply.elapsed() >= RESYNC_EVERY || apply_errors.retry_due(last_apply) {
             last_apply = Instant::now();
@@ -222,26 +175,9 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                         .or_else(|| adopted.contains(&i.addr).then_some(true))
                 },
                 drains: &last_drains,
-                host_addrs: &host_addrs,
+                host_addrs: &host_addrs.addrs,
             });
-            // A pass that could not write everything is logged and tried again soon; it
-            // never ends the component (the maps would freeze with dead backends in them).
-            let errors = match writer.apply(&desired, refs.as_ref()) {
-                Ok(changes) => {
-                    if changes.any() {
-                        tracing::info!(
-                            frontends_written = changes.frontends_written,
-                            frontends_removed = changes.frontends_removed,
-                            backends_written = changes.backends_written,
-                            backends_removed = changes.backends_removed,
-                            "load-balancing dataplane updated"
-                        );
-                    }
-                    changes.errors
-                }
-                Err(e) => vec![format!("{e:#}")],
-            };
-            apply_errors.report(errors);
+            apply_errors.report(write(writer.as_mut(), &desired, conntrack.refs.as_ref()));
         }
 
         if !readers.is_empty() {
@@ -255,7 +191,7 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 &desired,
                 writer.as_ref(),
                 &last_drains,
-                &gc_summary,
+                &conntrack.summary,
             );
             status.registry = registry.status();
             status.errors = json!(apply_errors.current);
@@ -265,6 +201,129 @@ async fn run(ctx: AgentCtx) -> anyhow::Result<()> {
                 let _ = reader.send(status.clone());
             }
         }
+    }
+}
+
+/// Writes `desired`, logging what changed. A pass that could not write everything returns
+/// its errors to be logged and tried again soon; it never ends the component (the maps
+/// would freeze with dead backends in them).
+fn write(writer: &mut dyn LbWriter, desired: &Desired, refs: Option<&Refs>) -> Vec<String> {
+    match writer.apply(desired, refs) {
+        Ok(changes) => {
+            if changes.any() {
+                tracing::info!(
+                    frontends_written = changes.frontends_written,
+                    frontends_removed = changes.frontends_removed,
+                    backends_written = changes.backends_written,
+                    backends_removed = changes.backends_removed,
+                    "load-balancing dataplane updated"
+                );
+            }
+            changes.errors
+        }
+        Err(e) => vec![format!("{e:#}")],
+    }
+}
+
+/// The dataplane's own conntrack passes (eBPF; in iptables mode the kernel's conntrack
+/// ages its entries itself), off the async threads: a full table is a lot of syscalls.
+struct ConntrackPasses {
+    task: Option<tokio::task::JoinHandle<anyhow::Result<(GcReport, Instant)>>>,
+    last: Instant,
+    /// Live connections per backend from the last pass (what lets a drained backend go).
+    refs: Option<Refs>,
+    /// The last pass for the status, or null.
+    summary: Value,
+}
+
+impl Default for ConntrackPasses {
+    fn default() -> Self {
+        Self {
+            task: None,
+            last: Instant::now() - GC_EVERY,
+            refs: None,
+            summary: Value::Null,
+        }
+    }
+}
+
+impl ConntrackPasses {
+    /// Takes in a finished pass; true when one finished.
+    async fn collect(&mut self) -> bool {
+        let Some(task) = self.task.take_if(|t| t.is_finished()) else {
+            return false;
+        };
+        match task.await {
+            Ok(Ok((report, taken))) => {
+                self.summary = json!({
+                    "entries": report.entries,
+                    "expired_last_pass": report.expired,
+                    "renewed_last_pass": report.renewed,
+                });
+                self.refs = Some(Refs {
+                    per_backend: report.per_backend,
+                    taken,
+                });
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("conntrack GC: {e:#}");
+                false
+            }
+            Err(e) => {
+                tracing::warn!("conntrack GC task: {e}");
+                false
+            }
+        }
+    }
+
+    fn start_if_due(&mut self, writer: &dyn LbWriter) {
+        if self.task.is_some() || self.last.elapsed() < GC_EVERY {
+            return;
+        }
+        let Some(job) = writer.conntrack_gc() else {
+            return;
+        };
+        self.last = Instant::now();
+        self.task = Some(tokio::task::spawn_blocking(move || {
+            let taken = Instant::now();
+            Ok((job()?, taken))
+        }));
+    }
+}
+
+/// The host addresses that serve port forwards, looked up again every few seconds (an
+/// uplink may get a new address).
+struct HostAddrs {
+    addrs: Vec<Ipv4Addr>,
+    scanned: Instant,
+}
+
+impl Default for HostAddrs {
+    fn default() -> Self {
+        Self {
+            addrs: Vec::new(),
+            scanned: Instant::now() - HOST_ADDRS_EVERY,
+        }
+    }
+}
+
+impl HostAddrs {
+    /// True when they changed.
+    async fn refresh(&mut self, netlink: &Netlink, plan: &Plan) -> bool {
+        if self.scanned.elapsed() < HOST_ADDRS_EVERY {
+            return false;
+        }
+        self.scanned = Instant::now();
+        let addrs = port_forward_addrs(netlink, plan).await.unwrap_or_else(|e| {
+            tracing::warn!("finding the uplinks' addresses: {e:#}");
+            vec![Ipv4Addr::LOCALHOST]
+        });
+        if addrs == self.addrs {
+            return false;
+        }
+        self.addrs = addrs;
+        true
     }
 }
 
