@@ -12,7 +12,7 @@ use netctl_common::{
 use super::{
     error::{MAX_REPLICAS, MIN_CONNTRACK, TopologyError},
     health::{HealthCheck, HealthSpec},
-    model::Topology,
+    model::{ServiceSpec, Topology},
     plan::{
         Algorithm, Dataplane, Endpoint, ManualBackend, Network, Port, PortForward, Proto, Service,
     },
@@ -43,6 +43,65 @@ pub(super) fn plan(
     errors: &mut Vec<TopologyError>,
 ) -> LbPlan {
     let service_cidr = service_cidr(topology, networks, errors);
+    let (explicit, mut taken) = explicit_vips(topology, service_cidr, errors);
+    let mut services = Vec::new();
+    let mut next = service_cidr.hosts();
+    for (i, (name, spec)) in topology.services.iter().enumerate() {
+        let field = format!("services.{name}");
+        let Some(algorithm) = algorithm(&field, spec.lb.as_deref(), errors) else {
+            continue;
+        };
+        let frontends = match &spec.backends {
+            Some(list) => listed_backends(&field, spec, list, service_cidr, resolve_health, errors),
+            None => own_replicas(&field, name, spec, endpoints, errors),
+        };
+        let Some((ports, backends, health)) = frontends else {
+            continue;
+        };
+        let vip = match explicit.get(name.as_str()) {
+            Some(v) => *v,
+            None => match next.find(|a| !taken.contains_key(a)) {
+                Some(v) => {
+                    taken.insert(v, format!("{field} (automatic VIP)"));
+                    v
+                }
+                None => {
+                    errors.push(TopologyError::ServiceCidrExhausted {
+                        field: field.clone(),
+                        cidr: service_cidr,
+                    });
+                    continue;
+                }
+            },
+        };
+        services.push(Service {
+            name: name.clone(),
+            id: i as u32 + 1,
+            vip,
+            ports,
+            algorithm,
+            backends,
+            health,
+        });
+    }
+
+    let port_forwards = port_forwards(topology, &services, errors);
+    check_dataplane_limits(topology, &services, &port_forwards, errors);
+    LbPlan {
+        services,
+        service_cidr,
+        port_forwards,
+        dataplane: dataplane(topology, errors),
+    }
+}
+
+/// The VIPs the file sets, by service, and every address taken (by the field that took
+/// it), so that automatic VIPs go around them.
+fn explicit_vips<'a>(
+    topology: &'a Topology,
+    service_cidr: Ipv4Net,
+    errors: &mut Vec<TopologyError>,
+) -> (HashMap<&'a str, Ipv4Addr>, HashMap<Ipv4Addr, String>) {
     let mut taken: HashMap<Ipv4Addr, String> = HashMap::new();
     let mut explicit: HashMap<&str, Ipv4Addr> = HashMap::new();
     for (name, spec) in &topology.services {
@@ -74,99 +133,93 @@ pub(super) fn plan(
         taken.insert(vip, field);
         explicit.insert(name.as_str(), vip);
     }
+    (explicit, taken)
+}
 
-    let mut services = Vec::new();
-    let mut next = service_cidr.hosts();
-    for (i, (name, spec)) in topology.services.iter().enumerate() {
-        let field = format!("services.{name}");
-        let algorithm = match spec.lb.as_deref() {
-            None => Algorithm::RoundRobin,
-            Some(text) => match Algorithm::parse(text) {
-                Some(a) => a,
-                None => {
-                    errors.push(TopologyError::BadAlgorithm {
-                        field: format!("{field}.lb"),
-                        value: text.into(),
-                    });
-                    continue;
-                }
-            },
-        };
-        let (ports, backends, health) = match &spec.backends {
-            Some(list) => {
-                let ports = parse_ports(&format!("{field}.ports"), &spec.ports, errors);
-                if ports.is_empty() {
-                    if spec.ports.is_empty() {
-                        errors.push(TopologyError::BadBackends {
-                            field: format!("{field}.ports"),
-                            what: "a service that lists backends needs ports".into(),
-                        });
-                    }
-                    continue;
-                }
-                let tcp: Vec<u16> = ports
-                    .iter()
-                    .filter(|p| p.proto == Proto::Tcp)
-                    .map(|p| p.port)
-                    .collect();
-                let health = spec
-                    .health
-                    .as_ref()
-                    .and_then(|h| resolve_health(&format!("{field}.health"), h, &tcp, errors));
-                let field = format!("{field}.backends");
-                match parse_backends(&field, list, &ports, service_cidr, errors) {
-                    Some(b) => (ports, b, health),
-                    None => continue,
-                }
-            }
-            None => {
-                let Some(ep) = endpoints.iter().find(|e| e.service == *name) else {
-                    continue; // the service's own errors are reported already
-                };
-                if ep.ports.is_empty() {
-                    if spec.vip.is_some() {
-                        errors.push(TopologyError::VipWithoutPorts {
-                            field: format!("{field}.vip"),
-                        });
-                    }
-                    continue;
-                }
-                (ep.ports.clone(), Vec::new(), ep.health.clone())
-            }
-        };
-        let vip = match explicit.get(name.as_str()) {
-            Some(v) => *v,
-            None => match next.find(|a| !taken.contains_key(a)) {
-                Some(v) => {
-                    taken.insert(v, format!("{field} (automatic VIP)"));
-                    v
-                }
-                None => {
-                    errors.push(TopologyError::ServiceCidrExhausted {
-                        field: field.clone(),
-                        cidr: service_cidr,
-                    });
-                    continue;
-                }
-            },
-        };
-        services.push(Service {
-            name: name.clone(),
-            id: i as u32 + 1,
-            vip,
-            ports,
-            algorithm,
-            backends,
-            health,
+/// `lb`: round-robin unless the file names another.
+fn algorithm(field: &str, lb: Option<&str>, errors: &mut Vec<TopologyError>) -> Option<Algorithm> {
+    let Some(text) = lb else {
+        return Some(Algorithm::RoundRobin);
+    };
+    let a = Algorithm::parse(text);
+    if a.is_none() {
+        errors.push(TopologyError::BadAlgorithm {
+            field: format!("{field}.lb"),
+            value: text.into(),
         });
     }
+    a
+}
 
-    let port_forwards = port_forwards(topology, &services, errors);
-    check_dataplane_limits(topology, &services, &port_forwards, errors);
+/// A service's ports, the backends it lists by hand and their health check.
+type Frontends = (Vec<Port>, Vec<ManualBackend>, Option<HealthCheck>);
+
+/// A service that lists its backends: its own ports, the backends parsed, their check.
+fn listed_backends(
+    field: &str,
+    spec: &ServiceSpec,
+    list: &[String],
+    service_cidr: Ipv4Net,
+    resolve_health: HealthResolver,
+    errors: &mut Vec<TopologyError>,
+) -> Option<Frontends> {
+    let ports = parse_ports(&format!("{field}.ports"), &spec.ports, errors);
+    if ports.is_empty() {
+        if spec.ports.is_empty() {
+            errors.push(TopologyError::BadBackends {
+                field: format!("{field}.ports"),
+                what: "a service that lists backends needs ports".into(),
+            });
+        }
+        return None;
+    }
+    let tcp: Vec<u16> = ports
+        .iter()
+        .filter(|p| p.proto == Proto::Tcp)
+        .map(|p| p.port)
+        .collect();
+    let health = spec
+        .health
+        .as_ref()
+        .and_then(|h| resolve_health(&format!("{field}.health"), h, &tcp, errors));
+    let backends = parse_backends(
+        &format!("{field}.backends"),
+        list,
+        &ports,
+        service_cidr,
+        errors,
+    )?;
+    Some((ports, backends, health))
+}
+
+/// A service of namespaces: the ports and check its endpoints resolved; none without
+/// ports (no frontend to balance).
+fn own_replicas(
+    field: &str,
+    name: &str,
+    spec: &ServiceSpec,
+    endpoints: &[Endpoint],
+    errors: &mut Vec<TopologyError>,
+) -> Option<Frontends> {
+    // No endpoint: the service's own errors are reported already.
+    let ep = endpoints.iter().find(|e| e.service == name)?;
+    if ep.ports.is_empty() {
+        if spec.vip.is_some() {
+            errors.push(TopologyError::VipWithoutPorts {
+                field: format!("{field}.vip"),
+            });
+        }
+        return None;
+    }
+    Some((ep.ports.clone(), Vec::new(), ep.health.clone()))
+}
+
+/// `[dataplane]`; the mode is resolved by the caller (`netctl up --dataplane` overrides it).
+fn dataplane(topology: &Topology, errors: &mut Vec<TopologyError>) -> Dataplane {
     let dataplane = Dataplane {
         socket_lb: topology.dataplane.socket_lb,
         conntrack_max: topology.dataplane.conntrack_max,
-        mode: Default::default(), // resolved by the caller
+        mode: Default::default(),
         flow_events: topology.dataplane.flow_events,
     };
     if dataplane.conntrack_max < MIN_CONNTRACK {
@@ -174,12 +227,7 @@ pub(super) fn plan(
             value: dataplane.conntrack_max,
         });
     }
-    LbPlan {
-        services,
-        service_cidr,
-        port_forwards,
-        dataplane,
-    }
+    dataplane
 }
 
 /// What the eBPF dataplane's maps can hold: a Maglev table per port of a Maglev service
