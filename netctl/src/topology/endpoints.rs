@@ -111,140 +111,172 @@ impl Claims {
     ) -> Vec<Endpoint> {
         // Explicit addresses first, so automatic ones never take an address a later
         // service asked for.
-        let mut pending: Vec<Pending> = Vec::new();
-        for (name, spec) in &topology.services {
-            let field = format!("services.{name}");
-            self.check_name(&format!("{field} (name)"), name);
-            if spec.backends.is_some() {
-                // A VIP over listed addresses: no namespace, nothing on a network.
-                self.check_manual(&field, spec);
-                continue;
-            }
-            let Some(spec_network) = &spec.network else {
-                self.errors.push(TopologyError::MissingNetwork {
-                    field: format!("{field}.network"),
-                });
-                continue;
-            };
-            let replicas = spec.replicas;
-            if replicas == 0 || replicas > MAX_REPLICAS {
-                self.errors.push(TopologyError::BadReplicas {
-                    field: format!("{field}.replicas"),
-                    value: replicas,
-                });
-                continue;
-            }
-            let ports = parse_ports(&format!("{field}.ports"), &spec.ports, &mut self.errors);
-            let Some(network) = networks.iter().find(|n| n.name == *spec_network) else {
-                // A network that failed its own checks is already reported.
-                if !topology.networks.contains_key(spec_network) {
-                    self.errors.push(TopologyError::UnknownNetwork {
-                        field: format!("{field}.network"),
-                        network: spec_network.clone(),
-                        known: known_list(topology.networks.keys()),
-                    });
-                }
-                continue;
-            };
-            let mut addrs = vec![None; replicas as usize];
-            if let Some(text) = &spec.address {
-                let afield = format!("{field}.address");
-                if let Some(first) = self.address(&afield, text) {
-                    for (r, slot) in addrs.iter_mut().enumerate() {
-                        let Some(addr) = u32::from(first).checked_add(r as u32).map(Ipv4Addr::from)
-                        else {
-                            break;
-                        };
-                        let what = if r == 0 {
-                            afield.clone()
-                        } else {
-                            format!("{afield} (replica {})", r + 1)
-                        };
-                        if self.check_in_network(&what, addr, network) {
-                            self.claim_address(&what, addr);
-                            *slot = Some(addr);
-                        }
-                    }
-                }
-            }
-            // What runs there, its check, and the kind's default port when none is listed.
-            let resolved = resolve_run(name, spec, ports, &mut self.errors);
-            pending.push(Pending {
-                name: name.to_string(),
-                spec,
-                network,
-                addrs,
-                resolved,
-            });
-        }
-
+        let pending: Vec<Pending> = topology
+            .services
+            .iter()
+            .filter_map(|(name, spec)| self.pend(topology, networks, name, spec, resolve_run))
+            .collect();
         let mut out = Vec::new();
-        for Pending {
+        for p in pending {
+            self.place(topology, p, &mut out);
+        }
+        out
+    }
+
+    /// The first pass over one service: its checks, its explicit addresses claimed, what
+    /// runs there resolved; `None` when it has no namespaces (or errors say why not).
+    fn pend<'a>(
+        &mut self,
+        topology: &Topology,
+        networks: &'a [Network],
+        name: &str,
+        spec: &'a ServiceSpec,
+        resolve_run: RunResolver,
+    ) -> Option<Pending<'a>> {
+        let field = format!("services.{name}");
+        self.check_name(&format!("{field} (name)"), name);
+        if spec.backends.is_some() {
+            // A VIP over listed addresses: no namespace, nothing on a network.
+            self.check_manual(&field, spec);
+            return None;
+        }
+        let Some(spec_network) = &spec.network else {
+            self.errors.push(TopologyError::MissingNetwork {
+                field: format!("{field}.network"),
+            });
+            return None;
+        };
+        let replicas = spec.replicas;
+        if replicas == 0 || replicas > MAX_REPLICAS {
+            self.errors.push(TopologyError::BadReplicas {
+                field: format!("{field}.replicas"),
+                value: replicas,
+            });
+            return None;
+        }
+        let ports = parse_ports(&format!("{field}.ports"), &spec.ports, &mut self.errors);
+        let Some(network) = networks.iter().find(|n| n.name == *spec_network) else {
+            // A network that failed its own checks is already reported.
+            if !topology.networks.contains_key(spec_network) {
+                self.errors.push(TopologyError::UnknownNetwork {
+                    field: format!("{field}.network"),
+                    network: spec_network.clone(),
+                    known: known_list(topology.networks.keys()),
+                });
+            }
+            return None;
+        };
+        let addrs = match &spec.address {
+            Some(text) => self.claim_explicit(&format!("{field}.address"), text, replicas, network),
+            None => vec![None; replicas as usize],
+        };
+        // What runs there, its check, and the kind's default port when none is listed.
+        let resolved = resolve_run(name, spec, ports, &mut self.errors);
+        Some(Pending {
+            name: name.to_string(),
+            spec,
+            network,
+            addrs,
+            resolved,
+        })
+    }
+
+    /// `address` and the addresses after it, one per replica, each claimed if it is free
+    /// and on `network` (`None` where not).
+    fn claim_explicit(
+        &mut self,
+        field: &str,
+        text: &str,
+        replicas: u32,
+        network: &Network,
+    ) -> Vec<Option<Ipv4Addr>> {
+        let mut addrs = vec![None; replicas as usize];
+        let Some(first) = self.address(field, text) else {
+            return addrs;
+        };
+        for (r, slot) in addrs.iter_mut().enumerate() {
+            let Some(addr) = u32::from(first).checked_add(r as u32).map(Ipv4Addr::from) else {
+                break;
+            };
+            let what = if r == 0 {
+                field.to_string()
+            } else {
+                format!("{field} (replica {})", r + 1)
+            };
+            if self.check_in_network(&what, addr, network) {
+                self.claim_address(&what, addr);
+                *slot = Some(addr);
+            }
+        }
+        addrs
+    }
+
+    /// The second pass over one service: automatic addresses handed out, names claimed,
+    /// one endpoint per replica.
+    fn place(&mut self, topology: &Topology, pending: Pending, out: &mut Vec<Endpoint>) {
+        let Pending {
             name,
             spec,
             network,
             addrs,
             resolved,
-        } in pending
-        {
-            let field = format!("services.{name}");
-            for (r, addr) in addrs.into_iter().enumerate() {
-                let replica = r as u32 + 1;
-                let address = match addr {
-                    Some(a) => a,
-                    None if spec.address.is_some() => continue, // reported above
-                    None => match self.next_free(network) {
-                        Some(a) => {
-                            self.claim_address(&format!("{field} (automatic)"), a);
-                            a
-                        }
-                        None => {
-                            self.errors.push(TopologyError::SubnetExhausted {
-                                field: field.clone(),
-                                network: network.name.clone(),
-                                subnet: network.subnet,
-                            });
-                            break;
-                        }
-                    },
-                };
-                let local = if spec.replicas > 1 {
-                    format!("{name}-{replica}")
-                } else {
-                    name.clone()
-                };
-                let netns = match &spec.namespace {
-                    Some(ns) if spec.replicas > 1 => format!("{ns}-{replica}"),
-                    Some(ns) => ns.clone(),
-                    None => format!("{}{local}", topology.platform.prefix),
-                };
-                let nsfield = format!("{field}.namespace");
-                self.claim_netns(&nsfield, &netns);
-                // The host-side veth carries the namespace's name: `ip link` then reads
-                // like the list of namespaces.
-                self.claim_ifname(&nsfield, &netns);
-                out.push(Endpoint {
-                    name: local,
-                    service: name.clone(),
-                    service_id: topology
-                        .services
-                        .get_index_of(&name)
-                        .map_or(0, |i| i as u32 + 1),
-                    replica,
-                    netns: netns.clone(),
-                    host_ifname: netns,
-                    network: network.name.clone(),
-                    bridge: network.bridge.clone(),
-                    address,
-                    prefix_len: network.subnet.prefix_len(),
-                    gateway: network.gateway,
-                    ports: resolved.ports.clone(),
-                    run: resolved.run.clone(),
-                    health: resolved.health.clone(),
-                });
-            }
+        } = pending;
+        let field = format!("services.{name}");
+        for (r, addr) in addrs.into_iter().enumerate() {
+            let replica = r as u32 + 1;
+            let address = match addr {
+                Some(a) => a,
+                None if spec.address.is_some() => continue, // reported above
+                None => match self.next_free(network) {
+                    Some(a) => {
+                        self.claim_address(&format!("{field} (automatic)"), a);
+                        a
+                    }
+                    None => {
+                        self.errors.push(TopologyError::SubnetExhausted {
+                            field: field.clone(),
+                            network: network.name.clone(),
+                            subnet: network.subnet,
+                        });
+                        break;
+                    }
+                },
+            };
+            let local = if spec.replicas > 1 {
+                format!("{name}-{replica}")
+            } else {
+                name.clone()
+            };
+            let netns = match &spec.namespace {
+                Some(ns) if spec.replicas > 1 => format!("{ns}-{replica}"),
+                Some(ns) => ns.clone(),
+                None => format!("{}{local}", topology.platform.prefix),
+            };
+            let nsfield = format!("{field}.namespace");
+            self.claim_netns(&nsfield, &netns);
+            // The host-side veth carries the namespace's name: `ip link` then reads like
+            // the list of namespaces.
+            self.claim_ifname(&nsfield, &netns);
+            out.push(Endpoint {
+                name: local,
+                service: name.clone(),
+                service_id: topology
+                    .services
+                    .get_index_of(&name)
+                    .map_or(0, |i| i as u32 + 1),
+                replica,
+                netns: netns.clone(),
+                host_ifname: netns,
+                network: network.name.clone(),
+                bridge: network.bridge.clone(),
+                address,
+                prefix_len: network.subnet.prefix_len(),
+                gateway: network.gateway,
+                ports: resolved.ports.clone(),
+                run: resolved.run.clone(),
+                health: resolved.health.clone(),
+            });
         }
-        out
     }
 
     /// A service with `backends` takes none of the fields that make namespaces.
