@@ -107,103 +107,123 @@ pub fn plan(spec: &PolicySpec, topology: &Topology, errors: &mut Vec<TopologyErr
             policy.default_deny.insert(p);
         }
     }
-    for (i, r) in spec.rules.iter().enumerate() {
-        let field = format!("policy.rules[{i}]");
-        let to = peer(&format!("{field}.to"), &r.to, errors);
-        let from = sources(&field, r.from.as_deref(), &peer, errors);
-        let action = match r.action.as_deref() {
-            None | Some("allow") => Some(Action::Allow),
-            Some("deny") => Some(Action::Deny),
-            Some(other) => {
-                errors.push(TopologyError::BadPolicy {
-                    field: format!("{field}.action"),
-                    message: format!("{other:?} is not an action (allow or deny)"),
-                });
-                None
-            }
-        };
-        let ports = match &r.ports {
-            None => Some(PortMatch::Any),
-            Some(list) => ports(&format!("{field}.ports"), list, errors).map(PortMatch::Ports),
-        };
-        if let (Some(to), Some(from), Some(action), Some(ports)) = (to, from, action, ports) {
-            policy.rules.push(Rule {
-                number: i as u16 + 1,
-                action,
-                from,
-                to,
-                ports,
-            });
-        }
-    }
+    policy.rules = spec
+        .rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| rule(i, r, &peer, errors))
+        .collect();
     conflicts(&policy.rules, errors);
     // (source, destination) pairs that have a limit; `None`: any source.
     let mut limited: BTreeSet<(Option<Peer>, Peer)> = BTreeSet::new();
     for (i, r) in spec.rate_limits.iter().enumerate() {
-        let field = format!("policy.rate_limits[{i}]");
-        let to = peer(&format!("{field}.to"), &r.to, errors);
-        let from = sources(&field, r.from.as_deref(), &peer, errors);
-        let rate = parse_rate(&r.rate);
-        if rate.is_none() {
-            errors.push(TopologyError::BadPolicy {
-                field: format!("{field}.rate"),
-                message: format!(
-                    "{:?} is not a rate (e.g. \"100/minute\", \"5/second\")",
-                    r.rate
-                ),
-            });
-        }
-        if r.burst == 0 {
-            errors.push(TopologyError::BadPolicy {
-                field: format!("{field}.burst"),
-                message: "must be at least 1".into(),
-            });
-        }
-        let per = match r.per.as_deref() {
-            None | Some("source") => Some(Per::Source),
-            Some("service") => Some(Per::Service),
-            Some(other) => {
-                errors.push(TopologyError::BadPolicy {
-                    field: format!("{field}.per"),
-                    message: format!("{other:?} is not \"source\" or \"service\""),
-                });
-                None
-            }
-        };
-        if let (Some(to), Some(from), Some(rate_milli), Some(per)) = (to, from, rate, per) {
-            let sources: Vec<Option<Peer>> = match &from {
-                None => vec![None],
-                Some(set) => set.iter().cloned().map(Some).collect(),
-            };
-            let taken: Vec<&Option<Peer>> = sources
-                .iter()
-                .filter(|s| limited.contains(&((*s).clone(), to.clone())))
-                .collect();
-            if let Some(source) = taken.first() {
-                errors.push(TopologyError::BadPolicy {
-                    field: format!("{field}.to"),
-                    message: match source {
-                        None => format!("{} already has a rate limit", to.name()),
-                        Some(s) => format!(
-                            "{} already has a rate limit for connections from {}",
-                            to.name(),
-                            s.name()
-                        ),
-                    },
-                });
-                continue;
-            }
-            limited.extend(sources.into_iter().map(|s| (s, to.clone())));
-            policy.rate_limits.push(RateLimit {
-                from,
-                to,
-                rate_milli,
-                burst: r.burst,
-                per,
-            });
+        if let Some(limit) = rate_limit(i, r, &peer, &mut limited, errors) {
+            policy.rate_limits.push(limit);
         }
     }
     policy
+}
+
+type PeerOf<'a> = dyn Fn(&str, &str, &mut Vec<TopologyError>) -> Option<Peer> + 'a;
+
+/// `policy.rules[i]`, or `None` with its errors reported.
+fn rule(i: usize, r: &RuleSpec, peer: &PeerOf, errors: &mut Vec<TopologyError>) -> Option<Rule> {
+    let field = format!("policy.rules[{i}]");
+    let to = peer(&format!("{field}.to"), &r.to, errors);
+    let from = sources(&field, r.from.as_deref(), &peer, errors);
+    let action = match r.action.as_deref() {
+        None | Some("allow") => Some(Action::Allow),
+        Some("deny") => Some(Action::Deny),
+        Some(other) => {
+            errors.push(TopologyError::BadPolicy {
+                field: format!("{field}.action"),
+                message: format!("{other:?} is not an action (allow or deny)"),
+            });
+            None
+        }
+    };
+    let ports = match &r.ports {
+        None => Some(PortMatch::Any),
+        Some(list) => ports(&format!("{field}.ports"), list, errors).map(PortMatch::Ports),
+    };
+    Some(Rule {
+        number: i as u16 + 1,
+        action: action?,
+        from: from?,
+        to: to?,
+        ports: ports?,
+    })
+}
+
+/// `policy.rate_limits[i]`, or `None` with its errors reported; `limited` holds the
+/// (source, destination) pairs limited already (one limit per pair).
+fn rate_limit(
+    i: usize,
+    r: &RateLimitSpec,
+    peer: &PeerOf,
+    limited: &mut BTreeSet<(Option<Peer>, Peer)>,
+    errors: &mut Vec<TopologyError>,
+) -> Option<RateLimit> {
+    let field = format!("policy.rate_limits[{i}]");
+    let to = peer(&format!("{field}.to"), &r.to, errors);
+    let from = sources(&field, r.from.as_deref(), &peer, errors);
+    let rate = parse_rate(&r.rate);
+    if rate.is_none() {
+        errors.push(TopologyError::BadPolicy {
+            field: format!("{field}.rate"),
+            message: format!(
+                "{:?} is not a rate (e.g. \"100/minute\", \"5/second\")",
+                r.rate
+            ),
+        });
+    }
+    if r.burst == 0 {
+        errors.push(TopologyError::BadPolicy {
+            field: format!("{field}.burst"),
+            message: "must be at least 1".into(),
+        });
+    }
+    let per = match r.per.as_deref() {
+        None | Some("source") => Some(Per::Source),
+        Some("service") => Some(Per::Service),
+        Some(other) => {
+            errors.push(TopologyError::BadPolicy {
+                field: format!("{field}.per"),
+                message: format!("{other:?} is not \"source\" or \"service\""),
+            });
+            None
+        }
+    };
+    let (to, from, rate_milli, per) = (to?, from?, rate?, per?);
+    let sources: Vec<Option<Peer>> = match &from {
+        None => vec![None],
+        Some(set) => set.iter().cloned().map(Some).collect(),
+    };
+    if let Some(source) = sources
+        .iter()
+        .find(|s| limited.contains(&((*s).clone(), to.clone())))
+    {
+        errors.push(TopologyError::BadPolicy {
+            field: format!("{field}.to"),
+            message: match source {
+                None => format!("{} already has a rate limit", to.name()),
+                Some(s) => format!(
+                    "{} already has a rate limit for connections from {}",
+                    to.name(),
+                    s.name()
+                ),
+            },
+        });
+        return None;
+    }
+    limited.extend(sources.into_iter().map(|s| (s, to.clone())));
+    Some(RateLimit {
+        from,
+        to,
+        rate_milli,
+        burst: r.burst,
+        per,
+    })
 }
 
 /// `5432`, `"53/udp"`, `"8000-8010/tcp"` -> `(port, protocol number)` pairs.
