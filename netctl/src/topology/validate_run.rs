@@ -1,6 +1,8 @@
 //! Validation of what runs in a namespace (`kind`, `command`, `env`) and of its `health`
 //! check. Like the rest of validation, every problem is collected and names its field.
 
+use std::time::Duration;
+
 use indexmap::IndexMap;
 
 use super::{
@@ -145,16 +147,46 @@ pub(super) fn health(
     errors: &mut Vec<TopologyError>,
 ) -> Option<HealthCheck> {
     let before = errors.len();
-    let mut bad = |sub: &str, reason: String| {
-        errors.push(TopologyError::BadHealth {
-            field: format!("{field}.{sub}"),
-            reason,
-        });
-    };
-    let probe = match spec.check.as_str() {
+    let probe = health_probe(field, spec, errors);
+    let port = health_port(field, spec.port, ports, errors);
+    let (interval, timeout) = health_times(field, spec, errors);
+    let retries = spec.retries.unwrap_or(DEFAULT_RETRIES);
+    if retries == 0 || retries > MAX_RETRIES {
+        errors.push(bad_health(
+            field,
+            "retries",
+            format!("{retries} is outside 1..{MAX_RETRIES}"),
+        ));
+    }
+    if errors.len() != before {
+        return None;
+    }
+    Some(HealthCheck {
+        probe: probe?,
+        port: port?,
+        interval_ms: interval?.as_millis() as u64,
+        timeout_ms: timeout?.as_millis() as u64,
+        retries,
+    })
+}
+
+fn bad_health(field: &str, sub: &str, reason: String) -> TopologyError {
+    TopologyError::BadHealth {
+        field: format!("{field}.{sub}"),
+        reason,
+    }
+}
+
+/// `check` (and `path`, which only HTTP takes).
+fn health_probe(field: &str, spec: &HealthSpec, errors: &mut Vec<TopologyError>) -> Option<Probe> {
+    match spec.check.as_str() {
         check @ ("tcp" | "redis" | "postgres") => {
             if spec.path.is_some() {
-                bad("path", "a path needs check = \"http\"".into());
+                errors.push(bad_health(
+                    field,
+                    "path",
+                    "a path needs check = \"http\"".into(),
+                ));
             }
             Some(match check {
                 "redis" => Probe::Redis,
@@ -165,42 +197,66 @@ pub(super) fn health(
         "http" => {
             let path = spec.path.as_deref().unwrap_or(DEFAULT_HTTP_PATH);
             if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                bad(
+                errors.push(bad_health(
+                    field,
                     "path",
                     format!("{path:?} is not a URL path (starts with '/', no spaces)"),
-                );
+                ));
             }
             Some(Probe::Http {
                 path: path.to_string(),
             })
         }
         other => {
-            bad(
+            errors.push(bad_health(
+                field,
                 "check",
                 format!(
                     "{other:?} is not a check: use \"http\", \"tcp\", \"redis\" or \"postgres\""
                 ),
-            );
+            ));
             None
         }
-    };
-    let port = match spec.port {
+    }
+}
+
+/// `port`, else the service's first TCP port.
+fn health_port(
+    field: &str,
+    port: Option<u32>,
+    ports: &[u16],
+    errors: &mut Vec<TopologyError>,
+) -> Option<u16> {
+    match port {
         Some(p) if p == 0 || p > u32::from(u16::MAX) => {
-            bad("port", format!("{p} is not a port (1-65535)"));
+            errors.push(bad_health(
+                field,
+                "port",
+                format!("{p} is not a port (1-65535)"),
+            ));
             None
         }
         Some(p) => u16::try_from(p).ok(),
         None => {
             let first = ports.first().copied();
             if first.is_none() {
-                bad(
+                errors.push(bad_health(
+                    field,
                     "port",
                     "the service lists no TCP port: give the port to check".into(),
-                );
+                ));
             }
             first
         }
-    };
+    }
+}
+
+/// `interval` and `timeout`: each a duration in its bounds, the timeout within the interval.
+fn health_times(
+    field: &str,
+    spec: &HealthSpec,
+    errors: &mut Vec<TopologyError>,
+) -> (Option<Duration>, Option<Duration>) {
     let mut duration = |sub: &str, text: &Option<String>, default| match text {
         None => Some(default),
         Some(t) => match parse_duration(t) {
@@ -217,44 +273,31 @@ pub(super) fn health(
     };
     let interval = duration("interval", &spec.interval, DEFAULT_INTERVAL);
     let timeout = duration("timeout", &spec.timeout, DEFAULT_TIMEOUT);
-    let mut bad = |sub: &str, reason: String| {
-        errors.push(TopologyError::BadHealth {
-            field: format!("{field}.{sub}"),
-            reason,
-        });
-    };
     if let Some(i) = interval
         && !(MIN_INTERVAL..=MAX_INTERVAL).contains(&i)
     {
-        bad(
+        errors.push(bad_health(
+            field,
             "interval",
             format!("{i:?} is outside {MIN_INTERVAL:?}..{MAX_INTERVAL:?}"),
-        );
+        ));
     }
     if let (Some(i), Some(t)) = (interval, timeout) {
         if t < MIN_TIMEOUT {
-            bad("timeout", format!("{t:?} is shorter than {MIN_TIMEOUT:?}"));
+            errors.push(bad_health(
+                field,
+                "timeout",
+                format!("{t:?} is shorter than {MIN_TIMEOUT:?}"),
+            ));
         } else if t > i {
-            bad(
+            errors.push(bad_health(
+                field,
                 "timeout",
                 format!("{t:?} is longer than the interval ({i:?})"),
-            );
+            ));
         }
     }
-    let retries = spec.retries.unwrap_or(DEFAULT_RETRIES);
-    if retries == 0 || retries > MAX_RETRIES {
-        bad("retries", format!("{retries} is outside 1..{MAX_RETRIES}"));
-    }
-    if errors.len() != before {
-        return None;
-    }
-    Some(HealthCheck {
-        probe: probe?,
-        port: port?,
-        interval_ms: interval?.as_millis() as u64,
-        timeout_ms: timeout?.as_millis() as u64,
-        retries,
-    })
+    (interval, timeout)
 }
 
 /// Built-in services find each other by kind: each kind another one needs must exist, and
