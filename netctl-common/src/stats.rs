@@ -19,11 +19,14 @@ pub enum DropReason {
     RateLimited = 6,
     /// An established connection the policy no longer allows (after a policy change).
     PolicyRevoked = 7,
+    /// A new connection whose tuple, seen from the backend, is another live connection's:
+    /// one client port used both through a VIP and straight to its backend.
+    NatCollision = 8,
 }
 
 impl DropReason {
     /// Every reason, in number order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::NoBackend,
         DropReason::CtFull,
         DropReason::Malformed,
@@ -31,6 +34,7 @@ impl DropReason {
         DropReason::PolicyDenied,
         DropReason::RateLimited,
         DropReason::PolicyRevoked,
+        DropReason::NatCollision,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -42,6 +46,7 @@ impl DropReason {
             DropReason::PolicyDenied => "policy-denied",
             DropReason::RateLimited => "rate-limited",
             DropReason::PolicyRevoked => "policy-revoked",
+            DropReason::NatCollision => "nat-collision",
         }
     }
 

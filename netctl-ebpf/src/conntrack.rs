@@ -117,19 +117,41 @@ fn or_flags(e: *mut CtEntry, flags: u8, tcp_flags: u8) {
     }
 }
 
-/// Creates both entries of a new connection. Fails only when the kernel cannot allocate
-/// an entry (the LRU map otherwise makes room by evicting the least recently used).
+/// Why a new connection got no entries.
+pub enum CreateError {
+    /// The kernel could not allocate an entry.
+    Full,
+    /// Its reverse key is the reverse key of another live connection: one client port
+    /// used both through a VIP and straight to that VIP's backend makes two connections
+    /// that look the same from the backend. Tracking the second would hand its replies
+    /// the first one's NAT (or take the first one's away), so it is refused.
+    Collision,
+}
+
+/// Creates both entries of a new connection. Fails when another live connection holds
+/// the reverse key (see [`CreateError::Collision`]; one that is closing gives it up, as a
+/// reused port does, and an orphan whose partner went is overwritten), or when the kernel
+/// cannot allocate an entry (the LRU map otherwise makes room by evicting the least
+/// recently used).
 #[inline(always)]
 pub fn create(
     fwd_key: &FlowKey,
     fwd: &CtEntry,
     rev_key: &FlowKey,
     rev: &CtEntry,
-) -> Result<(), ()> {
-    CT.insert(rev_key, rev, 0).map_err(|_| ())?;
+    now: u64,
+) -> Result<(), CreateError> {
+    if let Some(e) = lookup(rev_key, now) {
+        // SAFETY: `e` points into a map value valid for this program run.
+        let held = unsafe { *e };
+        if held.flags & CT_F_CLOSING == 0 && partner(rev_key, &held).is_some() {
+            return Err(CreateError::Collision);
+        }
+    }
+    CT.insert(rev_key, rev, 0).map_err(|_| CreateError::Full)?;
     if CT.insert(fwd_key, fwd, 0).is_err() {
         let _ = CT.remove(rev_key);
-        return Err(());
+        return Err(CreateError::Full);
     }
     stats::count(CNT_CT_CREATED);
     Ok(())

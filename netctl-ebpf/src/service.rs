@@ -17,7 +17,8 @@ use netctl_common::{
 };
 
 use crate::{
-    config, conntrack,
+    config,
+    conntrack::{self, CreateError},
     events::{self, Drop},
     lb::{self, Frontend},
     nat::{self, Side},
@@ -66,7 +67,7 @@ pub fn from_endpoint(ctx: &TcContext, pkt: &mut Packet, at: At) -> Result<FlowKe
     }
     let dst = policy::identity(key.dst_addr, generation);
     admit(&key, src, dst, pkt.policy_port(), generation, at.now)?;
-    track_plain(&key, pkt, src, dst, generation, at);
+    track_plain(&key, pkt, src, dst, generation, at)?;
     Ok(key)
 }
 
@@ -93,7 +94,7 @@ pub fn to_endpoint(pkt: &Packet, at: At, probe: bool) -> Result<(), Drop> {
     } else {
         admit(&key, src, dst, pkt.policy_port(), generation, at.now)?;
     }
-    track_plain(&key, pkt, src, dst, generation, at);
+    track_plain(&key, pkt, src, dst, generation, at)?;
     Ok(())
 }
 
@@ -194,9 +195,18 @@ fn recheck(key: &FlowKey, e: *mut CtEntry, entry: &CtEntry, generation: u32) -> 
     })
 }
 
-/// Tracks a plain (un-NATed) connection. A full table only costs it its tracking.
+/// Tracks a plain (un-NATed) connection. A full table only costs it its tracking; a
+/// tuple that collides with a NATed connection's reverse is refused (its replies would
+/// be taken for that connection's).
 #[inline(always)]
-fn track_plain(key: &FlowKey, pkt: &Packet, src: u32, dst: u32, generation: u32, at: At) {
+fn track_plain(
+    key: &FlowKey,
+    pkt: &Packet,
+    src: u32,
+    dst: u32,
+    generation: u32,
+    at: At,
+) -> Result<(), Drop> {
     let mut fwd = entry(at.now, [0; 4], 0, 0, 0, 0);
     fwd.tcp_flags = pkt.tcp_flags;
     fwd.src_identity = src;
@@ -211,9 +221,18 @@ fn track_plain(key: &FlowKey, pkt: &Packet, src: u32, dst: u32, generation: u32,
         key.src_port,
         key.proto,
     );
-    if conntrack::create(key, &fwd, &rev_key, &rev).is_ok() {
-        events::new_flow(key, src, dst, at.ifindex, at.hook, at.now);
+    match conntrack::create(key, &fwd, &rev_key, &rev, at.now) {
+        Ok(()) => events::new_flow(key, src, dst, at.ifindex, at.hook, at.now),
+        Err(CreateError::Full) => {}
+        Err(CreateError::Collision) => {
+            return Err(Drop {
+                reason: DropReason::NatCollision,
+                src_identity: src,
+                dst_identity: dst,
+            });
+        }
     }
+    Ok(())
 }
 
 /// Applies an existing entry's NAT. Host-port replies are left for the uplink's egress
@@ -324,8 +343,11 @@ fn new_service_connection(
         service_id,
     );
     let rev_key = fwd.peer_key(&key);
-    conntrack::create(&key, &fwd, &rev_key, &rev).map_err(|_| Drop {
-        reason: DropReason::CtFull,
+    conntrack::create(&key, &fwd, &rev_key, &rev, at.now).map_err(|e| Drop {
+        reason: match e {
+            CreateError::Full => DropReason::CtFull,
+            CreateError::Collision => DropReason::NatCollision,
+        },
         src_identity: src,
         dst_identity: dst,
     })?;

@@ -640,3 +640,87 @@ fn the_gc_keeps_entries_renewed_after_its_snapshot() {
         "its replies un-NATed"
     );
 }
+
+/// One client port used through a VIP and straight to the VIP's backend: from the backend
+/// both connections are `BACKEND:80 -> CLIENT:40000`. Whichever comes second is refused
+/// with its own drop reason, and the first keeps its NAT (before, the second overwrote
+/// the first's reverse entry: the VIP connection's replies lost their un-NAT, or the
+/// direct connection's replies came back from the VIP).
+#[test]
+fn one_client_port_through_a_vip_and_straight_to_its_backend_is_refused_not_mixed() {
+    require_root!();
+    let mut dp = load();
+    dp.service(VIP, 80, IPPROTO_TCP, &[(1, BACKEND, 80)], ALG_ROUND_ROBIN);
+
+    // Through the VIP first, then straight to the backend from the same port.
+    assert_eq!(
+        dp.sent_to(&packets::tcp(CLIENT, 40000, VIP, 80, TCP_SYN, 0)),
+        BACKEND
+    );
+    let (verdict, _) = dp.ingress(&packets::tcp(CLIENT, 40000, BACKEND, 80, TCP_SYN, 0));
+    assert_eq!(verdict, TC_ACT_SHOT, "the direct connection is refused");
+    assert_eq!(dp.drops(DropReason::NatCollision), 1);
+    let (_, out) = dp.ingress(&packets::tcp(
+        BACKEND,
+        80,
+        CLIENT,
+        40000,
+        TCP_SYN | TCP_ACK,
+        0,
+    ));
+    assert_eq!(
+        packets::endpoints(&out),
+        (VIP, 80, CLIENT, 40000),
+        "the VIP connection's reply is still un-NATed"
+    );
+
+    // Straight to the backend first, then through the VIP from the same port.
+    assert_eq!(
+        dp.ingress(&packets::tcp(CLIENT, 40001, BACKEND, 80, TCP_SYN, 0))
+            .0,
+        TC_ACT_OK
+    );
+    let (verdict, _) = dp.ingress(&packets::tcp(CLIENT, 40001, VIP, 80, TCP_SYN, 0));
+    assert_eq!(verdict, TC_ACT_SHOT, "the VIP connection is refused");
+    assert_eq!(dp.drops(DropReason::NatCollision), 2);
+    assert!(
+        !dp.ct()
+            .contains_key(&key(CLIENT, 40001, VIP, 80, IPPROTO_TCP))
+    );
+    let (_, out) = dp.ingress(&packets::tcp(
+        BACKEND,
+        80,
+        CLIENT,
+        40001,
+        TCP_SYN | TCP_ACK,
+        0,
+    ));
+    assert_eq!(
+        packets::endpoints(&out),
+        (BACKEND, 80, CLIENT, 40001),
+        "the direct connection's reply is left alone"
+    );
+
+    // A closed connection gives its tuple up, as a reused port does.
+    dp.ingress(&packets::tcp(
+        CLIENT,
+        40001,
+        BACKEND,
+        80,
+        TCP_RST | TCP_ACK,
+        0,
+    ));
+    assert_eq!(
+        dp.sent_to(&packets::tcp(CLIENT, 40001, VIP, 80, TCP_SYN, 0)),
+        BACKEND
+    );
+    let (_, out) = dp.ingress(&packets::tcp(
+        BACKEND,
+        80,
+        CLIENT,
+        40001,
+        TCP_SYN | TCP_ACK,
+        0,
+    ));
+    assert_eq!(packets::endpoints(&out), (VIP, 80, CLIENT, 40001));
+}
