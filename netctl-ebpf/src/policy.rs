@@ -9,7 +9,7 @@ use netctl_common::{
     maps,
     policy::{
         ANY_PORT, ANY_PROTO, Bucket, BucketKey, ID_ANY, ID_WORLD, IdentityKey, PolicyKey,
-        PolicyValue, RL_BY_IDENTITY, RateLimit, RateLimitKey, VERDICT_DENY,
+        PolicyValue, RateLimit, RateLimitKey, VERDICT_DENY,
     },
 };
 
@@ -71,12 +71,7 @@ pub fn rate_limited(src_addr: [u8; 4], src: u32, dst: u32, now: u64) -> bool {
             None => return false,
         },
     };
-    let source = if limit.by == RL_BY_IDENTITY {
-        src
-    } else {
-        u32::from_ne_bytes(src_addr)
-    };
-    let key = BucketKey { source, dst };
+    let key = BucketKey::of(&limit, src_addr, src, dst);
     match RATE_BUCKETS.get_ptr_mut(key) {
         // SAFETY: `b` points into a map value valid for this program run. Two CPUs may
         // race on one bucket; the result errs by at most a token, which a rate limit of

@@ -777,3 +777,55 @@ fn the_rate_limiter_refills_at_its_rate() {
     );
     assert!(again >= 2, "{again}");
 }
+
+/// A per-service limit from web and a per-address limit for everyone else, both to api.
+const SAME_VALUE: &str = r#"
+[networks.app]
+subnet = "10.9.0.0/24"
+[services.web]
+network = "app"
+address = "10.9.0.10"
+ports = [80]
+[services.api]
+network = "app"
+address = "10.9.0.20"
+ports = [3000]
+[[policy.rate_limits]]
+from = ["web"]
+to = "api"
+rate = "1/minute"
+burst = 3
+per = "service"
+[[policy.rate_limits]]
+to = "api"
+rate = "1/minute"
+burst = 5
+"#;
+
+/// Bucket keys hold either a source address or a source identity: an address whose 32
+/// bits equal an identity's must still get a bucket of its own.
+#[test]
+fn an_address_and_an_identity_with_the_same_value_have_separate_buckets() {
+    require_root!();
+    let mut dp = load(SAME_VALUE);
+    let (web, api) = (dp.addr("web"), dp.addr("api"));
+    let web_id = identity::of(
+        &dp.plan,
+        &netctl::topology::plan::Peer::Service("web".into()),
+    );
+    // The world address whose bucket value (its wire bytes as a u32) is web's identity.
+    let twin = Ipv4Addr::from(web_id.to_ne_bytes());
+    assert_eq!(u32::from_ne_bytes(twin.octets()), web_id);
+    let burst = |dp: &mut Dp, src, base: u16| {
+        (0..8)
+            .filter(|i| dp.syn(src, base + i, api, 3000) == TC_ACT_OK)
+            .count()
+    };
+    assert_eq!(burst(&mut dp, web, 20000), 3, "web's per-service bucket");
+    assert_eq!(
+        burst(&mut dp, twin, 21000),
+        5,
+        "{twin} (per address) does not share web's (identity {web_id}) bucket"
+    );
+    assert_eq!(burst(&mut dp, web, 22000), 0, "web's bucket stays empty");
+}

@@ -409,7 +409,7 @@ fn dump_every_map(slot: &Slot) {
         ),
         (
             "RATE_BUCKETS",
-            set(&["source", "dst"]),
+            set(&["source", "dst", "by"]),
             set(&["nano_tokens", "refilled_ns"]),
             true,
         ),
