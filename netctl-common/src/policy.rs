@@ -82,16 +82,29 @@ pub struct PolicyValue {
 }
 crate::assert_size!(PolicyValue, 4);
 
-/// Key of `RATE_LIMITS`: the limit of new connections from `src` to `dst`. `src` is a
-/// source identity, or `ID_ANY` for the limit of every source without one of its own: the
-/// dataplane looks up `{src, dst}` first, then `{ID_ANY, dst}`.
+/// Key of `RATE_LIMITS`: the limit of new connections from `src` to `dst` in policy
+/// generation `generation`. Limits carry the generation as `PolicyKey` does, so one write
+/// of `CONFIG[CFG_POLICY_GEN]` switches rules and limits together. `src` is a source
+/// identity, or `ID_ANY` for the limit of every source without one of its own: the
+/// dataplane looks up `{generation, src, dst}` first, then `{generation, ID_ANY, dst}`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct RateLimitKey {
+    pub generation: u32,
     pub src: u32,
     pub dst: u32,
 }
-crate::assert_size!(RateLimitKey, 8);
+crate::assert_size!(RateLimitKey, 12);
+
+impl RateLimitKey {
+    pub const fn new(generation: u32, src: u32, dst: u32) -> Self {
+        Self {
+            generation,
+            src,
+            dst,
+        }
+    }
+}
 
 /// Value of `RATE_LIMITS`: a token bucket per source for new connections to that
 /// destination.
@@ -237,8 +250,11 @@ mod tests {
     }
 
     #[test]
-    fn bucket_key_fields_sit_where_bpf_maps_md_says() {
+    fn rate_limit_and_bucket_key_fields_sit_where_bpf_maps_md_says() {
         use core::mem::offset_of;
+        assert_eq!(offset_of!(RateLimitKey, generation), 0);
+        assert_eq!(offset_of!(RateLimitKey, src), 4);
+        assert_eq!(offset_of!(RateLimitKey, dst), 8);
         assert_eq!(offset_of!(BucketKey, source), 0);
         assert_eq!(offset_of!(BucketKey, dst), 4);
         assert_eq!(offset_of!(BucketKey, by), 8);
@@ -262,6 +278,14 @@ mod tests {
         per_service.by = RL_BY_IDENTITY;
         assert_eq!(BucketKey::of(&per_service, addr, id, 7), i);
         assert_eq!(BucketKey::of(&limit(60, 1), addr, 99, 7), a);
+        assert_eq!(
+            RateLimitKey::new(3, ID_ANY, 7),
+            RateLimitKey {
+                generation: 3,
+                src: ID_ANY,
+                dst: 7
+            }
+        );
     }
 
     #[test]

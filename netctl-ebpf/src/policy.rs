@@ -58,15 +58,18 @@ pub fn allowed(generation: u32, src: u32, dst: u32, port: u16, proto: u8) -> boo
     true
 }
 
-/// Whether a new connection to `dst` exceeds its source's rate limit (and so must be
-/// dropped). The limit naming the source identity beats the one for any source. Takes a
-/// token when it does not.
+/// Whether a new connection to `dst` exceeds its source's rate limit in `generation` (and
+/// so must be dropped): the limits of the generation the rules came from, never a mix. The
+/// limit naming the source identity beats the one for any source. Takes a token when it
+/// does not.
 #[inline(always)]
-pub fn rate_limited(src_addr: [u8; 4], src: u32, dst: u32, now: u64) -> bool {
+pub fn rate_limited(generation: u32, src_addr: [u8; 4], src: u32, dst: u32, now: u64) -> bool {
+    let own = RateLimitKey::new(generation, src, dst);
+    let any = RateLimitKey::new(generation, ID_ANY, dst);
     // SAFETY: plain reads of map values.
-    let limit = match unsafe { RATE_LIMITS.get(RateLimitKey { src, dst }) } {
+    let limit = match unsafe { RATE_LIMITS.get(own) } {
         Some(l) => *l,
-        None => match unsafe { RATE_LIMITS.get(RateLimitKey { src: ID_ANY, dst }) } {
+        None => match unsafe { RATE_LIMITS.get(any) } {
             Some(l) => *l,
             None => return false,
         },

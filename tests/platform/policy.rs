@@ -403,7 +403,7 @@ fn dump_every_map(slot: &Slot) {
         ),
         (
             "RATE_LIMITS",
-            set(&["src", "dst"]),
+            set(&["generation", "src", "dst"]),
             set(&["rate_milli", "burst", "by"]),
             true,
         ),

@@ -194,7 +194,7 @@ fn dump(pins: &Pins, plan: &Plan, name: &str) -> anyhow::Result<Value> {
             .iter()
             .filter_map(Result::ok)
             .map(|(k, v)| json!({
-                "key": { "src": k.src, "dst": k.dst },
+                "key": { "generation": k.generation, "src": k.src, "dst": k.dst },
                 "value": { "rate_milli": v.rate_milli, "burst": v.burst,
                     "by": if v.by == RL_BY_IDENTITY { "identity" } else { "address" } } }))
             .collect(),
