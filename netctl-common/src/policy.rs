@@ -82,16 +82,29 @@ pub struct PolicyValue {
 }
 crate::assert_size!(PolicyValue, 4);
 
-/// Key of `RATE_LIMITS`: the limit of new connections from `src` to `dst`. `src` is a
-/// source identity, or `ID_ANY` for the limit of every source without one of its own: the
-/// dataplane looks up `{src, dst}` first, then `{ID_ANY, dst}`.
+/// Key of `RATE_LIMITS`: the limit of new connections from `src` to `dst` in policy
+/// generation `generation`. Limits carry the generation as `PolicyKey` does, so one write
+/// of `CONFIG[CFG_POLICY_GEN]` switches rules and limits together. `src` is a source
+/// identity, or `ID_ANY` for the limit of every source without one of its own: the
+/// dataplane looks up `{generation, src, dst}` first, then `{generation, ID_ANY, dst}`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct RateLimitKey {
+    pub generation: u32,
     pub src: u32,
     pub dst: u32,
 }
-crate::assert_size!(RateLimitKey, 8);
+crate::assert_size!(RateLimitKey, 12);
+
+impl RateLimitKey {
+    pub const fn new(generation: u32, src: u32, dst: u32) -> Self {
+        Self {
+            generation,
+            src,
+            dst,
+        }
+    }
+}
 
 /// Value of `RATE_LIMITS`: a token bucket per source for new connections to that
 /// destination.
@@ -115,15 +128,58 @@ pub const RL_BY_IDENTITY: u8 = 1;
 /// Nanotokens per token: buckets count in billionths so that slow rates refill smoothly.
 pub const NANO_TOKENS: u64 = 1_000_000_000;
 
-/// Key of `RATE_BUCKETS`.
+/// Key of `RATE_BUCKETS`: whose bucket (`by` says whether `source` is an address or an
+/// identity, so an address and an identity with the same 32 bits never share one) for
+/// which destination identity.
+///
+/// No generation: a bucket outlives a policy change. A limit that is unchanged keeps its
+/// tokens (a reload must not hand every source a fresh burst); a changed limit takes the
+/// bucket over, its tokens capped at the new burst on the next connection and refilled at
+/// the new rate. A limit that changes `by` uses other buckets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct BucketKey {
-    /// Source address (as a `u32` of its wire bytes) or source identity.
+    /// Source address (as a `u32` of its wire bytes) or source identity, as `by` says.
     pub source: u32,
     pub dst: u32,
+    /// `RL_BY_ADDRESS` or `RL_BY_IDENTITY`.
+    pub by: u8,
+    pub _pad: [u8; 3],
 }
-crate::assert_size!(BucketKey, 8);
+crate::assert_size!(BucketKey, 12);
+
+impl BucketKey {
+    /// The bucket of source address `addr` (wire bytes) for `dst`.
+    pub const fn by_address(addr: [u8; 4], dst: u32) -> Self {
+        Self {
+            source: u32::from_ne_bytes(addr),
+            dst,
+            by: RL_BY_ADDRESS,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The bucket of source identity `identity` for `dst`.
+    pub const fn by_identity(identity: u32, dst: u32) -> Self {
+        Self {
+            source: identity,
+            dst,
+            by: RL_BY_IDENTITY,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The bucket `limit` counts a new connection from `src_addr` (identity `src`) to
+    /// `dst` in: per identity or per address, as the limit says.
+    #[inline(always)]
+    pub const fn of(limit: &RateLimit, src_addr: [u8; 4], src: u32, dst: u32) -> Self {
+        if limit.by == RL_BY_IDENTITY {
+            Self::by_identity(src, dst)
+        } else {
+            Self::by_address(src_addr, dst)
+        }
+    }
+}
 
 /// Value of `RATE_BUCKETS`.
 #[repr(C)]
@@ -191,6 +247,45 @@ mod tests {
             by: RL_BY_ADDRESS,
             _pad: [0; 3],
         }
+    }
+
+    #[test]
+    fn rate_limit_and_bucket_key_fields_sit_where_bpf_maps_md_says() {
+        use core::mem::offset_of;
+        assert_eq!(offset_of!(RateLimitKey, generation), 0);
+        assert_eq!(offset_of!(RateLimitKey, src), 4);
+        assert_eq!(offset_of!(RateLimitKey, dst), 8);
+        assert_eq!(offset_of!(BucketKey, source), 0);
+        assert_eq!(offset_of!(BucketKey, dst), 4);
+        assert_eq!(offset_of!(BucketKey, by), 8);
+        assert_eq!(offset_of!(BucketKey, _pad), 9);
+    }
+
+    #[test]
+    fn an_address_and_an_identity_with_the_same_bits_are_different_buckets() {
+        let id = ID_SERVICE_BASE + 1;
+        let addr = id.to_ne_bytes();
+        let (a, i) = (
+            BucketKey::by_address(addr, 7),
+            BucketKey::by_identity(id, 7),
+        );
+        assert_eq!(a.source, i.source, "the same 32 bits");
+        assert_ne!(a, i);
+        assert_eq!((a.by, i.by), (RL_BY_ADDRESS, RL_BY_IDENTITY));
+        assert_eq!((a._pad, i._pad), ([0; 3], [0; 3]), "padding is zero");
+        // The limit decides which one a connection counts in.
+        let mut per_service = limit(60, 1);
+        per_service.by = RL_BY_IDENTITY;
+        assert_eq!(BucketKey::of(&per_service, addr, id, 7), i);
+        assert_eq!(BucketKey::of(&limit(60, 1), addr, 99, 7), a);
+        assert_eq!(
+            RateLimitKey::new(3, ID_ANY, 7),
+            RateLimitKey {
+                generation: 3,
+                src: ID_ANY,
+                dst: 7
+            }
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use netctl_common::{
     maps,
     policy::{
         ANY_PORT, ANY_PROTO, Bucket, BucketKey, ID_ANY, ID_WORLD, IdentityKey, PolicyKey,
-        PolicyValue, RL_BY_IDENTITY, RateLimit, RateLimitKey, VERDICT_DENY,
+        PolicyValue, RateLimit, RateLimitKey, VERDICT_DENY,
     },
 };
 
@@ -58,25 +58,23 @@ pub fn allowed(generation: u32, src: u32, dst: u32, port: u16, proto: u8) -> boo
     true
 }
 
-/// Whether a new connection to `dst` exceeds its source's rate limit (and so must be
-/// dropped). The limit naming the source identity beats the one for any source. Takes a
-/// token when it does not.
+/// Whether a new connection to `dst` exceeds its source's rate limit in `generation` (and
+/// so must be dropped): the limits of the generation the rules came from, never a mix. The
+/// limit naming the source identity beats the one for any source. Takes a token when it
+/// does not.
 #[inline(always)]
-pub fn rate_limited(src_addr: [u8; 4], src: u32, dst: u32, now: u64) -> bool {
+pub fn rate_limited(generation: u32, src_addr: [u8; 4], src: u32, dst: u32, now: u64) -> bool {
+    let own = RateLimitKey::new(generation, src, dst);
+    let any = RateLimitKey::new(generation, ID_ANY, dst);
     // SAFETY: plain reads of map values.
-    let limit = match unsafe { RATE_LIMITS.get(RateLimitKey { src, dst }) } {
+    let limit = match unsafe { RATE_LIMITS.get(own) } {
         Some(l) => *l,
-        None => match unsafe { RATE_LIMITS.get(RateLimitKey { src: ID_ANY, dst }) } {
+        None => match unsafe { RATE_LIMITS.get(any) } {
             Some(l) => *l,
             None => return false,
         },
     };
-    let source = if limit.by == RL_BY_IDENTITY {
-        src
-    } else {
-        u32::from_ne_bytes(src_addr)
-    };
-    let key = BucketKey { source, dst };
+    let key = BucketKey::of(&limit, src_addr, src, dst);
     match RATE_BUCKETS.get_ptr_mut(key) {
         // SAFETY: `b` points into a map value valid for this program run. Two CPUs may
         // race on one bucket; the result errs by at most a token, which a rate limit of

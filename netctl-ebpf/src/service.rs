@@ -157,7 +157,7 @@ fn admit(
     if !policy::allowed(generation, src, dst, port, key.proto) {
         return Err(refuse(DropReason::PolicyDenied));
     }
-    if policy::rate_limited(key.src_addr, src, dst, now) {
+    if policy::rate_limited(generation, key.src_addr, src, dst, now) {
         return Err(refuse(DropReason::RateLimited));
     }
     Ok(())

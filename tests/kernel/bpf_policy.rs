@@ -36,6 +36,7 @@ use netctl_common::{
         CONFIG, COUNTERS, CT, DROPS, EVENTS, IDENTITIES, MARK_PROBE, POLICY, PROG_TC_EGRESS,
         PROG_TC_INGRESS, RATE_LIMITS,
     },
+    policy::{RateLimit, RateLimitKey},
     stats::CNT_PROBE_EXEMPT,
 };
 
@@ -100,6 +101,7 @@ burst = 20
 struct Dp {
     ebpf: Ebpf,
     policy: PolicyMaps,
+    rate_limits: HashMap<MapData, RateLimitKey, RateLimit>,
     lb: LbMaps,
     events: RingBuf<MapData>,
     plan: Plan,
@@ -115,6 +117,14 @@ fn load(topology: &str) -> Dp {
         _ => panic!("CONFIG is an array"),
     };
     let lb = LbMaps::take_from(&mut ebpf).unwrap();
+    // A second fd of RATE_LIMITS, to look at what the writer left.
+    let rate_limits = match ebpf.map(RATE_LIMITS).unwrap() {
+        Map::HashMap(data) => HashMap::try_from(Map::HashMap(
+            MapData::from_fd(data.fd().as_fd().try_clone_to_owned().unwrap()).unwrap(),
+        ))
+        .unwrap(),
+        _ => panic!("RATE_LIMITS is a hash"),
+    };
     let mut policy = PolicyMaps::from_maps(
         ebpf.take_map(IDENTITIES).unwrap(),
         ebpf.take_map(POLICY).unwrap(),
@@ -135,6 +145,7 @@ fn load(topology: &str) -> Dp {
     Dp {
         ebpf,
         policy,
+        rate_limits,
         lb,
         events,
         plan,
@@ -776,4 +787,230 @@ fn the_rate_limiter_refills_at_its_rate() {
         "{again} passed after {before:.3}..{after:.3} s at 2/second"
     );
     assert!(again >= 2, "{again}");
+}
+
+/// A per-service limit from web and a per-address limit for everyone else, both to api.
+const SAME_VALUE: &str = r#"
+[networks.app]
+subnet = "10.9.0.0/24"
+[services.web]
+network = "app"
+address = "10.9.0.10"
+ports = [80]
+[services.api]
+network = "app"
+address = "10.9.0.20"
+ports = [3000]
+[[policy.rate_limits]]
+from = ["web"]
+to = "api"
+rate = "1/minute"
+burst = 3
+per = "service"
+[[policy.rate_limits]]
+to = "api"
+rate = "1/minute"
+burst = 5
+"#;
+
+/// Bucket keys hold either a source address or a source identity: an address whose 32
+/// bits equal an identity's must still get a bucket of its own.
+#[test]
+fn an_address_and_an_identity_with_the_same_value_have_separate_buckets() {
+    require_root!();
+    let mut dp = load(SAME_VALUE);
+    let (web, api) = (dp.addr("web"), dp.addr("api"));
+    let web_id = identity::of(
+        &dp.plan,
+        &netctl::topology::plan::Peer::Service("web".into()),
+    );
+    // The world address whose bucket value (its wire bytes as a u32) is web's identity.
+    let twin = Ipv4Addr::from(web_id.to_ne_bytes());
+    assert_eq!(u32::from_ne_bytes(twin.octets()), web_id);
+    let burst = |dp: &mut Dp, src, base: u16| {
+        (0..8)
+            .filter(|i| dp.syn(src, base + i, api, 3000) == TC_ACT_OK)
+            .count()
+    };
+    assert_eq!(burst(&mut dp, web, 20000), 3, "web's per-service bucket");
+    assert_eq!(
+        burst(&mut dp, twin, 21000),
+        5,
+        "{twin} (per address) does not share web's (identity {web_id}) bucket"
+    );
+    assert_eq!(burst(&mut dp, web, 22000), 0, "web's bucket stays empty");
+}
+
+/// Rules and limits for the race below: P1 limits web -> api (per service, one token a
+/// minute) and has no rule; P2 denies web -> api and has no limit. Once web's bucket is
+/// empty, a whole policy drops every new connection from web to api (P1: rate-limited,
+/// P2: denied); only a half-written one (P1's rules without its limit) lets one through.
+const RACE_P1: &str = r#"
+[networks.app]
+subnet = "10.9.0.0/24"
+[services.web]
+network = "app"
+address = "10.9.0.10"
+ports = [80]
+[services.api]
+network = "app"
+address = "10.9.0.20"
+ports = [3000]
+[[policy.rate_limits]]
+from = ["web"]
+to = "api"
+rate = "1/minute"
+burst = 1
+per = "service"
+"#;
+
+const RACE_P2: &str = r#"
+[networks.app]
+subnet = "10.9.0.0/24"
+[services.web]
+network = "app"
+address = "10.9.0.10"
+ports = [80]
+[services.api]
+network = "app"
+address = "10.9.0.20"
+ports = [3000]
+[[policy.rules]]
+from = ["web"]
+to = "api"
+action = "deny"
+"#;
+
+/// Packets judged while the policy switches back and forth between P1 and P2 never see
+/// half of one: no new connection from web to api passes once web's bucket is empty.
+#[test]
+fn packets_never_see_a_half_installed_rate_limit() {
+    require_root!();
+    let mut dp = load(RACE_P1);
+    let (web, api) = (dp.addr("web"), dp.addr("api"));
+    assert_eq!(dp.syn(web, 1, api, 3000), TC_ACT_OK, "the one token");
+    assert_eq!(dp.syn(web, 2, api, 3000), TC_ACT_SHOT, "then none");
+    let plans: Vec<_> = [RACE_P1, RACE_P2]
+        .iter()
+        .map(|t| {
+            let plan = Source {
+                name: "t".into(),
+                text: (*t).into(),
+            }
+            .plan(None)
+            .expect("valid");
+            (identity::addresses(&plan), compile::compile(&plan))
+        })
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let Dp { ebpf, policy, .. } = &mut dp;
+    let passed = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            // Pairs of installs (P2, then P1 again) for 1000 pairs or 10 s.
+            let until = Instant::now() + std::time::Duration::from_secs(10);
+            let mut pairs = 0;
+            while pairs < 1000 && Instant::now() < until {
+                for (ids, compiled) in [&plans[1], &plans[0]] {
+                    policy.install(ids, compiled).unwrap();
+                }
+                pairs += 1;
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            pairs
+        });
+        let prog = loader::classifier(ebpf, PROG_TC_INGRESS).unwrap();
+        let (mut passed, mut packets) = (Vec::new(), 0u64);
+        let mut port = 3u16;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let frame = packets::tcp(web, port, api, 3000, TCP_SYN, 0);
+            let verdict = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    ..TestRunOptions::default()
+                })
+                .expect("BPF_PROG_TEST_RUN")
+                .return_value;
+            if verdict == TC_ACT_OK {
+                passed.push(port);
+            }
+            packets += 1;
+            port = port.wrapping_add(1).max(3);
+        }
+        let pairs = writer.join().unwrap();
+        eprintln!("{pairs} pairs of policy changes, {packets} packets");
+        assert!(pairs >= 100, "only {pairs} pairs of policy changes in 10 s");
+        passed
+    });
+    assert!(
+        passed.is_empty(),
+        "{} new connections passed a policy that drops every one of them (ports {:?})",
+        passed.len(),
+        &passed[..passed.len().min(10)]
+    );
+    assert_eq!(
+        dp.syn(web, 2, api, 3000),
+        TC_ACT_SHOT,
+        "P1 in force, bucket empty"
+    );
+}
+
+/// After a policy change only the new generation's limits are in `RATE_LIMITS`, and they
+/// are what applies: a bucket whose limit is unchanged keeps its tokens (a reload is no
+/// fresh burst), a changed limit applies at once, a removed one no longer limits.
+#[test]
+fn a_policy_change_switches_rate_limits_with_the_rules_and_keeps_unchanged_buckets() {
+    require_root!();
+    let mut dp = load(RATES);
+    let (web1, api, db) = (dp.addr("web-1"), dp.addr("api"), dp.addr("db"));
+    let burst = |dp: &mut Dp, src, dst, port, base: u16| {
+        (0..12)
+            .filter(|i| dp.syn(src, base + i, dst, port) == TC_ACT_OK)
+            .count()
+    };
+    assert_eq!(
+        burst(&mut dp, web1, db, 5432, 20000),
+        4,
+        "web -> db: burst 4"
+    );
+    for i in 0..5 {
+        assert_eq!(dp.syn(web1, 21000 + i, api, 3000), TC_ACT_OK, "5 of 10");
+    }
+
+    // New policy: the limit to db is unchanged, the general one to api shrinks to a burst
+    // of 2, db's own limit to api goes.
+    let changed = RATES
+        .replace(
+            "rate = \"2/second\"\nburst = 10\n",
+            "rate = \"2/second\"\nburst = 2\n",
+        )
+        .replace(
+            "[[policy.rate_limits]]\nfrom = [\"db\"]\nto = \"api\"\nrate = \"1/minute\"\nburst = 3\n",
+            "",
+        );
+    assert_eq!(changed.matches("[[policy.rate_limits]]").count(), 2);
+    assert!(changed.contains("burst = 2\n"));
+    let generation = dp.reinstall(&changed);
+    assert_eq!(generation, 2);
+    let keys: Vec<RateLimitKey> = dp.rate_limits.keys().map(Result::unwrap).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.generation == generation),
+        "only generation {generation}'s limits stay: {keys:?}"
+    );
+
+    assert_eq!(
+        burst(&mut dp, web1, db, 5432, 22000),
+        0,
+        "the unchanged limit's bucket kept its (no) tokens"
+    );
+    assert_eq!(
+        burst(&mut dp, web1, api, 3000, 23000),
+        2,
+        "the changed limit: 5 tokens left, capped at the new burst"
+    );
+    assert_eq!(
+        burst(&mut dp, db, api, 3000, 24000),
+        2,
+        "db's own limit (3) is gone: the general one (2) applies"
+    );
 }

@@ -403,13 +403,13 @@ fn dump_every_map(slot: &Slot) {
         ),
         (
             "RATE_LIMITS",
-            set(&["src", "dst"]),
+            set(&["generation", "src", "dst"]),
             set(&["rate_milli", "burst", "by"]),
             true,
         ),
         (
             "RATE_BUCKETS",
-            set(&["source", "dst"]),
+            set(&["source", "dst", "by"]),
             set(&["nano_tokens", "refilled_ns"]),
             true,
         ),

@@ -194,7 +194,7 @@ fn dump(pins: &Pins, plan: &Plan, name: &str) -> anyhow::Result<Value> {
             .iter()
             .filter_map(Result::ok)
             .map(|(k, v)| json!({
-                "key": { "src": k.src, "dst": k.dst },
+                "key": { "generation": k.generation, "src": k.src, "dst": k.dst },
                 "value": { "rate_milli": v.rate_milli, "burst": v.burst,
                     "by": if v.by == RL_BY_IDENTITY { "identity" } else { "address" } } }))
             .collect(),
@@ -202,7 +202,8 @@ fn dump(pins: &Pins, plan: &Plan, name: &str) -> anyhow::Result<Value> {
             .iter()
             .filter_map(Result::ok)
             .map(|(k, v)| json!({
-                "key": { "source": k.source, "dst": k.dst },
+                "key": { "source": k.source, "dst": k.dst,
+                    "by": if k.by == RL_BY_IDENTITY { "identity" } else { "address" } },
                 "value": { "nano_tokens": v.nano_tokens, "refilled_ns": v.refilled_ns } }))
             .collect(),
         names::DROP_PAIRS => HashMap::<_, DropPairKey, u64>::try_from(Map::LruHashMap(data))?

@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use netctl_common::policy::{
-    ANY_PORT, ANY_PROTO, ID_ANY, ID_HOST, RL_BY_ADDRESS, RL_BY_IDENTITY, RateLimit, RateLimitKey,
-    VERDICT_ALLOW, VERDICT_DENY,
+    ANY_PORT, ANY_PROTO, ID_ANY, ID_HOST, RL_BY_ADDRESS, RL_BY_IDENTITY, RateLimit, VERDICT_ALLOW,
+    VERDICT_DENY,
 };
 use serde::Serialize;
 
@@ -32,6 +32,14 @@ pub struct EntryKey {
     pub proto: u8,
 }
 
+/// One compiled rate limit's pair: source identity (or `ID_ANY`) and destination identity
+/// (the generation is added when written, as for [`EntryKey`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct LimitKey {
+    pub src: u32,
+    pub dst: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct EntryValue {
     pub verdict: u8,
@@ -44,7 +52,7 @@ pub struct Compiled {
     pub entries: BTreeMap<EntryKey, EntryValue>,
     /// (source identity or `ID_ANY`, destination identity) -> limit; the dataplane takes
     /// the source's own limit before the one for any source.
-    pub rate_limits: BTreeMap<RateLimitKey, RateLimit>,
+    pub rate_limits: BTreeMap<LimitKey, RateLimit>,
 }
 
 pub fn compile(plan: &Plan) -> Compiled {
@@ -145,9 +153,7 @@ pub fn compile(plan: &Plan) -> Compiled {
             Some(set) => set.iter().map(|p| identity::of(plan, p)).collect(),
         };
         for src in sources {
-            rate_limits
-                .entry(RateLimitKey { src, dst })
-                .or_insert(limit);
+            rate_limits.entry(LimitKey { src, dst }).or_insert(limit);
         }
     }
     Compiled {
@@ -160,8 +166,8 @@ pub fn compile(plan: &Plan) -> Compiled {
 /// for any source.
 pub fn rate_limit(c: &Compiled, src: u32, dst: u32) -> Option<&RateLimit> {
     c.rate_limits
-        .get(&RateLimitKey { src, dst })
-        .or_else(|| c.rate_limits.get(&RateLimitKey { src: ID_ANY, dst }))
+        .get(&LimitKey { src, dst })
+        .or_else(|| c.rate_limits.get(&LimitKey { src: ID_ANY, dst }))
 }
 
 /// The dataplane's lookup over compiled entries, in user space (for tests and `netctl

@@ -1,7 +1,9 @@
 //! Writing and reading the policy maps (`IDENTITIES`, `POLICY`, `RATE_LIMITS`). A new
-//! policy is a new *generation*: all its entries are written first, then
-//! `CONFIG[CFG_POLICY_GEN]` switches to it in one write, then the old entries go. The
-//! dataplane never sees half a policy.
+//! policy is a new *generation*: all its entries (identities, rules and rate limits) are
+//! written first, then `CONFIG[CFG_POLICY_GEN]` switches to it in one write, then, once
+//! every program that read the old generation has finished, the old entries go. The
+//! dataplane never sees half a policy: not new rules with old limits, nor an entry removed
+//! under a packet still judged by the old generation.
 
 use std::net::Ipv4Addr;
 
@@ -13,7 +15,7 @@ use netctl_common::{
 };
 
 use super::Pins;
-use crate::policy::compile::{Compiled, EntryKey, EntryValue};
+use crate::policy::compile::{Compiled, EntryKey, EntryValue, LimitKey};
 
 pub struct PolicyMaps {
     identities: HashMap<MapData, IdentityKey, u32>,
@@ -57,9 +59,9 @@ impl PolicyMaps {
             .context("reading CONFIG")
     }
 
-    /// Installs identities and compiled rules as a new generation and switches to it.
-    /// Returns the new generation. When the kernel refuses an entry (a full map), nothing
-    /// of the new generation stays and the old one remains in force.
+    /// Installs identities, compiled rules and rate limits as a new generation and switches
+    /// to it. Returns the new generation. When the kernel refuses an entry (a full map),
+    /// nothing of the new generation stays and the old one remains in force.
     pub fn install(
         &mut self,
         identities: &[(Ipv4Addr, u32)],
@@ -67,8 +69,6 @@ impl PolicyMaps {
     ) -> anyhow::Result<u32> {
         let old = self.generation()?;
         let new = old.wrapping_add(1);
-        let limits_before: Vec<(RateLimitKey, RateLimit)> =
-            self.rate_limits.iter().filter_map(Result::ok).collect();
         let written = self.write(new, identities, compiled).and_then(|()| {
             self.config
                 .set(CFG_POLICY_GEN, new, 0)
@@ -76,14 +76,16 @@ impl PolicyMaps {
         });
         if let Err(e) = written {
             self.remove_other_generations(old);
-            self.restore_rate_limits(&limits_before);
             return Err(e);
         }
+        // A packet that read the old generation just before the switch may still be
+        // looking up its entries: let every running program finish before they go.
+        wait_for_running_programs();
         self.remove_other_generations(new);
         Ok(new)
     }
 
-    /// Writes generation `new`'s entries (not yet in force) and the rate limits.
+    /// Writes generation `new`'s entries, not yet in force.
     fn write(
         &mut self,
         new: u32,
@@ -113,56 +115,30 @@ impl PolicyMaps {
                 .insert(key, value, 0)
                 .context("writing POLICY")?;
         }
-        // Rate limits are one entry per (source, destination): updated in place.
-        let stale: Vec<RateLimitKey> = self
-            .rate_limits
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !compiled.rate_limits.contains_key(k))
-            .collect();
-        for (key, limit) in &compiled.rate_limits {
+        for (key, limit) in limit_entries(new, compiled) {
             self.rate_limits
                 .insert(key, limit, 0)
                 .context("writing RATE_LIMITS")?;
         }
-        for key in stale {
-            let _ = self.rate_limits.remove(&key);
-        }
         Ok(())
     }
 
-    /// Puts the rate limits back as they were before a failed install.
-    fn restore_rate_limits(&mut self, before: &[(RateLimitKey, RateLimit)]) {
-        let now: Vec<RateLimitKey> = self.rate_limits.keys().filter_map(Result::ok).collect();
-        for key in now {
-            if !before.iter().any(|(k, _)| *k == key) {
-                let _ = self.rate_limits.remove(&key);
-            }
-        }
-        for (key, limit) in before {
-            let _ = self.rate_limits.insert(key, limit, 0);
-        }
-    }
-
     /// Deletes entries of every generation but `keep` (the old one, or a crashed install's).
+    /// Buckets (`RATE_BUCKETS`) have no generation and stay: see `BucketKey`.
     fn remove_other_generations(&mut self, keep: u32) {
-        let ids: Vec<IdentityKey> = self
-            .identities
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.generation != keep)
-            .collect();
+        let ids: Vec<IdentityKey> =
+            other_generations(self.identities.keys(), keep, |k| k.generation);
         for k in ids {
             let _ = self.identities.remove(&k);
         }
-        let rules: Vec<PolicyKey> = self
-            .policy
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.generation != keep)
-            .collect();
+        let rules: Vec<PolicyKey> = other_generations(self.policy.keys(), keep, |k| k.generation);
         for k in rules {
             let _ = self.policy.remove(&k);
+        }
+        let limits: Vec<RateLimitKey> =
+            other_generations(self.rate_limits.keys(), keep, |k| k.generation);
+        for k in limits {
+            let _ = self.rate_limits.remove(&k);
         }
     }
 
@@ -186,8 +162,16 @@ impl PolicyMaps {
                 );
             }
         }
-        for (key, limit) in self.rate_limits.iter().filter_map(Result::ok) {
-            compiled.rate_limits.insert(key, limit);
+        for (k, limit) in self.rate_limits.iter().filter_map(Result::ok) {
+            if k.generation == generation {
+                compiled.rate_limits.insert(
+                    LimitKey {
+                        src: k.src,
+                        dst: k.dst,
+                    },
+                    limit,
+                );
+            }
         }
         let identities = self
             .identities
@@ -209,4 +193,104 @@ pub struct Installed {
     pub generation: u32,
     pub compiled: Compiled,
     pub identities: Vec<(Ipv4Addr, u32)>,
+}
+
+/// The `RATE_LIMITS` entries of `compiled` in `generation`.
+fn limit_entries(
+    generation: u32,
+    compiled: &Compiled,
+) -> impl Iterator<Item = (RateLimitKey, RateLimit)> + '_ {
+    compiled
+        .rate_limits
+        .iter()
+        .map(move |(k, l)| (RateLimitKey::new(generation, k.src, k.dst), *l))
+}
+
+/// The keys (of those the kernel returned) whose generation is not `keep`.
+fn other_generations<K, E>(
+    keys: impl Iterator<Item = Result<K, E>>,
+    keep: u32,
+    generation: impl Fn(&K) -> u32,
+) -> Vec<K> {
+    keys.filter_map(Result::ok)
+        .filter(|k| generation(k) != keep)
+        .collect()
+}
+
+/// Returns once every BPF program that was running when it was called has finished: TC
+/// programs run inside an RCU read-side section, and `membarrier(MEMBARRIER_CMD_GLOBAL)`
+/// waits for an RCU grace period (`synchronize_rcu`) on a machine with more than one CPU.
+/// It is refused on `nohz_full` kernels; a program runs for microseconds, so a pause of a
+/// few milliseconds stands in there.
+fn wait_for_running_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integers and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
+    if rc != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use netctl_common::policy::{ID_ANY, RL_BY_ADDRESS, RL_BY_IDENTITY};
+
+    use super::*;
+
+    fn limit(burst: u32, by: u8) -> RateLimit {
+        RateLimit {
+            rate_milli: 1000,
+            burst,
+            by,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn limits_are_written_under_the_new_generation() {
+        let compiled = Compiled {
+            entries: BTreeMap::new(),
+            rate_limits: [
+                (
+                    LimitKey {
+                        src: ID_ANY,
+                        dst: 257,
+                    },
+                    limit(20, RL_BY_ADDRESS),
+                ),
+                (LimitKey { src: 258, dst: 257 }, limit(3, RL_BY_IDENTITY)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let written: Vec<_> = limit_entries(7, &compiled).collect();
+        assert_eq!(
+            written,
+            vec![
+                (RateLimitKey::new(7, ID_ANY, 257), limit(20, RL_BY_ADDRESS)),
+                (RateLimitKey::new(7, 258, 257), limit(3, RL_BY_IDENTITY)),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_generation_but_the_kept_one_is_removed_and_unreadable_keys_are_skipped() {
+        let keys: Vec<Result<RateLimitKey, ()>> = vec![
+            Ok(RateLimitKey::new(4, ID_ANY, 257)),
+            Ok(RateLimitKey::new(5, ID_ANY, 257)),
+            Err(()),
+            Ok(RateLimitKey::new(5, 258, 257)),
+            Ok(RateLimitKey::new(3, 258, 257)),
+        ];
+        let stale = other_generations(keys.into_iter(), 5, |k| k.generation);
+        assert_eq!(
+            stale,
+            vec![
+                RateLimitKey::new(4, ID_ANY, 257),
+                RateLimitKey::new(3, 258, 257)
+            ]
+        );
+    }
 }

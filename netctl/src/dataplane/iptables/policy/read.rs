@@ -4,14 +4,14 @@
 use std::net::Ipv4Addr;
 
 use netctl_common::policy::{
-    RL_BY_ADDRESS, RL_BY_IDENTITY, RateLimit, RateLimitKey, VERDICT_ALLOW, VERDICT_DENY,
+    RL_BY_ADDRESS, RL_BY_IDENTITY, RateLimit, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use super::owned;
 use crate::{
     dataplane::iptables::names::Chains,
     net::iptables::Table,
-    policy::compile::{Compiled, EntryKey, EntryValue},
+    policy::compile::{Compiled, EntryKey, EntryValue, LimitKey},
 };
 
 /// The policy as the rules have it (`netctl policy` in iptables mode).
@@ -83,7 +83,7 @@ pub fn read(c: &Chains, filter: &Table) -> Option<Installed> {
                     continue;
                 };
                 compiled.rate_limits.insert(
-                    RateLimitKey { src, dst },
+                    LimitKey { src, dst },
                     RateLimit {
                         rate_milli,
                         burst,
