@@ -1,7 +1,13 @@
-//! The reference platform's own services, run as `netctl serve <kind>` inside their
-//! namespaces by the supervisor: the service registry, the API gateway, the product
-//! catalog (PostgreSQL + Redis cache) and the order service (PostgreSQL). All are hyper 1
-//! servers on tokio, configured through the environment ([`env`]).
+//! The reference e-commerce shop netctl runs on its platforms, as `netctl serve <kind>`
+//! inside their namespaces (started by the supervisor): the service registry, the API
+//! gateway, the product catalog (PostgreSQL + Redis cache) and the order service
+//! (PostgreSQL). All are hyper 1 servers on tokio, configured through the environment
+//! ([`env`]).
+//!
+//! Not part of the networking core: this crate does not depend on `netctl`, and `netctl`
+//! reaches it only through [`serve`] (behind its `shop` feature). What the two agree on,
+//! the variables the supervisor sets and the body limit its nginx edge shares, lives in
+//! netctl-shop-contract.
 
 pub mod client;
 pub mod db;
@@ -14,16 +20,22 @@ pub mod order;
 pub mod product;
 pub mod registry;
 
-use crate::topology::Kind;
+/// One of the shop's programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Registry,
+    Gateway,
+    Product,
+    Order,
+}
 
-/// Runs the service of `kind` until SIGTERM/SIGINT.
-pub async fn serve(kind: Kind) -> anyhow::Result<()> {
+/// Runs `service` until SIGTERM/SIGINT.
+pub async fn serve(service: Service) -> anyhow::Result<()> {
     http::Limits::init_from_env()?;
-    match kind {
-        Kind::Registry => registry::run().await,
-        Kind::Gateway => gateway::run().await,
-        Kind::Product => product::run().await,
-        Kind::Order => order::run().await,
-        other => anyhow::bail!("{other} is not a netctl service (it is a Debian program)"),
+    match service {
+        Service::Registry => registry::run().await,
+        Service::Gateway => gateway::run().await,
+        Service::Product => product::run().await,
+        Service::Order => order::run().await,
     }
 }

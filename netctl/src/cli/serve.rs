@@ -1,10 +1,11 @@
-//! `netctl serve registry|gateway|product|order`: one of the reference services, in this
-//! process (the supervisor runs them in their namespaces; settings come from the
-//! environment, see docs/services.md).
+//! `netctl serve registry|gateway|product|order`: one of the reference shop's services
+//! (the netctl-shop crate), in this process (the supervisor runs them in their
+//! namespaces; settings come from the environment, see docs/services.md). The one place
+//! the networking core reaches the shop.
 
 use std::process::ExitCode;
 
-use crate::{services, topology::Kind};
+use netctl_shop::Service as Shop;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,12 +26,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The services are the platform's: the supervisor starts them as root in their
     // namespaces (PostgreSQL alone runs as its own user).
     crate::reconcile::preflight::require_root("serve")?;
-    let kind = match args.service {
-        Service::Registry => Kind::Registry,
-        Service::Gateway => Kind::Gateway,
-        Service::Product => Kind::Product,
-        Service::Order => Kind::Order,
+    let service = match args.service {
+        Service::Registry => Shop::Registry,
+        Service::Gateway => Shop::Gateway,
+        Service::Product => Shop::Product,
+        Service::Order => Shop::Order,
     };
-    services::serve(kind).await?;
+    netctl_shop::serve(service).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,9 +13,10 @@ use anyhow::bail;
 use nix::sys::signal::Signal;
 
 use super::spec::{ProcessSpec, Secret, set};
+use netctl_shop_contract::env as service_env;
+
 use crate::{
     instance::paths,
-    services::env as service_env,
     topology::{Endpoint, Kind, Plan},
 };
 
@@ -53,11 +54,7 @@ pub fn configure(
                     .iter()
                     .map(|e| e.address.to_string())
                     .collect();
-                set(
-                    env,
-                    crate::services::gateway::TRUSTED_PROXIES,
-                    &edges.join(","),
-                );
+                set(env, service_env::TRUSTED_PROXIES, &edges.join(","));
             }
             if kind == Kind::Product
                 && let Some(r) = plan.endpoints_of_kind(Kind::Redis).first()
