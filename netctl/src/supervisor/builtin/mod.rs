@@ -13,6 +13,8 @@ use anyhow::bail;
 use nix::sys::signal::Signal;
 
 use super::spec::{ProcessSpec, Secret, set};
+// The shop's programs are configured from the contract, not the shop: netctl built without
+// the shop (feature `shop` off) sets the same variables, and the names live once.
 use netctl_shop_contract::env as service_env;
 
 use crate::{
