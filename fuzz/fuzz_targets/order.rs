@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    netctl::services::fuzz::order(data);
+    netctl_shop::fuzz::order(data);
 });

@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    netctl::services::fuzz::registry(data);
+    netctl_shop::fuzz::registry(data);
 });

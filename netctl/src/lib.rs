@@ -26,7 +26,6 @@ pub mod output;
 pub mod policy;
 pub mod reconcile;
 pub mod report;
-pub mod services;
 pub mod supervisor;
 pub mod topology;
 

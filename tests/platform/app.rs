@@ -622,7 +622,7 @@ fn oversized_bodies(mode: &str, slot: &Slot) {
     let rt = http::runtime();
     let client = http::client();
     let url = format!("{}/api/orders", platform.edge_url());
-    let limit = netctl::services::http::MAX_BODY;
+    let limit = netctl_shop::http::MAX_BODY;
     for size in [limit + 1, 100_000, 10_000_000] {
         let body = "x".repeat(size);
         let r = rt.block_on(post(&client, &url, &body));

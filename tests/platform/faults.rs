@@ -361,7 +361,7 @@ impl Relay {
 #[test]
 fn the_cache_keeps_no_stale_value_after_a_racing_fill_or_a_redis_outage() {
     use bytes::Bytes;
-    use netctl::services::product::cache::{Cache, LIST_KEY, Lookup, product_key};
+    use netctl_shop::product::cache::{Cache, LIST_KEY, Lookup, product_key};
     use std::time::Duration;
     require_root!();
     let slot = Slot::acquire();

@@ -13,9 +13,12 @@ use anyhow::bail;
 use nix::sys::signal::Signal;
 
 use super::spec::{ProcessSpec, Secret, set};
+// The shop's programs are configured from the contract, not the shop: netctl built without
+// the shop (feature `shop` off) sets the same variables, and the names live once.
+use netctl_shop_contract::env as service_env;
+
 use crate::{
     instance::paths,
-    services::env as service_env,
     topology::{Endpoint, Kind, Plan},
 };
 
@@ -53,11 +56,7 @@ pub fn configure(
                     .iter()
                     .map(|e| e.address.to_string())
                     .collect();
-                set(
-                    env,
-                    crate::services::gateway::TRUSTED_PROXIES,
-                    &edges.join(","),
-                );
+                set(env, service_env::TRUSTED_PROXIES, &edges.join(","));
             }
             if kind == Kind::Product
                 && let Some(r) = plan.endpoints_of_kind(Kind::Redis).first()

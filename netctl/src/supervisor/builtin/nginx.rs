@@ -7,11 +7,12 @@
 use std::fmt::Write as _;
 
 use anyhow::Context;
+// The gateway's own limit: the edge refuses the same bodies, with the same answer.
+use netctl_shop_contract::MAX_BODY;
 
 use super::{own_dir, stop_signal, user, volume_root};
 use crate::{
     instance::paths,
-    services::http::MAX_BODY,
     supervisor::spec::ProcessSpec,
     topology::{Endpoint, Kind, Plan},
 };

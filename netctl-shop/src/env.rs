@@ -5,18 +5,10 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use anyhow::{Context, anyhow};
 
-/// Where a service listens: `LISTEN=address:port`.
-pub const LISTEN: &str = "LISTEN";
-/// Its instance id, e.g. `product-2` (shown in headers and the registry).
-pub const INSTANCE_ID: &str = "INSTANCE_ID";
-/// The service name it registers under, e.g. `product`.
-pub const SERVICE_NAME: &str = "SERVICE_NAME";
-/// Base URL of the registry, e.g. `http://172.21.0.5:8500`; without it, no registration.
-pub const REGISTRY_URL: &str = "REGISTRY_URL";
-/// `postgresql://user:password@host:port/db` for product and order.
-pub const DATABASE_URL: &str = "DATABASE_URL";
-/// `redis://host:port` for product.
-pub const REDIS_URL: &str = "REDIS_URL";
+// The names are the supervisor's as much as ours: written once, in the contract.
+pub use netctl_shop_contract::env::{
+    DATABASE_URL, INSTANCE_ID, LISTEN, REDIS_URL, REGISTRY_URL, SERVICE_NAME,
+};
 
 pub fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())

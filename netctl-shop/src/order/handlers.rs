@@ -16,7 +16,7 @@ use super::{
     store::{self, Created},
     validate::{parse_order, parse_order_id},
 };
-use crate::services::{
+use crate::{
     db,
     http::{self, FieldError, Resp},
 };

@@ -6,7 +6,7 @@ use serde::Serialize;
 use tokio_postgres::Row;
 
 use super::validate::NewOrder;
-use crate::services::db::DbError;
+use crate::db::DbError;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Order {

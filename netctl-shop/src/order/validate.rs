@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::services::{
+use crate::{
     fields::{Fields, NOT_AN_OBJECT},
     http::FieldError,
 };

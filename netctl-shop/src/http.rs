@@ -40,8 +40,9 @@ pub type Resp = Response<Full<Bytes>>;
 /// An answer that ends a request early (boxed: answers are large for a `Result`).
 pub type Rejected = Box<Resp>;
 
-/// Largest request body any service reads; above it the answer is 413.
-pub const MAX_BODY: usize = 16 * 1024;
+/// Largest request body any service reads; above it the answer is 413 (the nginx edge in
+/// front of the gateway refuses the same, hence the contract's).
+pub use netctl_shop_contract::MAX_BODY;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -18,7 +18,7 @@ use super::{
     handlers::{Gateway, handle},
     upstream::{Source, Target, Upstream},
 };
-use crate::services::{
+use crate::{
     client, db, http,
     order::handlers::OrderService,
     registry::{client::RegistryClient, handlers::Registry, model::Registration},
@@ -29,7 +29,7 @@ const PEER: &str = "10.1.0.7:41000";
 /// Serves `handler`-like services on an ephemeral loopback port.
 async fn loopback<F, Fut>(handler: F, stop: &CancellationToken) -> SocketAddr
 where
-    F: Fn(Request<crate::services::http::Body>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<crate::http::Body>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Resp> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -46,7 +46,7 @@ async fn order_service(stop: &CancellationToken) -> SocketAddr {
     loopback(
         move |req, _| {
             let svc = svc.clone();
-            async move { crate::services::order::handlers::handle(&svc, req).await }
+            async move { crate::order::handlers::handle(&svc, req).await }
         },
         stop,
     )
@@ -213,20 +213,17 @@ async fn failures_are_502_503_504_with_json() {
 async fn discovered_instances_are_used_in_turn_and_refusing_ones_skipped() {
     let stop = CancellationToken::new();
     let registry = Arc::new(Registry::default());
-    let reg_addr =
-        loopback(
-            {
+    let reg_addr = loopback(
+        {
+            let registry = registry.clone();
+            move |req, peer| {
                 let registry = registry.clone();
-                move |req, peer| {
-                    let registry = registry.clone();
-                    async move {
-                        crate::services::registry::handlers::handle(&registry, req, peer).await
-                    }
-                }
-            },
-            &stop,
-        )
-        .await;
+                async move { crate::registry::handlers::handle(&registry, req, peer).await }
+            }
+        },
+        &stop,
+    )
+    .await;
     let live = order_service(&stop).await;
     let dead = closed_port().await;
     let reg_client = RegistryClient::new(&format!("http://{reg_addr}"));

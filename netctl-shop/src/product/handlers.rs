@@ -17,7 +17,7 @@ use super::{
     cache::{Cache, LIST_KEY, Lookup, product_key},
     catalog::{self, Change},
 };
-use crate::services::{
+use crate::{
     db,
     fields::{Fields, NOT_AN_OBJECT},
     http::{self, FieldError, Resp},

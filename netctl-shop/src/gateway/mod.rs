@@ -35,7 +35,7 @@ const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `TRUSTED_PROXIES`: the edge's addresses (comma-separated), whose `X-Real-IP` and
 /// `X-Forwarded-For` the gateway passes on; the supervisor sets it to the nginx endpoints.
-pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
+pub use netctl_shop_contract::env::TRUSTED_PROXIES;
 
 fn trusted_proxies() -> anyhow::Result<Vec<std::net::IpAddr>> {
     let Some(list) = env::var(TRUSTED_PROXIES) else {

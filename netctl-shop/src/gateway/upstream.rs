@@ -15,7 +15,7 @@ use std::{
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::services::registry::client::RegistryClient;
+use crate::registry::client::RegistryClient;
 
 /// How long an instance that refused a connection is passed over.
 const EJECT_FOR: Duration = Duration::from_secs(3);

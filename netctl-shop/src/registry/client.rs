@@ -11,7 +11,7 @@ use hyper::{Method, Request, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use super::model::{Discovery, Instance, InstanceList, Registration};
-use crate::services::client::{self, HttpClient};
+use crate::client::{self, HttpClient};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -180,7 +180,7 @@ pub async fn keep_registered(
 }
 
 /// The registration of a service listening on `listen` (its namespace address).
-pub fn registration(identity: &crate::services::env::Identity) -> Option<Registration> {
+pub fn registration(identity: &crate::env::Identity) -> Option<Registration> {
     let IpAddr::V4(address) = identity.listen.ip() else {
         return None;
     };
@@ -200,18 +200,18 @@ pub fn registration(identity: &crate::services::env::Identity) -> Option<Registr
 /// instance registered (when `registry` and the identity allow a registration), and on
 /// shutdown stops serving, then deregisters.
 pub async fn serve_registered<F, Fut>(
-    identity: &crate::services::env::Identity,
+    identity: &crate::env::Identity,
     registry: Option<RegistryClient>,
     listener: tokio::net::TcpListener,
     handler: F,
     shutdown: CancellationToken,
 ) where
-    F: Fn(hyper::Request<crate::services::http::Body>, std::net::SocketAddr) -> Fut
+    F: Fn(hyper::Request<crate::http::Body>, std::net::SocketAddr) -> Fut
         + Clone
         + Send
         + Sync
         + 'static,
-    Fut: Future<Output = crate::services::http::Resp> + Send + 'static,
+    Fut: Future<Output = crate::http::Resp> + Send + 'static,
 {
     let registered = match (registry, registration(identity)) {
         (Some(client), Some(reg)) => {
@@ -220,7 +220,7 @@ pub async fn serve_registered<F, Fut>(
         _ => None,
     };
     tracing::info!(listen = %identity.listen, "{} service serving", identity.service);
-    crate::services::http::serve(listener, handler, shutdown).await;
+    crate::http::serve(listener, handler, shutdown).await;
     if let Some(task) = registered {
         let _ = task.await;
     }

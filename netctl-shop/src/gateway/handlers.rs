@@ -21,7 +21,7 @@ use super::{
     proxy::{Forward, Timeouts, forward},
     upstream::Upstream,
 };
-use crate::services::{
+use crate::{
     client::HttpClient,
     http::{self, Resp},
 };

@@ -207,14 +207,14 @@ impl From<tokio_postgres::Error> for DbError {
 
 impl DbError {
     /// The answer for a request that failed on this: 503 or 500, logged.
-    pub fn answer(&self) -> crate::services::http::Resp {
+    pub fn answer(&self) -> crate::http::Resp {
         use hyper::StatusCode;
         tracing::warn!("{self}");
         let status = match self {
             DbError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             DbError::Query(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        crate::services::http::error(status, self.to_string())
+        crate::http::error(status, self.to_string())
     }
 }
 

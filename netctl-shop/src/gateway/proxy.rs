@@ -15,7 +15,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
 use serde_json::json;
 
 use super::upstream::Upstream;
-use crate::services::{
+use crate::{
     client::{self, CallError, HttpClient},
     http::{self, Resp},
 };

@@ -27,7 +27,7 @@ use super::{
     model::{DEFAULT_TTL_SECS, Discovery, InstanceList, MAX_TTL_SECS, Registration},
     store::{Now, Registered, Store, StoreError},
 };
-use crate::services::{
+use crate::{
     fields::{Fields, NOT_AN_OBJECT},
     http::{self, Rejected, Resp},
 };

@@ -4,7 +4,7 @@ use deadpool_postgres::Pool;
 use serde::Serialize;
 use tokio_postgres::Row;
 
-use crate::services::db::DbError;
+use crate::db::DbError;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Product {
