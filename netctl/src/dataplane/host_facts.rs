@@ -3,11 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::{
-    dataplane::ebpf::loader,
-    net::netlink::Netlink,
-    topology::{DataplaneMode, Plan},
-};
+use crate::{dataplane::ebpf::loader, net::netlink::Netlink, topology::Plan};
 
 /// What of the host a plan uses, found out at `up` time.
 #[derive(Debug, Clone, Default)]
@@ -41,7 +37,7 @@ impl HostFacts {
                 names
             }
         };
-        let cgroup = if plan.dataplane.socket_lb && plan.dataplane.mode == DataplaneMode::Ebpf {
+        let cgroup = if plan.dataplane.socket_lb_active() {
             Some(crate::net::cgroup::v2_root()?)
         } else {
             None

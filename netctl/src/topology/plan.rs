@@ -214,6 +214,12 @@ impl Default for Dataplane {
 }
 
 impl Dataplane {
+    /// Whether connections to VIPs are balanced at the socket (only eBPF has the hooks;
+    /// the iptables dataplane ignores the setting).
+    pub fn socket_lb_active(&self) -> bool {
+        self.socket_lb && self.mode == DataplaneMode::Ebpf
+    }
+
     /// `CONFIG[CFG_FLAGS]` for these settings.
     pub fn config_flags(&self) -> u32 {
         use netctl_common::maps::{CFG_F_FLOW_EVENTS, CFG_F_SOCKET_LB};

@@ -44,7 +44,7 @@ use crate::{
     endpoint::Endpoint,
     instance::agent_status::{BackendState, BackendStatus, LbStatus},
     net::netlink::Netlink,
-    topology::{DataplaneMode, Plan},
+    topology::Plan,
 };
 
 const TICK: Duration = Duration::from_millis(200);
@@ -488,7 +488,7 @@ fn status(
     }
     LbStatus {
         dataplane: plan.dataplane.mode.name().to_string(),
-        socket_lb: plan.dataplane.socket_lb && plan.dataplane.mode == DataplaneMode::Ebpf,
+        socket_lb: plan.dataplane.socket_lb_active(),
         backends,
         conntrack: gc.clone(),
         registry: Value::Null,
