@@ -59,6 +59,14 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         // A client that retries an order with the same key gets the first one back.
         "ALTER TABLE orders ADD COLUMN idempotency_key TEXT UNIQUE;",
     ),
+    (
+        5,
+        "order totals fit every valid order",
+        // NUMERIC(14, 2) held totals under 10^12, but a valid order can cost more (the
+        // highest price the product service accepts times 1000): the INSERT failed with a
+        // numeric overflow, a 500. NUMERIC(16, 2) holds every valid order's total.
+        "ALTER TABLE orders ALTER COLUMN total_price TYPE NUMERIC(16, 2);",
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serializes migrations.
@@ -228,4 +236,28 @@ pub fn describe(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+    use crate::services::{order::validate::MAX_QUANTITY, product::handlers::MAX_PRICE};
+
+    /// Found by schemathesis (api_schema): an order of 737 of a product priced near the
+    /// maximum overflowed `orders.total_price` and answered 500.
+    #[test]
+    fn the_total_of_the_largest_valid_order_fits_its_column() {
+        let last = MIGRATIONS
+            .iter()
+            .rev()
+            .find(|(_, _, sql)| sql.contains("total_price"))
+            .map(|(_, _, sql)| *sql)
+            .unwrap_or_default();
+        assert!(
+            last.contains("total_price TYPE NUMERIC(16, 2)"),
+            "the latest type of orders.total_price: {last}"
+        );
+        // NUMERIC(16, 2): below 10^14.
+        assert!(MAX_PRICE * MAX_QUANTITY as f64 <= 1e14 - 0.01);
+    }
 }

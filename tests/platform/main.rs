@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod api_schema;
 mod app;
 mod cli;
 mod controller;

@@ -31,7 +31,12 @@ pub const PACKAGES: &[&str] = &[
     // Docker Engine beside the platform (its FORWARD DROP); the tests start their own
     // dockerd, the package's service is not started here.
     "docker.io",
+    "python3-venv", // the virtual environment schemathesis is installed in (below)
 ];
+
+/// schemathesis (PyPI), which the platform test `api_schema` runs against the services
+/// with the OpenAPI files of `api/`. Pinned: its checks and options change between releases.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
 
 /// bpf-linker release that fits the nightly toolchain (see ../shared/TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -41,7 +46,46 @@ pub fn run(_root: &Path) -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     nextest()?;
+    schemathesis()?;
     Ok(())
+}
+
+/// Where schemathesis lives: its own virtual environment under the cargo home (Debian's
+/// Python refuses `pip install` outside one). tests/platform/api_schema.rs looks here too.
+pub fn schemathesis_venv() -> anyhow::Result<PathBuf> {
+    Ok(cargo_home()?.join("netctl-schemathesis"))
+}
+
+/// schemathesis in its venv, at [`SCHEMATHESIS_VERSION`]. The check is a file read (the
+/// marker written after a successful install) and the executable's presence, so a setup
+/// with nothing to do starts no Python.
+fn schemathesis() -> anyhow::Result<()> {
+    let venv = schemathesis_venv()?;
+    let marker = venv.join("netctl.installed");
+    let wanted = format!("schemathesis=={SCHEMATHESIS_VERSION}");
+    if venv.join("bin/st").is_file()
+        && fs::read_to_string(&marker).is_ok_and(|m| m.trim() == wanted)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing {wanted} from PyPI into {}",
+        venv.display()
+    );
+    quiet(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    quiet(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(&wanted),
+    )?;
+    fs::write(&marker, &wanted).with_context(|| format!("writing {}", marker.display()))
+}
+
+fn cargo_home() -> anyhow::Result<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok_or_else(|| anyhow!("neither CARGO_HOME nor HOME is set"))
 }
 
 /// `cargo xtask test` runs the suite with nextest (its test groups and timeouts).
@@ -166,10 +210,7 @@ fn bpf_linker() -> anyhow::Result<()> {
             )
         })?;
 
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .ok_or_else(|| anyhow!("neither CARGO_HOME nor HOME is set"))?;
+    let cargo_home = cargo_home()?;
     let prefix = cargo_home.join("netctl-llvm");
     let marker = prefix.join("bpf-linker.built-for");
     let wanted = format!("{} {}", BPF_LINKER_VERSION, libllvm.display());

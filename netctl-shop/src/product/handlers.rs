@@ -153,13 +153,16 @@ where
     }
 }
 
+/// The highest price a product may have (the `products.price` column is NUMERIC(12, 2)).
+pub const MAX_PRICE: f64 = 9_999_999_999.99;
+
 /// A product change: at least one of name, price (at most two decimals), stock.
 pub fn parse_change(value: &serde_json::Value) -> Result<Change, Vec<FieldError>> {
     let Some(mut f) = Fields::of(value) else {
         return Err(vec![FieldError::new("", NOT_AN_OBJECT)]);
     };
     let name = f.string("name", false, 200);
-    let price = f.number("price", false, 0.0, 9_999_999_999.99);
+    let price = f.number("price", false, 0.0, MAX_PRICE);
     if let Some(p) = price
         && ((p * 100.0).round() - p * 100.0).abs() > 1e-6
     {

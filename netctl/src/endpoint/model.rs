@@ -136,6 +136,10 @@ pub enum EndpointError {
     NetworkFull(String),
     #[error("endpoint {0:?} already exists with other settings")]
     Conflict(String),
+    #[error("endpoint {0:?} is one of the topology's (`netctl endpoints`): choose another id")]
+    TopologyId(String),
+    #[error("namespace {netns} already has an interface {ifname}: choose another ifname")]
+    IfnameTaken { netns: String, ifname: String },
     #[error("no endpoint {0:?}")]
     NotFound(String),
 }
@@ -144,7 +148,10 @@ impl EndpointError {
     pub fn http_status(&self) -> u16 {
         match self {
             EndpointError::NotFound(_) => 404,
-            EndpointError::Conflict(_) | EndpointError::AddressTaken(_) => 409,
+            EndpointError::Conflict(_)
+            | EndpointError::AddressTaken(_)
+            | EndpointError::TopologyId(_)
+            | EndpointError::IfnameTaken { .. } => 409,
             EndpointError::NetworkFull(_) => 507,
             _ => 400,
         }
@@ -170,6 +177,10 @@ pub fn resolve(
 ) -> Result<Endpoint, EndpointError> {
     check_id(&req.id)?;
     check_ifname(&req.ifname)?;
+    // Listed beside the topology's endpoints, an attached one must not share an id.
+    if plan.endpoints.iter().any(|e| e.name == req.id) {
+        return Err(EndpointError::TopologyId(req.id.clone()));
+    }
     if !req.netns.is_absolute() {
         return Err(EndpointError::Invalid(format!(
             "netns {} is not an absolute path",
@@ -406,6 +417,17 @@ ports = [8080]
         let merged = attached_plan(&p, std::slice::from_ref(&ep));
         assert!(merged.endpoints.iter().any(|e| e.address == ep.address));
         assert_eq!(merged.name_of(ep.address), "c1");
+    }
+
+    /// Found by schemathesis (api_schema): `{"id": "edge", "netns": "/run/netns/<edge's>",
+    /// "network": "frontend"}` went on to make a veth and answered 500 (File exists).
+    #[test]
+    fn the_id_of_a_topology_endpoint_is_refused_with_409() {
+        let p = plan();
+        let topology_id = p.endpoints[0].name.clone();
+        let e = resolve(&req(&topology_id), &p, &[]).expect_err("refused");
+        assert_eq!(e, EndpointError::TopologyId(topology_id));
+        assert_eq!(e.http_status(), 409);
     }
 
     #[test]
