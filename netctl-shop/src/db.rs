@@ -241,7 +241,7 @@ pub fn describe(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::MIGRATIONS;
-    use crate::services::{order::validate::MAX_QUANTITY, product::handlers::MAX_PRICE};
+    use crate::{order::validate::MAX_QUANTITY, product::handlers::MAX_PRICE};
 
     /// Found by schemathesis (api_schema): an order of 737 of a product priced near the
     /// maximum overflowed `orders.total_price` and answered 500.
