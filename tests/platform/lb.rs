@@ -1010,3 +1010,79 @@ fn registering_and_deregistering_in_the_registry_reaches_the_maps_within_a_secon
     );
     eprintln!("registered -> in the maps {joined:?}; deregistered -> out {left:?}");
 }
+
+/// Connects from `ns` out of `client:port` (SO_REUSEADDR, so a second socket can bind the
+/// same port towards another destination) to `to:WEB_TCP`; the greeting names the server.
+fn connect_from_port(
+    ns: &str,
+    client: Ipv4Addr,
+    port: u16,
+    to: Ipv4Addr,
+) -> std::io::Result<(TcpStream, String)> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let stream = netctl::net::netns::run_in(ns, move || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.bind(&SockAddr::from(SocketAddr::from((client, port))))?;
+        s.connect_timeout(
+            &SockAddr::from(SocketAddr::from((to, WEB_TCP))),
+            Duration::from_secs(2),
+        )?;
+        Ok(TcpStream::from(s))
+    })
+    .map_err(std::io::Error::other)?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut line)?;
+    Ok((stream, line.trim().to_string()))
+}
+
+/// One client port used through the VIP and straight to the backend the VIP chose: at the
+/// backend both are the same tuple. The eBPF dataplane refuses the second connection
+/// (counted as `nat-collision`) and the first keeps working; it never hands one
+/// connection's replies to the other (issue 20, item 3).
+#[test]
+fn one_client_port_through_the_vip_and_straight_to_its_backend_never_mixes_them() {
+    use std::io::{Read, Write};
+    require_root!();
+    let slot = Slot::acquire();
+    let web = Web::up(&slot, "round-robin", false);
+    let ns = web.client_ns();
+    let client = web.platform.endpoint("client").address;
+    let port = 41000 + (std::process::id() % 1000) as u16;
+    let (mut through_vip, server) =
+        connect_from_port(&ns, client, port, web.vip()).expect("through the VIP");
+    let backend = web.platform.endpoint(&server).address;
+    let direct = connect_from_port(&ns, client, port, backend);
+    assert!(
+        direct.is_err(),
+        "the second connection on the same tuple was let through: {:?}",
+        direct.map(|(_, s)| s)
+    );
+    through_vip.write_all(b"still").expect("write");
+    let mut buf = [0u8; 64];
+    let n = through_vip
+        .read(&mut buf)
+        .expect("the VIP connection answers");
+    assert_eq!(&buf[..n], format!("{server}:still").as_bytes());
+    let pins = Pins::for_instance(&slot.instance());
+    let collisions = netctl::dataplane::ebpf::stats::drops(&pins)
+        .expect("drop counters")
+        .into_iter()
+        .find(|(r, _)| r.name() == "nat-collision")
+        .map_or(0, |(_, n)| n);
+    assert!(collisions >= 1, "counted: {collisions}");
+    // Once the VIP connection is gone, the port works straight to the backend.
+    drop(through_vip);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match connect_from_port(&ns, client, port, backend) {
+            Ok((_, s)) => {
+                assert_eq!(s, server);
+                break;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => panic!("the port stays refused after the VIP connection closed: {e}"),
+        }
+    }
+}
