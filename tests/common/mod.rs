@@ -150,6 +150,15 @@ pub fn run_nothing(topology: &mut Topology) {
     }
 }
 
+/// The suite's usual shape: a client at 10.0.1.10 on network `front`, and network `back`
+/// (10.0.2.0/24) for the services a test adds.
+pub fn two_tiers() -> TopologyBuilder {
+    TopologyBuilder::new()
+        .network("front", "10.0.1.0/24")
+        .network("back", "10.0.2.0/24")
+        .service("client", |s| s.network("front").address("10.0.1.10"))
+}
+
 /// A platform a test brought up; `netctl down` when dropped, even on panic.
 pub struct Platform<'a> {
     pub slot: &'a Slot,

@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netctl::topology::TopologyBuilder;
+
 use common::{
     Platform, Slot, assert_success,
     internet::Internet,
@@ -28,30 +30,17 @@ const EXT_PORT: u16 = 7100;
 
 /// A client tier, three web replicas on another tier, and `ext`: a VIP over two of the
 /// replicas listed by hand, with a target port.
-fn topology(mode: &str, extra: &str) -> String {
-    format!(
-        r#"
-[networks.front]
-subnet = "10.0.1.0/24"
-[networks.back]
-subnet = "10.0.2.0/24"
-[services.client]
-network = "front"
-address = "10.0.1.10"
-[services.web]
-network = "back"
-address = "10.0.2.10"
-replicas = 3
-ports = [{PORT}]
-[services.ext]
-ports = [{EXT_PORT}]
-backends = ["10.0.2.10:{PORT}", "10.0.2.11:{PORT}"]
-lb = "random"
-[dataplane]
-mode = "{mode}"
-{extra}
-"#
-    )
+fn topology(mode: &str) -> TopologyBuilder {
+    common::two_tiers()
+        .service("web", |s| {
+            s.network("back").address("10.0.2.10").replicas(3).tcp(PORT)
+        })
+        .service("ext", |s| {
+            s.tcp(EXT_PORT)
+                .backends(&[&format!("10.0.2.10:{PORT}"), &format!("10.0.2.11:{PORT}")])
+                .lb("random")
+        })
+        .mode(mode)
 }
 
 /// Lines of `iptables-save` that are not another test slot's and not counters or
@@ -137,7 +126,7 @@ fn iptables_vips_spread_heal_drain_and_down_leaves_no_rule() {
     let before = iptables_lines(&slot);
     let snapshot = Snapshot::take(&slot.prefix());
     {
-        let platform = Platform::from_toml(&slot, &topology("iptables", ""));
+        let platform = Platform::build(&slot, topology("iptables"));
         let out = platform.up_ok();
         assert!(out.contains("iptables dataplane"), "{out}");
         let mut servers: Vec<Option<NamedServer>> = (1..=3)
@@ -313,7 +302,7 @@ fn switching_dataplanes_keeps_the_namespaces_and_rolls_back_on_failure() {
     require_root!();
     let slot = Slot::acquire();
     let before = iptables_lines(&slot);
-    let platform = Platform::from_toml(&slot, &topology("ebpf", ""));
+    let platform = Platform::build(&slot, topology("ebpf"));
     platform.up_ok();
     let file = platform.file.to_str().unwrap().to_string();
     let client = platform.endpoint("client").netns.clone();

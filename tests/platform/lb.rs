@@ -17,7 +17,7 @@ use common::{
     Platform, Slot, assert_success, http,
     internet::Internet,
     traffic::{HealthServer, NamedServer, Session, UdpNamedServer, greetings, udp_ask},
-    wait_for,
+    two_tiers, wait_for,
 };
 use netctl::{
     dataplane::ebpf::{lb::LbMaps, pins::Pins},
@@ -31,14 +31,6 @@ use serde_json::Value;
 
 const WEB_TCP: u16 = 7000;
 const WEB_UDP: u16 = 7001;
-
-/// A client tier and three web replicas on another tier (routed through the host).
-fn two_tiers() -> TopologyBuilder {
-    TopologyBuilder::new()
-        .network("front", "10.0.1.0/24")
-        .network("back", "10.0.2.0/24")
-        .service("client", |s| s.network("front").address("10.0.1.10"))
-}
 
 /// Three `web` replicas from `address` on `network`, TCP `WEB_TCP` and UDP `WEB_UDP`.
 fn web_replicas(s: ServiceBuilder, network: &str, address: &str) -> ServiceBuilder {

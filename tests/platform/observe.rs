@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+use netctl::topology::TopologyBuilder;
+
 use common::{
     Platform, Slot, assert_success,
     traffic::{self, NamedServer, Session},
@@ -21,25 +23,18 @@ use common::{
 };
 use serde_json::Value;
 
-const TOPOLOGY: &str = r#"
-[networks.front]
-subnet = "10.0.1.0/24"
-[networks.back]
-subnet = "10.0.2.0/24"
-[services.client]
-network = "front"
-address = "10.0.1.10"
-[services.server]
-network = "back"
-address = "10.0.2.10"
-ports = [7000]
-"#;
+/// A client tier and one server on another tier.
+fn topology() -> TopologyBuilder {
+    common::two_tiers().service("server", |s| {
+        s.network("back").address("10.0.2.10").tcp(7000)
+    })
+}
 
 #[test]
 fn the_report_counts_known_traffic_and_renders_with_its_charts() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::from_toml(&slot, TOPOLOGY);
+    let platform = Platform::build(&slot, topology());
     platform.up_ok();
     let client = platform.endpoint("client");
     let server = platform.endpoint("server");
@@ -160,10 +155,7 @@ fn the_report_counts_known_traffic_and_renders_with_its_charts() {
 fn the_topology_reads_from_the_kernel_and_its_dot_parses_with_graphviz() {
     require_root!();
     let slot = Slot::acquire();
-    let with_forward = format!(
-        "{TOPOLOGY}[[port_forwards]]\nhost_port = 8080\nservice = \"server\"\nport = 7000\n"
-    );
-    let platform = Platform::from_toml(&slot, &with_forward);
+    let platform = Platform::build(&slot, topology().port_forward(8080, "server", 7000));
     platform.up_ok();
     let host_port = platform.plan.port_forwards[0].host_port;
     // The controller writes the LB maps just after `up`: until then they are MISSING.
@@ -306,7 +298,7 @@ fn scrape(port: u16) -> Vec<(String, f64)> {
 fn metrics_scrape_parses_and_tracks_drops_health_and_conntrack() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::from_toml(&slot, TOPOLOGY);
+    let platform = Platform::build(&slot, topology());
     platform.up_ok();
     let server = platform.endpoint("server");
     let client = platform.endpoint("client");
@@ -429,7 +421,7 @@ fn metrics_scrape_parses_and_tracks_drops_health_and_conntrack() {
 fn health_once_flips_its_exit_code_when_a_service_dies_and_conntrack_summary_counts() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::from_toml(&slot, TOPOLOGY);
+    let platform = Platform::build(&slot, topology());
     platform.up_ok();
     let server = platform.endpoint("server");
     let client = platform.endpoint("client");

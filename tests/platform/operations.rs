@@ -13,25 +13,17 @@ use common::{
     Platform, Slot, assert_success,
     traffic::{NamedServer, Session, greetings},
 };
-use netctl::{instance::ProcessId, supervisor::stop};
+use netctl::{instance::ProcessId, supervisor::stop, topology::TopologyBuilder};
 use serde_json::Value;
 
-const WEB: &str = r#"
-[networks.front]
-subnet = "10.0.1.0/24"
-[networks.back]
-subnet = "10.0.2.0/24"
-[services.client]
-network = "front"
-address = "10.0.1.10"
-[services.web]
-network = "back"
-address = "10.0.2.10"
-replicas = 2
-ports = [7000]
-[dataplane]
-socket_lb = false
-"#;
+/// A client tier and two web replicas on another tier, balanced on the TC path.
+fn web() -> TopologyBuilder {
+    common::two_tiers()
+        .service("web", |s| {
+            s.network("back").address("10.0.2.10").replicas(2).tcp(7000)
+        })
+        .socket_lb(false)
+}
 
 /// The kernel ids of the instance's pinned maps, by name.
 fn pinned_map_ids(slot: &Slot) -> std::collections::BTreeMap<String, u32> {
@@ -61,7 +53,7 @@ fn program_ids(ifname: &str) -> Vec<u32> {
 fn a_new_dataplane_build_replaces_the_programs_in_place_without_cutting_connections() {
     require_root!();
     let slot = Slot::acquire();
-    let platform = Platform::from_toml(&slot, WEB);
+    let platform = Platform::build(&slot, web());
     platform.up_ok();
     let servers: Vec<NamedServer> = ["web-1", "web-2"]
         .iter()
@@ -215,7 +207,7 @@ fn conntrack_pressure_is_visible_and_established_connections_survive_a_flood() {
     require_root!();
     let slot = Slot::acquire();
     // A deliberately small table: 4096 entries, 2048 connections.
-    let platform = Platform::from_toml(&slot, &format!("{WEB}conntrack_max = 4096\n"));
+    let platform = Platform::build(&slot, web().conntrack_max(4096));
     platform.up_ok();
     let _servers: Vec<NamedServer> = ["web-1", "web-2"]
         .iter()

@@ -66,6 +66,12 @@ impl TopologyBuilder {
         self
     }
 
+    /// `[dataplane] conntrack_max`.
+    pub fn conntrack_max(mut self, entries: u32) -> Self {
+        self.0.dataplane.conntrack_max = entries;
+        self
+    }
+
     /// `[dataplane] mode`: `ebpf` or `iptables`.
     pub fn mode(mut self, mode: &str) -> Self {
         self.0.dataplane.mode = mode.to_string();
