@@ -374,6 +374,11 @@ fn bad_endpoint_requests_are_refused_and_make_nothing() {
             ],
             "KEY=VALUE",
         ),
+        // Every namespace has `lo`: the veth's inner end cannot take that name.
+        (
+            vec!["x", "--netns", &path, "--network", "back", "--ifname", "lo"],
+            "already has an interface lo",
+        ),
     ];
     for (args, needle) in cases {
         refused(&add(&args), &format!("{args:?}"), needle);

@@ -113,19 +113,6 @@ async fn adopt(ctx: &AgentCtx, host: &Netlink) {
     ctx.attached.set(kept);
 }
 
-/// Whether the namespace has an interface named as the endpoint's (unknown: no, and
-/// plumbing reports what it finds).
-async fn ifname_in_use(ns: &std::fs::File, ep: &Endpoint) -> bool {
-    let Ok(file) = ns.try_clone() else {
-        return false;
-    };
-    let label = ep.netns.to_str().unwrap_or("?");
-    match Netlink::in_netns_file(file, label) {
-        Ok(inside) => inside.link(&ep.ifname).await.is_ok_and(|l| l.is_some()),
-        Err(_) => false,
-    }
-}
-
 fn plumbing_of<'a>(ep: &'a Endpoint, ns: &'a std::fs::File) -> Plumbing<'a> {
     Plumbing {
         netns: ns,
@@ -177,14 +164,6 @@ impl Api {
         let mut ep = resolve(&req, &plan, &attached).map_err(|e| refused(&e))?;
         let ns =
             netns::open_path(&ep.netns).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-        // An interface of that name in the namespace (its topology veth, say) would fail
-        // the veth's creation with EEXIST: a conflict to report, not a failure.
-        if ifname_in_use(&ns, &ep).await {
-            return Err(refused(&EndpointError::IfnameTaken {
-                netns: ep.netns.display().to_string(),
-                ifname: ep.ifname.clone(),
-            }));
-        }
         // Recorded before it is made: a crash half-way leaves a record to clean up from.
         store::save(&self.instance, &ep).map_err(|e| failed("recording the endpoint", &e))?;
         let dp = dataplane::open(&plan, &self.instance);
@@ -199,7 +178,11 @@ impl Api {
             let _ = dp.detach_endpoint(&ep.host_ifname);
             let _ = plumbing::delete(&self.host, &ep.host_ifname).await;
             let _ = store::remove(&self.instance, &ep.id);
-            return Err(failed(&format!("attaching endpoint {}", ep.id), &e));
+            // A request that cannot be met (an interface name taken) is refused, not failed.
+            return Err(match e.downcast_ref::<EndpointError>() {
+                Some(refusal) => refused(refusal),
+                None => failed(&format!("attaching endpoint {}", ep.id), &e),
+            });
         }
         let mut list = attached.as_ref().clone();
         list.push(ep.clone());

@@ -7,6 +7,7 @@ use std::{fs::File, net::Ipv4Addr, os::fd::AsFd};
 use anyhow::Context;
 use ipnet::Ipv4Net;
 
+use super::EndpointError;
 use crate::net::netlink::Netlink;
 
 /// What to make.
@@ -24,7 +25,9 @@ pub struct Plumbing<'a> {
 }
 
 /// Makes the pair, or nothing: on a failure the host end (and with it the pair) is
-/// removed again. Returns the namespace side's hardware address.
+/// removed again. Returns the namespace side's hardware address. A namespace that has an
+/// interface named `ifname` already (its topology veth, say) fails with
+/// [`EndpointError::IfnameTaken`], a conflict for the caller to report.
 pub async fn create(host: &Netlink, p: &Plumbing<'_>) -> anyhow::Result<Option<String>> {
     let made = create_inner(host, p).await;
     if made.is_err() {
@@ -34,17 +37,25 @@ pub async fn create(host: &Netlink, p: &Plumbing<'_>) -> anyhow::Result<Option<S
 }
 
 async fn create_inner(host: &Netlink, p: &Plumbing<'_>) -> anyhow::Result<Option<String>> {
+    let ns = p
+        .netns
+        .try_clone()
+        .context("duplicating the namespace file")?;
+    let inside = Netlink::in_netns_file(ns, p.netns_label)?;
+    // Before the veth: the kernel would refuse it with a bare EEXIST.
+    if inside.link(p.ifname).await?.is_some() {
+        return Err(EndpointError::IfnameTaken {
+            netns: p.netns_label.to_string(),
+            ifname: p.ifname.to_string(),
+        }
+        .into());
+    }
     let bridge_index = host.index_of(p.bridge).await?;
     let index = host
         .create_veth_into(p.host_ifname, p.ifname, p.netns.as_fd())
         .await?;
     host.attach_to_bridge(index, bridge_index).await?;
 
-    let ns = p
-        .netns
-        .try_clone()
-        .context("duplicating the namespace file")?;
-    let inside = Netlink::in_netns_file(ns, p.netns_label)?;
     let lo = inside.index_of("lo").await?;
     inside.set_up(lo).await?;
     let link = inside
