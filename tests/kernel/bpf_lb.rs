@@ -660,16 +660,8 @@ fn one_client_port_through_a_vip_and_straight_to_its_backend_is_refused_not_mixe
     let (verdict, _) = dp.ingress(&packets::tcp(CLIENT, 40000, BACKEND, 80, TCP_SYN, 0));
     assert_eq!(verdict, TC_ACT_SHOT, "the direct connection is refused");
     assert_eq!(dp.drops(DropReason::NatCollision), 1);
-    let (_, out) = dp.ingress(&packets::tcp(
-        BACKEND,
-        80,
-        CLIENT,
-        40000,
-        TCP_SYN | TCP_ACK,
-        0,
-    ));
     assert_eq!(
-        packets::endpoints(&out),
+        syn_ack_from_backend(&mut dp, 40000),
         (VIP, 80, CLIENT, 40000),
         "the VIP connection's reply is still un-NATed"
     );
@@ -687,16 +679,8 @@ fn one_client_port_through_a_vip_and_straight_to_its_backend_is_refused_not_mixe
         !dp.ct()
             .contains_key(&key(CLIENT, 40001, VIP, 80, IPPROTO_TCP))
     );
-    let (_, out) = dp.ingress(&packets::tcp(
-        BACKEND,
-        80,
-        CLIENT,
-        40001,
-        TCP_SYN | TCP_ACK,
-        0,
-    ));
     assert_eq!(
-        packets::endpoints(&out),
+        syn_ack_from_backend(&mut dp, 40001),
         (BACKEND, 80, CLIENT, 40001),
         "the direct connection's reply is left alone"
     );
@@ -714,13 +698,21 @@ fn one_client_port_through_a_vip_and_straight_to_its_backend_is_refused_not_mixe
         dp.sent_to(&packets::tcp(CLIENT, 40001, VIP, 80, TCP_SYN, 0)),
         BACKEND
     );
+    assert_eq!(
+        syn_ack_from_backend(&mut dp, 40001),
+        (VIP, 80, CLIENT, 40001)
+    );
+}
+
+/// The backend's SYN-ACK to `CLIENT:port`, as it leaves the dataplane.
+fn syn_ack_from_backend(dp: &mut Dp, port: u16) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
     let (_, out) = dp.ingress(&packets::tcp(
         BACKEND,
         80,
         CLIENT,
-        40001,
+        port,
         TCP_SYN | TCP_ACK,
         0,
     ));
-    assert_eq!(packets::endpoints(&out), (VIP, 80, CLIENT, 40001));
+    packets::endpoints(&out)
 }
