@@ -25,7 +25,7 @@ use netctl::{
         policy::PolicyMaps,
     },
     policy::{compile, identity},
-    topology::{Plan, Source},
+    topology::{Plan, Source, TopologyBuilder},
 };
 use netctl_common::{
     Backend, CtEntry, DropReason, FlowKey,
@@ -790,35 +790,31 @@ fn the_rate_limiter_refills_at_its_rate() {
 }
 
 /// A per-service limit from web and a per-address limit for everyone else, both to api.
-const SAME_VALUE: &str = r#"
-[networks.app]
-subnet = "10.9.0.0/24"
-[services.web]
-network = "app"
-address = "10.9.0.10"
-ports = [80]
-[services.api]
-network = "app"
-address = "10.9.0.20"
-ports = [3000]
-[[policy.rate_limits]]
-from = ["web"]
-to = "api"
-rate = "1/minute"
-burst = 3
-per = "service"
-[[policy.rate_limits]]
-to = "api"
-rate = "1/minute"
-burst = 5
-"#;
+fn same_value() -> TopologyBuilder {
+    web_and_api()
+        .rate_limit_per_service(&["web"], "api", "1/minute", 3)
+        .rate_limit(&[], "api", "1/minute", 5)
+}
+
+/// web and api on one network, no policy yet.
+fn web_and_api() -> TopologyBuilder {
+    TopologyBuilder::new()
+        .network("app", "10.9.0.0/24")
+        .service("web", |s| s.network("app").address("10.9.0.10").tcp(80))
+        .service("api", |s| s.network("app").address("10.9.0.20").tcp(3000))
+}
+
+/// The topology as `load` takes it.
+fn text(b: &TopologyBuilder) -> String {
+    b.to_toml().expect("a built topology serializes")
+}
 
 /// Bucket keys hold either a source address or a source identity: an address whose 32
 /// bits equal an identity's must still get a bucket of its own.
 #[test]
 fn an_address_and_an_identity_with_the_same_value_have_separate_buckets() {
     require_root!();
-    let mut dp = load(SAME_VALUE);
+    let mut dp = load(&text(&same_value()));
     let (web, api) = (dp.addr("web"), dp.addr("api"));
     let web_id = identity::of(
         &dp.plan,
@@ -845,60 +841,27 @@ fn an_address_and_an_identity_with_the_same_value_have_separate_buckets() {
 /// minute) and has no rule; P2 denies web -> api and has no limit. Once web's bucket is
 /// empty, a whole policy drops every new connection from web to api (P1: rate-limited,
 /// P2: denied); only a half-written one (P1's rules without its limit) lets one through.
-const RACE_P1: &str = r#"
-[networks.app]
-subnet = "10.9.0.0/24"
-[services.web]
-network = "app"
-address = "10.9.0.10"
-ports = [80]
-[services.api]
-network = "app"
-address = "10.9.0.20"
-ports = [3000]
-[[policy.rate_limits]]
-from = ["web"]
-to = "api"
-rate = "1/minute"
-burst = 1
-per = "service"
-"#;
+fn race_p1() -> TopologyBuilder {
+    web_and_api().rate_limit_per_service(&["web"], "api", "1/minute", 1)
+}
 
-const RACE_P2: &str = r#"
-[networks.app]
-subnet = "10.9.0.0/24"
-[services.web]
-network = "app"
-address = "10.9.0.10"
-ports = [80]
-[services.api]
-network = "app"
-address = "10.9.0.20"
-ports = [3000]
-[[policy.rules]]
-from = ["web"]
-to = "api"
-action = "deny"
-"#;
+fn race_p2() -> TopologyBuilder {
+    web_and_api().deny(&["web"], "api", &[])
+}
 
 /// Packets judged while the policy switches back and forth between P1 and P2 never see
 /// half of one: no new connection from web to api passes once web's bucket is empty.
 #[test]
 fn packets_never_see_a_half_installed_rate_limit() {
     require_root!();
-    let mut dp = load(RACE_P1);
+    let mut dp = load(&text(&race_p1()));
     let (web, api) = (dp.addr("web"), dp.addr("api"));
     assert_eq!(dp.syn(web, 1, api, 3000), TC_ACT_OK, "the one token");
     assert_eq!(dp.syn(web, 2, api, 3000), TC_ACT_SHOT, "then none");
-    let plans: Vec<_> = [RACE_P1, RACE_P2]
+    let plans: Vec<_> = [race_p1(), race_p2()]
         .iter()
-        .map(|t| {
-            let plan = Source {
-                name: "t".into(),
-                text: (*t).into(),
-            }
-            .plan(None)
-            .expect("valid");
+        .map(|b| {
+            let plan = b.plan().expect("valid");
             (identity::addresses(&plan), compile::compile(&plan))
         })
         .collect();

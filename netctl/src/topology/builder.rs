@@ -102,24 +102,43 @@ impl TopologyBuilder {
     }
 
     /// `[[policy.rules]]`: allow `from` to reach `to` on `ports` (all ports when empty).
-    pub fn allow(mut self, from: &[&str], to: &str, ports: &[&str]) -> Self {
+    pub fn allow(self, from: &[&str], to: &str, ports: &[&str]) -> Self {
+        self.rule(None, from, to, ports)
+    }
+
+    /// `[[policy.rules]]` with `action = "deny"`.
+    pub fn deny(self, from: &[&str], to: &str, ports: &[&str]) -> Self {
+        self.rule(Some("deny"), from, to, ports)
+    }
+
+    fn rule(mut self, action: Option<&str>, from: &[&str], to: &str, ports: &[&str]) -> Self {
         self.0.policy.rules.push(RuleSpec {
             from: Some(strings(from)),
             to: to.to_string(),
             ports: (!ports.is_empty()).then(|| ports.iter().map(|p| port(p)).collect()),
-            action: None,
+            action: action.map(String::from),
         });
         self
     }
 
-    /// `[[policy.rate_limits]]`: `rate` (e.g. `"60/m"`) with `burst`, per source address.
-    pub fn rate_limit(mut self, from: &[&str], to: &str, rate: &str, burst: u32) -> Self {
+    /// `[[policy.rate_limits]]`: `rate` (e.g. `"60/m"`) with `burst`, per source address;
+    /// `from` empty: any source without a limit of its own.
+    pub fn rate_limit(self, from: &[&str], to: &str, rate: &str, burst: u32) -> Self {
+        self.limit(None, from, to, rate, burst)
+    }
+
+    /// A rate limit that all replicas of each source service share (`per = "service"`).
+    pub fn rate_limit_per_service(self, from: &[&str], to: &str, rate: &str, burst: u32) -> Self {
+        self.limit(Some("service"), from, to, rate, burst)
+    }
+
+    fn limit(mut self, per: Option<&str>, from: &[&str], to: &str, rate: &str, burst: u32) -> Self {
         self.0.policy.rate_limits.push(RateLimitSpec {
             from: (!from.is_empty()).then(|| strings(from)),
             to: to.to_string(),
             rate: rate.to_string(),
             burst,
-            per: None,
+            per: per.map(String::from),
         });
         self
     }
