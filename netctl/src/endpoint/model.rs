@@ -350,6 +350,23 @@ pub fn attached_plan(recorded: &Plan, attached: &[Endpoint]) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owners_kind_is_the_tag_it_is_written_with() {
+        for owner in [
+            Owner::Topology,
+            Owner::Api,
+            Owner::Cni {
+                container_id: "c".into(),
+            },
+            Owner::Docker {
+                endpoint_id: "d".into(),
+            },
+        ] {
+            let written = serde_json::to_value(&owner).expect("serializes");
+            assert_eq!(written["kind"], owner.kind(), "{owner:?}");
+        }
+    }
     use crate::topology::Source;
 
     fn plan() -> Plan {
